@@ -1,0 +1,70 @@
+// Argument checking shared by the binding files. The core never sees Python: these
+// helpers turn numpy arrays into pointers + sizes + strides after checking dtype,
+// rank and layout, and refuse (never copy) what the core cannot take as is.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+
+namespace awqkit::bind {
+
+namespace py = pybind11;
+
+inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return a.dtype().is(py::dtype::of<T>());
+}
+
+inline bool is_f16(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 2; }
+
+// Exactly one of the expected dtypes, else TypeError naming what was given.
+inline void require_dtype(bool ok, const py::array& a, const char* name, const char* expected) {
+  if (!ok)
+    throw type_error(std::string(name) + " must be " + expected + ", got dtype " + dtype_name(a));
+}
+
+inline void require_ndim(const py::array& a, const char* name, py::ssize_t ndim) {
+  if (a.ndim() != ndim)
+    throw type_error(std::string(name) + " must be a " + std::to_string(ndim) + "-D array, got " +
+                     std::to_string(a.ndim()) + "-D");
+}
+
+// C-contiguous (inner stride 1, rows packed), else ValueError with the fix.
+inline void require_contiguous(const py::array& a, const char* name) {
+  if (!(a.flags() & py::array::c_style))
+    fail(std::string(name) + " must be C-contiguous; pass np.ascontiguousarray(" + name + ")");
+}
+
+// Rows may be strided (a column slice of a wider matrix), elements within a row not.
+// Returns the row stride in elements.
+inline int64_t row_stride_2d(const py::array& a, const char* name) {
+  const py::ssize_t item = a.itemsize();
+  if (a.shape(1) > 1 && a.strides(1) != item)
+    fail(std::string(name) + " must have contiguous rows (inner stride 1); pass np.ascontiguousarray(" +
+         name + ")");
+  if (a.shape(0) > 1 && (a.strides(0) % item != 0 || a.strides(0) < a.shape(1) * item))
+    fail(std::string(name) + " has an unsupported row stride; pass np.ascontiguousarray(" + name + ")");
+  return a.shape(0) > 1 ? a.strides(0) / item : a.shape(1);
+}
+
+inline void require_nonempty(const py::array& a, const char* name) {
+  if (a.size() == 0) fail(std::string(name) + " is empty (shape has a zero)");
+}
+
+template <typename T>
+py::array_t<T> empty(std::vector<py::ssize_t> shape) {
+  return py::array_t<T>(shape);
+}
+
+void register_quant(py::module_& m);
+void register_isa(py::module_& m);
+
+}  // namespace awqkit::bind

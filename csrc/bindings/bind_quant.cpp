@@ -1,0 +1,123 @@
+#include "bindings/bind_common.h"
+#include "quant/pack_awq.h"
+#include "quant/quantize.h"
+
+namespace awqkit::bind {
+namespace {
+
+MatrixView weight_view(const py::array& w) {
+  require_dtype(has_dtype<float>(w) || is_f16(w), w, "w", "float32 or float16");
+  require_ndim(w, "w", 2);
+  require_nonempty(w, "w");
+  const int64_t ld = row_stride_2d(w, "w");
+  return MatrixView{w.data(), is_f16(w) ? FloatType::f16 : FloatType::f32, w.shape(0), w.shape(1), ld};
+}
+
+// Returns (codes [N,K] uint8 or None, scales [N,G] f32, zeros [N,G] uint8, deq [N,K] f32 or None).
+py::tuple quantize(const py::array& w, int bits, int64_t group_size, bool zero_point, bool fp16_scale,
+                   bool want_codes, bool want_deq) {
+  const MatrixView v = weight_view(w);
+  const QuantSpec spec = resolve_spec(bits, group_size, zero_point, fp16_scale, v.cols);
+  const int64_t N = v.rows, K = v.cols, G = K / spec.group_size;
+  auto scales = empty<float>({N, G});
+  auto zeros = empty<uint8_t>({N, G});
+  py::object codes = py::none(), deq = py::none();
+  uint8_t* cp = nullptr;
+  float* dp = nullptr;
+  if (want_codes) {
+    auto a = empty<uint8_t>({N, K});
+    cp = a.mutable_data();
+    codes = a;
+  }
+  if (want_deq) {
+    auto a = empty<float>({N, K});
+    dp = a.mutable_data();
+    deq = a;
+  }
+  float* sp = scales.mutable_data();
+  uint8_t* zp = zeros.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    quantize_rows(v, spec, cp, sp, zp, dp);
+  }
+  return py::make_tuple(codes, scales, zeros, deq);
+}
+
+py::array_t<float> dequantize(const py::array& codes, const py::array& scales, const py::array& zeros,
+                              int64_t group_size, int bits) {
+  require_dtype(has_dtype<uint8_t>(codes), codes, "codes", "uint8");
+  require_dtype(has_dtype<float>(scales), scales, "scales", "float32");
+  require_dtype(has_dtype<uint8_t>(zeros), zeros, "zeros", "uint8");
+  require_ndim(codes, "codes", 2);
+  require_ndim(scales, "scales", 2);
+  require_ndim(zeros, "zeros", 2);
+  require_nonempty(codes, "codes");
+  require_contiguous(codes, "codes");
+  require_contiguous(scales, "scales");
+  require_contiguous(zeros, "zeros");
+  const int64_t N = codes.shape(0), K = codes.shape(1);
+  const QuantSpec spec = resolve_spec(bits, group_size, true, false, K);
+  const int64_t G = K / spec.group_size;
+  require(scales.shape(0) == N && scales.shape(1) == G && zeros.shape(0) == N && zeros.shape(1) == G,
+          "scales and zeros must have shape [N, K / group_size] = [" + std::to_string(N) + ", " +
+              std::to_string(G) + "]");
+  auto out = empty<float>({N, K});
+  const uint8_t* c = static_cast<const uint8_t*>(codes.data());
+  const float* s = static_cast<const float*>(scales.data());
+  const uint8_t* z = static_cast<const uint8_t*>(zeros.data());
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    dequantize_rows(c, s, z, N, K, spec.group_size, bits, o);
+  }
+  return out;
+}
+
+// codes [N, R] uint8 -> words [R, N/8] int32 (qweight from codes, qzeros from zeros).
+py::array_t<int32_t> pack_transposed(const py::array& codes) {
+  require_dtype(has_dtype<uint8_t>(codes), codes, "codes", "uint8");
+  require_ndim(codes, "codes", 2);
+  require_nonempty(codes, "codes");
+  require_contiguous(codes, "codes");
+  const int64_t N = codes.shape(0), R = codes.shape(1);
+  require(N % 8 == 0, "the AWQ gemm layout packs 8 output channels per int32: N = " +
+                          std::to_string(N) + " is not a multiple of 8");
+  auto out = empty<int32_t>({R, N / 8});
+  const uint8_t* src = static_cast<const uint8_t*>(codes.data());
+  int32_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pack_awq_transposed(src, N, R, dst);
+  }
+  return out;
+}
+
+py::array_t<uint8_t> unpack_transposed(const py::array& words) {
+  require_dtype(has_dtype<int32_t>(words), words, "packed words", "int32");
+  require_ndim(words, "packed words", 2);
+  require_nonempty(words, "packed words");
+  require_contiguous(words, "packed words");
+  const int64_t R = words.shape(0), N = words.shape(1) * 8;
+  auto out = empty<uint8_t>({N, R});
+  const int32_t* src = static_cast<const int32_t*>(words.data());
+  uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    unpack_awq_transposed(src, N, R, dst);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_quant(py::module_& m) {
+  m.def("quantize", &quantize, py::arg("w"), py::arg("bits"), py::arg("group_size"),
+        py::arg("zero_point"), py::arg("fp16_scale"), py::arg("want_codes") = true,
+        py::arg("want_deq") = false);
+  m.def("dequantize", &dequantize, py::arg("codes"), py::arg("scales"), py::arg("zeros"),
+        py::arg("group_size"), py::arg("bits"));
+  m.def("pack_awq_transposed", &pack_transposed, py::arg("codes"));
+  m.def("unpack_awq_transposed", &unpack_transposed, py::arg("words"));
+}
+
+}  // namespace awqkit::bind

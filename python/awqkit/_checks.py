@@ -1,0 +1,55 @@
+"""Python-side argument checks shared by the public API (the binding re-checks)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SCALE_DTYPES = ("float16", "float32")
+
+
+def as_weight(w, name: str = "w") -> np.ndarray:
+    """A 2-D float32/float16 ndarray view of ``w`` (never a converted copy)."""
+    if not isinstance(w, np.ndarray):
+        if hasattr(w, "__array__") or isinstance(w, (list, tuple)):
+            w = np.asarray(w)
+        else:
+            raise TypeError(f"{name} must be a numpy array, got {type(w).__name__}")
+    if w.dtype not in (np.float32, np.float16):
+        raise TypeError(
+            f"{name} must be float32 or float16, got {w.dtype} (convert explicitly, e.g. {name}.astype(np.float32))"
+        )
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [out_features, in_features], got shape {w.shape}")
+    return w
+
+
+def check_scale_dtype(scale_dtype: str) -> bool:
+    """Returns True when scales are rounded to float16."""
+    name = np.dtype(scale_dtype).name if not isinstance(scale_dtype, str) else scale_dtype
+    if name not in _SCALE_DTYPES:
+        raise ValueError(f"scale_dtype must be 'float16' or 'float32', got {scale_dtype!r}")
+    return name == "float16"
+
+
+def check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be between 2 and 8, got {bits}")
+    return int(bits)
+
+
+def resolve_group_size(group_size: int, k: int) -> int:
+    """The effective group size: -1 means one group per row; must divide K."""
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+    if group_size == -1:
+        return k
+    if group_size <= 0:
+        raise ValueError(f"group_size must be positive or -1, got {group_size}")
+    if k % group_size:
+        raise ValueError(
+            f"K = {k} is not divisible by group_size = {group_size} "
+            "(use a group size that divides K, or -1 for one group per row)"
+        )
+    return int(group_size)
