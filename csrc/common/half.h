@@ -1,24 +1,27 @@
 // IEEE binary16 <-> binary32 conversion in portable C++, round to nearest even.
 // This is the scalar reference for what F16C's vcvtps2ph/vcvtph2ps do, and what
 // numpy's astype(float16) does, so scales agree bit for bit on every path.
+// Functions in headers that ISA-specific files include are `static inline`: each
+// translation unit keeps its own copy, so the linker can never hand the scalar
+// path a copy compiled for AVX-512 (a one-definition-rule trap of per-file ISA flags).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
 namespace awqkit {
 
-inline uint32_t float_bits(float f) {
+static inline uint32_t float_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
   return u;
 }
-inline float bits_float(uint32_t u) {
+static inline float bits_float(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
 
-inline uint16_t float_to_half(float f) {
+static inline uint16_t float_to_half(float f) {
   const uint32_t x = float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t absx = x & 0x7fffffffu;
@@ -42,7 +45,7 @@ inline uint16_t float_to_half(float f) {
   return sign | static_cast<uint16_t>(m);
 }
 
-inline float half_to_float(uint16_t h) {
+static inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   const uint32_t mant = h & 0x3ffu;
@@ -56,6 +59,6 @@ inline float half_to_float(uint16_t h) {
 }
 
 // Round a float to the nearest binary16 value and back.
-inline float round_to_half(float f) { return half_to_float(float_to_half(f)); }
+static inline float round_to_half(float f) { return half_to_float(float_to_half(f)); }
 
 }  // namespace awqkit

@@ -26,7 +26,7 @@ struct GroupParams {
 };
 
 // maxv/minv: the group's max and min (zero_point) ; absmax is max |w| (symmetric).
-inline GroupParams group_params(float minv, float maxv, const QuantSpec& spec) {
+static inline GroupParams group_params(float minv, float maxv, const QuantSpec& spec) {
   GroupParams p;
   if (spec.zero_point) {
     const float range = std::fmax(maxv - minv, 1e-5f);
@@ -45,7 +45,7 @@ inline GroupParams group_params(float minv, float maxv, const QuantSpec& spec) {
 
 // Code of one element: clamp(round(w / scale) + zero, 0, 2^b - 1). The symmetric rule
 // clamp(round(w/s), -2^(b-1), 2^(b-1)-1) + 2^(b-1) is the same expression.
-inline float quant_code(float w, const GroupParams& p, float qmax) {
+static inline float quant_code(float w, const GroupParams& p, float qmax) {
   const float q = std::nearbyint(w / p.scale) + p.zero;
   return std::fmin(std::fmax(q, 0.0f), qmax);
 }
