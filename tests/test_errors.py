@@ -1,0 +1,159 @@
+"""Bad input gets a clear Python exception, never a crash or a silently wrong answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import awqkit
+from awqkit import _core
+
+
+@pytest.fixture
+def w(rng):
+    return rng.standard_normal((16, 64)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.uint8, np.complex64, bool])
+def test_wrong_dtype_is_type_error(w, dtype):
+    with pytest.raises(TypeError, match="float32 or float16"):
+        awqkit.quantize(w.astype(dtype))
+
+
+@pytest.mark.parametrize("shape", [(64,), (2, 4, 8), ()])
+def test_wrong_ndim(shape):
+    with pytest.raises(ValueError, match="2-D"):
+        awqkit.quantize(np.zeros(shape, np.float32))
+
+
+def test_not_an_array():
+    with pytest.raises(TypeError, match="numpy array"):
+        awqkit.quantize("weights")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights(isa, w, bad):
+    w[5, 17] = bad
+    with pytest.raises(ValueError, match="NaN or Inf.*row 5"):
+        awqkit.quantize(w, group_size=32)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        awqkit.pseudo_quantize(w, group_size=32)
+
+
+def test_group_size_must_divide_k(w):
+    with pytest.raises(ValueError, match="not divisible by group_size"):
+        awqkit.quantize(w, group_size=48)
+    with pytest.raises(ValueError, match="positive or -1"):
+        awqkit.quantize(w, group_size=0)
+    with pytest.raises(ValueError, match="positive or -1"):
+        awqkit.quantize(w, group_size=-2)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 9, 16, -4])
+def test_bits_out_of_range(w, bits):
+    with pytest.raises(ValueError, match="between 2 and 8"):
+        awqkit.quantize(w, bits=bits)
+
+
+def test_bits_wrong_type(w):
+    with pytest.raises(TypeError):
+        awqkit.quantize(w, bits=4.0)
+
+
+def test_scale_dtype(w):
+    with pytest.raises(ValueError, match="scale_dtype"):
+        awqkit.quantize(w, scale_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (16, 0), (0, 0)])
+def test_empty_arrays(shape):
+    with pytest.raises(ValueError, match="empty"):
+        awqkit.quantize(np.zeros(shape, np.float32), group_size=-1)
+
+
+def test_fp16_scale_overflow_says_what_to_do(rng):
+    w = (rng.standard_normal((8, 32)) * 1e7).astype(np.float32)
+    with pytest.raises(ValueError, match="scale_dtype='float32'"):
+        awqkit.quantize(w, group_size=32)
+    awqkit.quantize(w, group_size=32, scale_dtype="float32")
+
+
+def test_non_contiguous_inner_stride_is_refused(w):
+    with pytest.raises(ValueError, match="contiguous"):
+        awqkit.quantize(w[:, ::2], group_size=32)
+    # A transposed (Fortran-order) array is refused too, never read in the wrong order.
+    with pytest.raises(ValueError, match="contiguous"):
+        awqkit.quantize(np.asfortranarray(w), group_size=32)
+
+
+def test_native_layer_checks_on_its_own(w):
+    """The binding re-checks what the Python wrapper checks (thin wrapper, safe core)."""
+    with pytest.raises(TypeError, match="float32 or float16"):
+        _core.quantize(w.astype(np.float64), 4, 32, True, True)
+    with pytest.raises(TypeError, match="2-D"):
+        _core.quantize(w[0], 4, 32, True, True)
+    with pytest.raises(ValueError, match="between 2 and 8"):
+        _core.quantize(w, 1, 32, True, True)
+    with pytest.raises(ValueError, match="larger than 2\\^bits"):
+        _core.dequantize(np.full((2, 32), 20, np.uint8), np.ones((2, 1), np.float32), np.zeros((2, 1), np.uint8), 32, 4)
+    with pytest.raises(ValueError, match="shape"):
+        _core.dequantize(np.zeros((2, 32), np.uint8), np.ones((2, 2), np.float32), np.zeros((2, 1), np.uint8), 32, 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        _core.pack_awq_transposed(np.zeros((16, 8), np.uint8)[:, ::2])
+
+
+def test_quantized_tensor_validates_shapes():
+    with pytest.raises(ValueError):
+        awqkit.QuantizedTensor(codes=np.zeros((8, 64), np.uint8), scales=np.ones((8, 3), np.float16), zeros=np.zeros((8, 3), np.uint8), bits=4, group_size=32)
+
+
+def test_isa_selection():
+    assert awqkit.active_isa() in awqkit.available_isas()
+    assert awqkit.available_isas()[0] == "scalar"
+    with pytest.raises(ValueError, match="unknown ISA"):
+        awqkit.set_isa("neon")
+    with awqkit.use_isa("scalar"):
+        assert awqkit.active_isa() == "scalar"
+    assert awqkit.active_isa() == awqkit.detected_isa()
+
+
+def test_isa_env_variable_caps_the_level():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import awqkit; print(awqkit.active_isa())"],
+        env={**__import__("os").environ, "AWQKIT_ISA": "scalar"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "scalar"
+
+
+def test_gil_is_released_during_native_work(rng):
+    """A Python thread keeps running while one native call is in progress."""
+    import threading
+    import time
+
+    w = rng.standard_normal((4096, 4096)).astype(np.float32)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0005)
+
+    with awqkit.use_threads(1):
+        t = threading.Thread(target=ticker)
+        t.start()
+        time.sleep(0.01)
+        start = time.perf_counter()
+        awqkit.pseudo_quantize(w, scale_dtype="float32")
+        end = time.perf_counter()
+        stop.set()
+        t.join()
+    inside = [x for x in ticks if start < x < end]
+    # Holding the GIL for the whole call would allow at most a tick or two at its edges.
+    assert len(inside) >= 5, f"{len(inside)} ticks during a {1e3 * (end - start):.0f} ms native call"
