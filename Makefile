@@ -21,7 +21,7 @@ demo: install
 	$(PYTHON) -m awqkit demo
 
 test: install
-	cd tests && $(PYTHON) -m pytest -q -p no:cacheprovider ..
+	$(PYTHON) -m pytest -q -p no:cacheprovider
 
 # In-tree build for development: the module lands in python/awqkit/, use PYTHONPATH=python.
 dev: deps-system

@@ -134,3 +134,26 @@ def test_property_any_isa_equals_reference(w, bits, gs, zero_point):
     for isa in awqkit.available_isas():
         with awqkit.use_isa(isa):
             assert_matches_reference(w, bits, gs, zero_point)
+
+
+def test_omp_num_threads_env_gives_identical_results(tmp_path):
+    """OMP_NUM_THREADS=1 and =2 in fresh processes produce byte-identical outputs."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, awqkit, hashlib;"
+        "w = np.random.default_rng(7).standard_normal((333, 768)).astype(np.float32);"
+        "qt = awqkit.quantize(w, bits=4, group_size=128); p = awqkit.pack_awq(awqkit.quantize(w[:328], group_size=64));"
+        "h = hashlib.sha256(); [h.update(a.tobytes()) for a in (qt.codes, qt.scales, qt.zeros, *p.values(), awqkit.pseudo_quantize(w, bits=3, group_size=-1))];"
+        "print(awqkit.num_threads(), h.hexdigest())"
+    )
+    digests = {}
+    for n in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": n}, capture_output=True, text=True, check=True)
+        threads, digest = out.stdout.split()
+        assert threads == n
+        digests[n] = digest
+    assert digests["1"] == digests["2"]
