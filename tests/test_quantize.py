@@ -138,7 +138,6 @@ def test_property_any_isa_equals_reference(w, bits, gs, zero_point):
 
 def test_omp_num_threads_env_gives_identical_results(tmp_path):
     """OMP_NUM_THREADS=1 and =2 in fresh processes produce byte-identical outputs."""
-    import hashlib
     import os
     import subprocess
     import sys
