@@ -66,5 +66,6 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
 
 void register_quant(py::module_& m);
 void register_isa(py::module_& m);
+void register_search(py::module_& m);
 
 }  // namespace awqkit::bind

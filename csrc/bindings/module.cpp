@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   });
   awqkit::bind::register_isa(m);
   awqkit::bind::register_quant(m);
+  awqkit::bind::register_search(m);
 }

@@ -5,22 +5,38 @@ pipeline (``awqkit.quantize_model`` and friends) needs the ``[torch]`` extra.
 """
 
 from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa, use_isa, use_threads
+from .folding import fold_scale_into_linear_outputs, fold_scale_into_norm, scale_linear_inputs
 from .packing import AWQ_ORDER, pack_awq, unpack_awq
 from .quantizer import QuantizedTensor, dequantize, pseudo_quantize, quantize
+from .saliency import available_saliencies, register_saliency
+from .search import ClipResult, ScaleSearchResult, apply_clip, scale_loss, search_clip, search_scale
+from .stats import ActivationStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AWQ_ORDER",
+    "ActivationStats",
+    "ClipResult",
     "QuantizedTensor",
+    "ScaleSearchResult",
     "active_isa",
+    "apply_clip",
     "available_isas",
+    "available_saliencies",
     "dequantize",
     "detected_isa",
+    "fold_scale_into_linear_outputs",
+    "fold_scale_into_norm",
     "num_threads",
     "pack_awq",
     "pseudo_quantize",
     "quantize",
+    "register_saliency",
+    "scale_linear_inputs",
+    "scale_loss",
+    "search_clip",
+    "search_scale",
     "set_isa",
     "unpack_awq",
     "use_isa",

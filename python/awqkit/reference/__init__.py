@@ -5,5 +5,25 @@ Written independently of the C++ code, in the plainest numpy, favouring clarity 
 
 from .packing import pack_awq_ref, unpack_awq_ref
 from .quant import dequantize_ref, pseudo_quantize_ref, quantize_ref
+from .search import (
+    direct_loss_ref,
+    scale_candidate_ref,
+    search_clip_ref,
+    search_scale_ref,
+    w_mean_ref,
+    x_mean_ref,
+)
 
-__all__ = ["dequantize_ref", "pack_awq_ref", "pseudo_quantize_ref", "quantize_ref", "unpack_awq_ref"]
+__all__ = [
+    "dequantize_ref",
+    "direct_loss_ref",
+    "pack_awq_ref",
+    "pseudo_quantize_ref",
+    "quantize_ref",
+    "scale_candidate_ref",
+    "search_clip_ref",
+    "search_scale_ref",
+    "unpack_awq_ref",
+    "w_mean_ref",
+    "x_mean_ref",
+]

@@ -1,0 +1,237 @@
+// Bindings of the AWQ search engine: activation statistics, scale search, clip search.
+#include "bindings/bind_common.h"
+#include "quant/quantize.h"
+#include "search/activation_stats.h"
+#include "search/clip_search.h"
+#include "search/gram.h"
+#include "search/scale_search.h"
+
+namespace awqkit::bind {
+namespace {
+
+MatrixView float_view(const py::array& a, const char* name) {
+  require_dtype(has_dtype<float>(a) || is_f16(a), a, name, "float32 or float16");
+  require_ndim(a, name, 2);
+  const int64_t ld = row_stride_2d(a, name);
+  return MatrixView{a.data(), is_f16(a) ? FloatType::f16 : FloatType::f32, a.shape(0), a.shape(1), ld};
+}
+
+std::vector<MatrixView> weight_views(const std::vector<py::array>& weights) {
+  std::vector<MatrixView> views;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const std::string name = "weights[" + std::to_string(i) + "]";
+    views.push_back(float_view(weights[i], name.c_str()));
+    require_nonempty(weights[i], name.c_str());
+  }
+  return views;
+}
+
+template <typename T>
+py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<T> a(shape);
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+const double* vector_arg(const py::array& a, const char* name, int64_t K) {
+  require_dtype(has_dtype<double>(a), a, name, "float64");
+  require_ndim(a, name, 1);
+  require_contiguous(a, name);
+  require(a.shape(0) == K, std::string(name) + " must have K = " + std::to_string(K) + " entries, got " +
+                               std::to_string(a.shape(0)));
+  return static_cast<const double*>(a.data());
+}
+
+// Gram panels from either a native ActivationStats or a [K, K] float64 array.
+GramPanels panels_from(const py::object& gram, int64_t* K, int64_t* n_tokens) {
+  if (py::isinstance<ActivationStats>(gram)) {
+    const ActivationStats& st = gram.cast<const ActivationStats&>();
+    *K = st.in_features();
+    *n_tokens = st.n_tokens();
+    py::gil_scoped_release nogil;
+    return st.gram_panels();
+  }
+  py::array a = gram.cast<py::array>();
+  require_dtype(has_dtype<double>(a), a, "gram", "float64");
+  require_ndim(a, "gram", 2);
+  require_contiguous(a, "gram");
+  require(a.shape(0) == a.shape(1), "gram must be square");
+  *K = a.shape(0);
+  const double* g = static_cast<const double*>(a.data());
+  py::gil_scoped_release nogil;
+  return build_gram_panels(g, *K, *K);
+}
+
+py::dict search_scale_py(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
+                         const py::array& saliency, int bits, int64_t group_size, bool zero_point,
+                         bool fp16_scale, int n_grid, bool duo, bool plain, bool identity) {
+  const std::vector<MatrixView> views = weight_views(weights);
+  int64_t K = 0, n_stats = 0;
+  ScaleSearchSpec spec;
+  spec.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, views.at(0).cols);
+  check_weights(views, views[0].cols);
+  GramPanels P = panels_from(gram, &K, &n_stats);
+  if (n_tokens < 0) n_tokens = n_stats;
+  require(K == views[0].cols, "the activations have K = " + std::to_string(K) +
+                                  " features but the weights have " + std::to_string(views[0].cols));
+  require(n_tokens > 0, "no calibration tokens (empty calibration set)");
+  const double* sal = vector_arg(saliency, "saliency", K);
+  spec.n_grid = n_grid;
+  spec.duo = duo;
+  spec.plain = plain;
+  spec.identity = identity;
+  ScaleSearchOutput out;
+  {
+    py::gil_scoped_release nogil;
+    out = search_scale(views, P, n_tokens, sal, spec);
+  }
+  const py::ssize_t C = static_cast<py::ssize_t>(out.losses.size());
+  py::dict d;
+  d["ratios"] = to_array(out.ratios, {C});
+  d["losses"] = to_array(out.losses, {C});
+  d["duo"] = to_array(out.duo, {C});
+  d["identity"] = to_array(out.identity, {C});
+  d["candidates"] = to_array(out.candidates, {C, K});
+  d["best"] = out.best;
+  d["rtn_loss"] = out.rtn_loss;
+  return d;
+}
+
+py::array_t<double> scale_losses_py(const std::vector<py::array>& weights, const py::object& gram,
+                                    int64_t n_tokens, const py::array& S, int bits, int64_t group_size,
+                                    bool zero_point, bool fp16_scale) {
+  const std::vector<MatrixView> views = weight_views(weights);
+  const QuantSpec spec = resolve_spec(bits, group_size, zero_point, fp16_scale, views.at(0).cols);
+  check_weights(views, views[0].cols);
+  int64_t K = 0, n_stats = 0;
+  GramPanels P = panels_from(gram, &K, &n_stats);
+  if (n_tokens < 0) n_tokens = n_stats;
+  require(K == views[0].cols, "the activations have K = " + std::to_string(K) +
+                                  " features but the weights have " + std::to_string(views[0].cols));
+  require(n_tokens > 0, "no calibration tokens (empty calibration set)");
+  require_dtype(has_dtype<float>(S), S, "scales", "float32");
+  require_ndim(S, "scales", 2);
+  require_contiguous(S, "scales");
+  require(S.shape(1) == K, "scales must have K = " + std::to_string(K) + " columns");
+  const float* s = static_cast<const float*>(S.data());
+  const int64_t C = S.shape(0);
+  std::vector<double> losses;
+  {
+    py::gil_scoped_release nogil;
+    losses = scale_losses(views, P, n_tokens, spec, s, C);
+  }
+  return to_array(losses, {static_cast<py::ssize_t>(C)});
+}
+
+py::array_t<double> weight_group_mean_py(const std::vector<py::array>& weights, int64_t group_size) {
+  const std::vector<MatrixView> views = weight_views(weights);
+  const QuantSpec spec = resolve_spec(4, group_size, true, true, views.at(0).cols);
+  check_weights(views, views[0].cols);
+  std::vector<double> m;
+  {
+    py::gil_scoped_release nogil;
+    m = weight_group_mean(views, spec.group_size);
+  }
+  return to_array(m, {static_cast<py::ssize_t>(m.size())});
+}
+
+py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, int64_t group_size) {
+  std::vector<double> blocks;
+  int64_t K = 0;
+  if (py::isinstance<ActivationStats>(x)) {
+    const ActivationStats& st = x.cast<const ActivationStats&>();
+    K = st.in_features();
+    group_size = resolve_spec(4, group_size, true, true, K).group_size;
+    require(stride == 1, "sampling tokens needs the raw activations, not statistics");
+    py::gil_scoped_release nogil;
+    blocks = st.gram_group_blocks(group_size);
+  } else {
+    py::array a = x.cast<py::array>();
+    const MatrixView v = float_view(a, "x");
+    K = v.cols;
+    group_size = resolve_spec(4, group_size, true, true, K).group_size;
+    require(v.rows > 0, "x has no tokens (empty calibration set)");
+    require(stride >= 1, "stride must be >= 1");
+    py::gil_scoped_release nogil;
+    require_finite_activations(v);
+    blocks = group_gram_blocks(v, stride, group_size);
+  }
+  const py::ssize_t G = K / group_size;
+  return to_array(blocks, {G, static_cast<py::ssize_t>(group_size), static_cast<py::ssize_t>(group_size)});
+}
+
+py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_tokens, int bits,
+                        int64_t group_size, bool zero_point, bool fp16_scale, int n_grid, int n_shrink,
+                        bool asymmetric) {
+  const MatrixView v = float_view(w, "w");
+  require_nonempty(w, "w");
+  ClipSpec spec;
+  spec.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, v.cols);
+  spec.n_grid = n_grid;
+  spec.n_shrink = n_shrink;
+  spec.asymmetric = asymmetric;
+  check_weights({v}, v.cols);
+  const int64_t gs = spec.quant.group_size, G = v.cols / gs, N = v.rows;
+  require_dtype(has_dtype<double>(blocks), blocks, "gram blocks", "float64");
+  require_contiguous(blocks, "gram blocks");
+  require(blocks.ndim() == 3 && blocks.shape(0) == G && blocks.shape(1) == gs && blocks.shape(2) == gs,
+          "gram blocks must have shape [G, group_size, group_size]");
+  const double* b = static_cast<const double*>(blocks.data());
+  ClipOutput out;
+  {
+    py::gil_scoped_release nogil;
+    out = search_clip(v, b, n_tokens, spec);
+  }
+  py::dict d;
+  d["max_val"] = to_array(out.max_val, {N, G});
+  d["min_val"] = to_array(out.min_val, {N, G});
+  d["err_before"] = to_array(out.err_before, {N, G});
+  d["err_after"] = to_array(out.err_after, {N, G});
+  d["shrink_max"] = to_array(out.shrink_max, {N, G});
+  d["shrink_min"] = to_array(out.shrink_min, {N, G});
+  return d;
+}
+
+}  // namespace
+
+void register_search(py::module_& m) {
+  py::class_<ActivationStats>(m, "ActivationStats")
+      .def(py::init<int64_t, bool>(), py::arg("in_features"), py::arg("gram"))
+      .def("update",
+           [](ActivationStats& s, const py::array& x) {
+             const MatrixView v = float_view(x, "x");
+             py::gil_scoped_release nogil;
+             s.update(v);
+           },
+           py::arg("x"))
+      .def("merge", [](ActivationStats& s, const ActivationStats& o) { s.merge(o); }, py::arg("other"))
+      .def_property_readonly("in_features", &ActivationStats::in_features)
+      .def_property_readonly("has_gram", &ActivationStats::has_gram)
+      .def_property_readonly("n_tokens", &ActivationStats::n_tokens)
+      .def("sum_abs", [](const ActivationStats& s) { return to_array(s.sum_abs(), {s.in_features()}); })
+      .def("sum_sq", [](const ActivationStats& s) { return to_array(s.sum_sq(), {s.in_features()}); })
+      .def("max_abs", [](const ActivationStats& s) { return to_array(s.max_abs(), {s.in_features()}); })
+      .def("gram", [](const ActivationStats& s) {
+        const int64_t K = s.in_features();
+        py::array_t<double> a({K, K});
+        double* p = a.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          s.gram(p);
+        }
+        return a;
+      });
+  m.def("search_scale", &search_scale_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
+        py::arg("saliency"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
+        py::arg("fp16_scale"), py::arg("n_grid"), py::arg("duo"), py::arg("plain"), py::arg("identity"));
+  m.def("scale_losses", &scale_losses_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
+        py::arg("scales"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
+        py::arg("fp16_scale"));
+  m.def("weight_group_mean", &weight_group_mean_py, py::arg("weights"), py::arg("group_size"));
+  m.def("group_gram_blocks", &group_gram_blocks_py, py::arg("x"), py::arg("stride"), py::arg("group_size"));
+  m.def("search_clip", &search_clip_py, py::arg("w"), py::arg("blocks"), py::arg("n_tokens"),
+        py::arg("bits"), py::arg("group_size"), py::arg("zero_point"), py::arg("fp16_scale"),
+        py::arg("n_grid"), py::arg("n_shrink"), py::arg("asymmetric"));
+}
+
+}  // namespace awqkit::bind

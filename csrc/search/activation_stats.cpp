@@ -1,0 +1,148 @@
+#include "search/activation_stats.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <string>
+
+#include "common/errors.h"
+#include "common/half.h"
+#include "search/gram.h"
+
+namespace awqkit {
+
+namespace {
+constexpr int64_t kChunkTokens = 256;  // float partial sums over at most this many tokens
+}
+
+void load_token_chunk(const MatrixView& x, int64_t t0, int64_t T, int64_t stride, int64_t c0,
+                      int64_t width, int64_t Kp, float* out) {
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t src = t0 + t * stride;
+    float* o = out + t * Kp;
+    if (x.type == FloatType::f32) {
+      const float* row = static_cast<const float*>(x.data) + src * x.ld + c0;
+      std::copy(row, row + width, o);
+    } else {
+      const uint16_t* row = static_cast<const uint16_t*>(x.data) + src * x.ld + c0;
+      for (int64_t k = 0; k < width; ++k) o[k] = half_to_float(row[k]);
+    }
+    std::fill(o + width, o + Kp, 0.0f);
+  }
+}
+
+void require_finite_activations(const MatrixView& x) {
+  std::atomic<int64_t> bad{x.rows};
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < x.rows; ++t) {
+    bool ok = true;
+    if (x.type == FloatType::f32) {
+      const float* row = static_cast<const float*>(x.data) + t * x.ld;
+      for (int64_t k = 0; k < x.cols; ++k) ok &= std::isfinite(row[k]);
+    } else {
+      const uint16_t* row = static_cast<const uint16_t*>(x.data) + t * x.ld;
+      for (int64_t k = 0; k < x.cols; ++k) ok &= (row[k] & 0x7c00u) != 0x7c00u;
+    }
+    if (!ok) {
+      int64_t cur = bad.load();
+      while (t < cur && !bad.compare_exchange_weak(cur, t)) {}
+    }
+  }
+  if (bad.load() < x.rows)
+    fail("activations contain NaN or Inf (first in token " + std::to_string(bad.load()) + ")");
+}
+
+ActivationStats::ActivationStats(int64_t in_features, bool with_gram)
+    : K_(in_features), Kp_(gram_padded_width(in_features)), with_gram_(with_gram) {
+  require(in_features > 0, "in_features must be positive, got " + std::to_string(in_features));
+  sum_abs_.assign(K_, 0.0);
+  sum_sq_.assign(K_, 0.0);
+  max_abs_.assign(K_, 0.0);
+  if (with_gram_) gram_.assign(static_cast<size_t>(Kp_ * Kp_), 0.0);
+}
+
+void ActivationStats::update(const MatrixView& x) {
+  require(x.cols == K_, "activations have " + std::to_string(x.cols) +
+                            " features but these statistics are for in_features = " +
+                            std::to_string(K_));
+  if (x.rows == 0) return;
+  require_finite_activations(x);
+  std::vector<float> chunk(static_cast<size_t>(kChunkTokens * Kp_));
+  const int64_t n_col_blocks = (K_ + 63) / 64, n_row_blocks = Kp_ / 12;
+  for (int64_t t0 = 0; t0 < x.rows; t0 += kChunkTokens) {
+    const int64_t T = std::min(kChunkTokens, x.rows - t0);
+    load_token_chunk(x, t0, T, 1, 0, K_, Kp_, chunk.data());
+#pragma omp parallel
+    {
+      // Per-channel sums: each thread owns a range of channels, tokens in order.
+#pragma omp for schedule(static)
+      for (int64_t cb = 0; cb < n_col_blocks; ++cb) {
+        const int64_t k_end = std::min(K_, (cb + 1) * 64);
+        for (int64_t t = 0; t < T; ++t) {
+          const float* row = chunk.data() + t * Kp_;
+          for (int64_t k = cb * 64; k < k_end; ++k) {
+            const double v = row[k], a = std::fabs(v);
+            sum_abs_[k] += a;
+            sum_sq_[k] += v * v;
+            if (a > max_abs_[k]) max_abs_[k] = a;
+          }
+        }
+      }
+      if (with_gram_) {
+        // Row blocks of the triangle: early rows have more tiles, so hand them out dynamically.
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t ib = 0; ib < n_row_blocks; ++ib)
+          gram_accumulate_upper(chunk.data(), T, Kp_, ib, ib + 1, gram_.data());
+      }
+    }
+  }
+  n_ += x.rows;
+}
+
+void ActivationStats::merge(const ActivationStats& other) {
+  require(other.K_ == K_, "cannot merge statistics of " + std::to_string(other.K_) +
+                              " features into statistics of " + std::to_string(K_));
+  require(other.with_gram_ == with_gram_ || !with_gram_,
+          "cannot merge: this accumulator has a Gram matrix and the other does not");
+  for (int64_t k = 0; k < K_; ++k) {
+    sum_abs_[k] += other.sum_abs_[k];
+    sum_sq_[k] += other.sum_sq_[k];
+    max_abs_[k] = std::max(max_abs_[k], other.max_abs_[k]);
+  }
+  if (with_gram_)
+    for (size_t i = 0; i < gram_.size(); ++i) gram_[i] += other.gram_[i];
+  n_ += other.n_;
+}
+
+void ActivationStats::gram(double* out) const {
+  require(with_gram_, "these statistics were collected without the Gram matrix; "
+                      "create them with ActivationStats(in_features, gram=True)");
+  for (int64_t i = 0; i < K_; ++i)
+    for (int64_t j = 0; j < K_; ++j)
+      out[i * K_ + j] = j >= i ? gram_[i * Kp_ + j] : gram_[j * Kp_ + i];
+}
+
+GramPanels ActivationStats::gram_panels() const {
+  require(with_gram_, "the search needs the Gram matrix: collect the statistics with "
+                      "ActivationStats(in_features, gram=True)");
+  return build_gram_panels(gram_.data(), K_, Kp_);
+}
+
+std::vector<double> ActivationStats::gram_group_blocks(int64_t gs) const {
+  require(with_gram_, "the exact clip search needs the Gram matrix: collect the statistics with "
+                      "ActivationStats(in_features, gram=True)");
+  require(gs > 0 && K_ % gs == 0, "group_size must divide in_features");
+  const int64_t G = K_ / gs;
+  std::vector<double> out(static_cast<size_t>(G * gs * gs));
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t i = 0; i < gs; ++i)
+      for (int64_t j = 0; j < gs; ++j) {
+        const int64_t a = g * gs + std::min(i, j), b = g * gs + std::max(i, j);
+        out[(g * gs + i) * gs + j] = gram_[a * Kp_ + b];
+      }
+  return out;
+}
+
+}  // namespace awqkit

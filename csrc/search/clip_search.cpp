@@ -1,0 +1,142 @@
+#include "search/clip_search.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "common/errors.h"
+#include "common/half.h"
+#include "quant/quantize_kernels.h"
+#include "search/activation_stats.h"
+#include "search/gram.h"
+#include "search/tile_kernels.h"
+
+namespace awqkit {
+
+std::vector<double> group_gram_blocks(const MatrixView& x, int64_t stride, int64_t gs) {
+  const int64_t K = x.cols, G = K / gs, gsp = gram_padded_width(gs);
+  const int64_t n_used = (x.rows + stride - 1) / stride;
+  constexpr int64_t kChunk = 256;
+  std::vector<double> out(static_cast<size_t>(G * gs * gs));
+#pragma omp parallel
+  {
+    std::vector<float> chunk(static_cast<size_t>(kChunk * gsp));
+    std::vector<double> acc(static_cast<size_t>(gsp * gsp));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < G; ++g) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t t = 0; t < n_used; t += kChunk) {
+        const int64_t T = std::min(kChunk, n_used - t);
+        load_token_chunk(x, t * stride, T, stride, g * gs, gs, gsp, chunk.data());
+        gram_accumulate_upper(chunk.data(), T, gsp, 0, gsp / kTileRows, acc.data());
+      }
+      double* blk = out.data() + g * gs * gs;
+      for (int64_t i = 0; i < gs; ++i)
+        for (int64_t j = 0; j < gs; ++j) blk[i * gs + j] = j >= i ? acc[i * gsp + j] : acc[j * gsp + i];
+    }
+  }
+  return out;
+}
+
+ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tokens, const ClipSpec& spec) {
+  const int64_t N = w.rows, K = w.cols, gs = spec.quant.group_size, G = K / gs;
+  require(spec.n_grid >= 1, "n_grid must be >= 1, got " + std::to_string(spec.n_grid));
+  require(spec.n_shrink >= 1, "int(max_shrink * n_grid) must be >= 1 (no shrink to try)");
+  require(n_tokens > 0, "no calibration tokens");
+  const int64_t ns = spec.n_shrink, C = spec.asymmetric ? ns * ns : ns;
+  // Rows per work item: enough (row, candidate) pairs to fill register tiles.
+  const int64_t R = spec.asymmetric ? 12 : 48;
+  const QuantizeGroupFn quantize = quantize_group_kernel();
+  std::vector<float> factor(static_cast<size_t>(ns));
+  for (int64_t i = 0; i < ns; ++i) factor[i] = static_cast<float>(1.0 - static_cast<double>(i) / spec.n_grid);
+
+  ClipOutput out;
+  out.max_val.resize(N * G);
+  out.min_val.resize(N * G);
+  out.err_before.resize(N * G);
+  out.err_after.resize(N * G);
+  out.shrink_max.resize(N * G);
+  out.shrink_min.resize(N * G);
+  const double inv_n = 1.0 / static_cast<double>(n_tokens);
+  const int64_t n_row_blocks = (N + R - 1) / R;
+
+#pragma omp parallel
+  {
+    std::vector<float> E, buf(K), cur(gs), deq(gs), scratch;
+    std::vector<double> err;
+    GramPanels P;
+    int64_t panels_of = -1;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t b = 0; b < n_row_blocks; ++b) {
+        if (panels_of != g) {
+          P = build_gram_panels(gblocks + g * gs * gs, gs, gs);
+          panels_of = g;
+        }
+        const int64_t r0 = b * R, nr = std::min(R, N - r0), Kp = P.Kp;
+        const int64_t rows = round_up(nr * C, kTileRows);
+        E.assign(static_cast<size_t>(rows * Kp), 0.0f);
+        err.resize(rows);
+        std::vector<float> lo_b(nr * C), hi_b(nr * C);
+        for (int64_t i = 0; i < nr; ++i) {
+          const float* row;
+          if (w.type == FloatType::f32) {
+            row = static_cast<const float*>(w.data) + (r0 + i) * w.ld + g * gs;
+          } else {
+            const uint16_t* h = static_cast<const uint16_t*>(w.data) + (r0 + i) * w.ld + g * gs;
+            for (int64_t k = 0; k < gs; ++k) buf[k] = half_to_float(h[k]);
+            row = buf.data();
+          }
+          float maxv = row[0], minv = row[0], amax = std::fabs(row[0]);
+          for (int64_t k = 1; k < gs; ++k) {
+            maxv = std::fmax(maxv, row[k]);
+            minv = std::fmin(minv, row[k]);
+            amax = std::fmax(amax, std::fabs(row[k]));
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            float hi, lo;
+            if (spec.asymmetric) {
+              hi = maxv * factor[c / ns];
+              lo = minv * factor[c % ns];
+            } else {
+              hi = amax * factor[c];
+              lo = -hi;
+            }
+            hi_b[i * C + c] = hi;
+            lo_b[i * C + c] = lo;
+            for (int64_t k = 0; k < gs; ++k) cur[k] = std::fmin(std::fmax(row[k], lo), hi);
+            float scale;
+            uint8_t zero;
+            quantize(cur.data(), gs, spec.quant, nullptr, deq.data(), &scale, &zero);
+            float* e = E.data() + (i * C + c) * Kp;
+            for (int64_t k = 0; k < gs; ++k) e[k] = deq[k] - row[k];
+          }
+        }
+        rowwise_quadratic_form(E.data(), rows, P, err.data(), scratch);
+        for (int64_t i = 0; i < nr; ++i) {
+          const double* e = err.data() + i * C;
+          // The reference starts from an error of 1e9 and keeps the unclipped bound unless
+          // a candidate is strictly below it; the asymmetric variant starts from candidate 0.
+          int64_t best = 0;
+          double best_err = spec.asymmetric ? e[0] * inv_n : 1e9;
+          for (int64_t c = spec.asymmetric ? 1 : 0; c < C; ++c)
+            if (e[c] * inv_n < best_err) {
+              best_err = e[c] * inv_n;
+              best = c;
+            }
+          const int64_t o = (r0 + i) * G + g;
+          out.max_val[o] = hi_b[i * C + best];
+          out.min_val[o] = lo_b[i * C + best];
+          out.err_before[o] = e[0] * inv_n;
+          out.err_after[o] = e[best] * inv_n;
+          out.shrink_max[o] = static_cast<int32_t>(spec.asymmetric ? best / ns : best);
+          out.shrink_min[o] = static_cast<int32_t>(spec.asymmetric ? best % ns : best);
+        }
+      }
+  }
+  return out;
+}
+
+}  // namespace awqkit

@@ -1,0 +1,104 @@
+"""Streaming statistics of a Linear's input activations (the calibration side of AWQ)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["ActivationStats"]
+
+
+def as_activations(x, in_features: int | None = None, name: str = "x") -> np.ndarray:
+    """A 2-D float32/float16 [tokens, K] ndarray view of ``x`` (a leading batch dim is flattened)."""
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{name} must be a numpy array [tokens, in_features], got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float16):
+        raise TypeError(
+            f"{name} must be float32 or float16, got {x.dtype} (convert explicitly, e.g. {name}.astype(np.float32))"
+        )
+    if x.ndim > 2:
+        x = x.reshape(-1, x.shape[-1])
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be [tokens, in_features], got shape {x.shape}")
+    if in_features is not None and x.shape[1] != in_features:
+        raise ValueError(f"{name} has {x.shape[1]} features but in_features = {in_features} (mismatched K)")
+    return x
+
+
+class ActivationStats:
+    """Per-channel statistics of activations ``x`` [tokens, K], accumulated batch by batch.
+
+    Float64 accumulators of the token count, sum |x|, sum x^2 and max |x|; with
+    ``gram=True`` also the Gram matrix ``X^T X`` that makes every AWQ scale candidate
+    cost O(N K^2) whatever the number of tokens (accumulated natively: blocked, symmetric,
+    SIMD; identical for any thread count). ``merge`` adds another accumulator, so
+    calibration can be split across processes or machines.
+    """
+
+    def __init__(self, in_features: int, gram: bool = False):
+        if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)):
+            raise TypeError(f"in_features must be an int, got {type(in_features).__name__}")
+        if in_features <= 0:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self._impl = _core.ActivationStats(int(in_features), bool(gram))
+
+    def update(self, x) -> "ActivationStats":
+        """Add a batch ``x`` [tokens, K] (float32 or float16; [..., K] is flattened)."""
+        x = as_activations(x, self.in_features)
+        self._impl.update(x)
+        return self
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """Add the statistics of ``other`` (same ``in_features``) into these."""
+        if not isinstance(other, ActivationStats):
+            raise TypeError(f"merge takes an ActivationStats, got {type(other).__name__}")
+        self._impl.merge(other._impl)
+        return self
+
+    @property
+    def in_features(self) -> int:
+        return self._impl.in_features
+
+    @property
+    def has_gram(self) -> bool:
+        return self._impl.has_gram
+
+    @property
+    def n_tokens(self) -> int:
+        return self._impl.n_tokens
+
+    def _require_tokens(self):
+        if self.n_tokens == 0:
+            raise ValueError("no calibration tokens yet (empty calibration set): call update(x) first")
+
+    def mean_abs(self) -> np.ndarray:
+        """Per-channel mean |x| (float64 [K]): AWQ's ``x_mean``."""
+        self._require_tokens()
+        return self._impl.sum_abs() / self.n_tokens
+
+    def mean_sq(self) -> np.ndarray:
+        """Per-channel mean x^2 (float64 [K]) = diag(X^T X) / n."""
+        self._require_tokens()
+        return self._impl.sum_sq() / self.n_tokens
+
+    def rms(self) -> np.ndarray:
+        """Per-channel root mean square (float64 [K])."""
+        return np.sqrt(self.mean_sq())
+
+    def max_abs(self) -> np.ndarray:
+        """Per-channel max |x| (float64 [K])."""
+        self._require_tokens()
+        return self._impl.max_abs()
+
+    def gram(self) -> np.ndarray:
+        """``X^T X`` (float64 [K, K], symmetric); needs ``gram=True``."""
+        if not self.has_gram:
+            raise ValueError("these statistics were collected without the Gram matrix; use ActivationStats(K, gram=True)")
+        return self._impl.gram()
+
+    def __repr__(self) -> str:
+        return f"ActivationStats(in_features={self.in_features}, gram={self.has_gram}, n_tokens={self.n_tokens})"
