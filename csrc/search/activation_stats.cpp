@@ -10,6 +10,7 @@
 #include "common/errors.h"
 #include "common/half.h"
 #include "search/gram.h"
+#include "search/tile_kernels.h"
 
 namespace awqkit {
 
@@ -70,14 +71,22 @@ void ActivationStats::update(const MatrixView& x) {
   if (x.rows == 0) return;
   require_finite_activations(x);
   std::vector<float> chunk(static_cast<size_t>(kChunkTokens * Kp_));
-  const int64_t n_col_blocks = (K_ + 63) / 64, n_row_blocks = Kp_ / 12;
+  std::vector<float> a_panels, b_panels;
+  if (with_gram_) {
+    a_panels.resize(static_cast<size_t>(kChunkTokens * Kp_));
+    b_panels.resize(static_cast<size_t>(kChunkTokens * Kp_));
+  }
+  const int64_t n_col_blocks = (K_ + 63) / 64, n_row_blocks = Kp_ / kTileRows, NJ = Kp_ / kTileCols;
+  // Column tiles per block: the block's B panels (T x 384 floats) stay in L2 while every
+  // row block above its diagonal streams past them.
+  constexpr int64_t kTilesPerBlock = 12;
   for (int64_t t0 = 0; t0 < x.rows; t0 += kChunkTokens) {
     const int64_t T = std::min(kChunkTokens, x.rows - t0);
     load_token_chunk(x, t0, T, 1, 0, K_, Kp_, chunk.data());
 #pragma omp parallel
     {
       // Per-channel sums: each thread owns a range of channels, tokens in order.
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
       for (int64_t cb = 0; cb < n_col_blocks; ++cb) {
         const int64_t k_end = std::min(K_, (cb + 1) * 64);
         for (int64_t t = 0; t < T; ++t) {
@@ -91,10 +100,19 @@ void ActivationStats::update(const MatrixView& x) {
         }
       }
       if (with_gram_) {
-        // Row blocks of the triangle: early rows have more tiles, so hand them out dynamically.
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t ib = 0; ib < n_row_blocks; ++ib)
-          gram_accumulate_upper(chunk.data(), T, Kp_, ib, ib + 1, gram_.data());
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < n_row_blocks + NJ; ++p)
+          pack_gram_chunk(chunk.data(), T, Kp_, p < n_row_blocks ? p : -1, p < n_row_blocks ? -1 : p - n_row_blocks,
+                          a_panels.data(), b_panels.data());
+        // Each output tile belongs to one row block, so to one thread: no shared writes,
+        // and every entry sums its chunks in the same order for any thread count.
+        for (int64_t J0 = 0; J0 < NJ; J0 += kTilesPerBlock) {
+          const int64_t J1 = std::min(NJ, J0 + kTilesPerBlock);
+          const int64_t ib_end = std::min(n_row_blocks, (J1 * kTileCols + kTileRows - 1) / kTileRows);
+#pragma omp for schedule(dynamic, 2)
+          for (int64_t ib = 0; ib < ib_end; ++ib)
+            gram_accumulate_packed(a_panels.data(), b_panels.data(), T, Kp_, ib, J0, J1, gram_.data());
+        }
       }
     }
   }
