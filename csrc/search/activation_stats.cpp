@@ -64,35 +64,60 @@ ActivationStats::ActivationStats(int64_t in_features, bool with_gram)
   if (with_gram_) gram_.assign(static_cast<size_t>(Kp_ * Kp_), 0.0);
 }
 
+namespace {
+
+// Copies columns [c0, c0+width) of token rows [t0, t0+T) of x into a k-major panel of
+// `width` floats per token (zero beyond K).
+void pack_panel(const MatrixView& x, int64_t t0, int64_t T, int64_t c0, int64_t width, float* out) {
+  const int64_t n = std::max<int64_t>(0, std::min(width, x.cols - c0));
+  for (int64_t t = 0; t < T; ++t) {
+    float* o = out + t * width;
+    if (x.type == FloatType::f32) {
+      const float* row = static_cast<const float*>(x.data) + (t0 + t) * x.ld + c0;
+      for (int64_t k = 0; k < n; ++k) o[k] = row[k];
+    } else {
+      const uint16_t* row = static_cast<const uint16_t*>(x.data) + (t0 + t) * x.ld + c0;
+      for (int64_t k = 0; k < n; ++k) o[k] = half_to_float(row[k]);
+    }
+    for (int64_t k = n; k < width; ++k) o[k] = 0.0f;
+  }
+}
+
+}  // namespace
+
 void ActivationStats::update(const MatrixView& x) {
   require(x.cols == K_, "activations have " + std::to_string(x.cols) +
                             " features but these statistics are for in_features = " +
                             std::to_string(K_));
   if (x.rows == 0) return;
   require_finite_activations(x);
-  std::vector<float> chunk(static_cast<size_t>(kChunkTokens * Kp_));
+  // Tokens are processed in super-chunks of kSubChunks x kChunkTokens: one parallel region
+  // (two barriers) per super-chunk, so a busy machine that deschedules a thread costs
+  // little. Within a sub-chunk partial sums are float; they are added to the double
+  // accumulators in token order.
+  constexpr int64_t kSubChunks = 4;
+  constexpr int64_t kTilesPerBlock = 12;  // column tiles whose B panels (256 x 384 floats) stay in L2
+  const int64_t n_col_blocks = (K_ + 63) / 64, nIB = Kp_ / kTileRows, NJ = Kp_ / kTileCols;
   std::vector<float> a_panels, b_panels;
   if (with_gram_) {
-    a_panels.resize(static_cast<size_t>(kChunkTokens * Kp_));
-    b_panels.resize(static_cast<size_t>(kChunkTokens * Kp_));
+    a_panels.resize(static_cast<size_t>(kSubChunks * nIB * kChunkTokens * kTileRows));
+    b_panels.resize(static_cast<size_t>(kSubChunks * NJ * kChunkTokens * kTileCols));
   }
-  const int64_t n_col_blocks = (K_ + 63) / 64, n_row_blocks = Kp_ / kTileRows, NJ = Kp_ / kTileCols;
-  // Column tiles per block: the block's B panels (T x 384 floats) stay in L2 while every
-  // row block above its diagonal streams past them.
-  constexpr int64_t kTilesPerBlock = 12;
-  for (int64_t t0 = 0; t0 < x.rows; t0 += kChunkTokens) {
-    const int64_t T = std::min(kChunkTokens, x.rows - t0);
-    load_token_chunk(x, t0, T, 1, 0, K_, Kp_, chunk.data());
+  for (int64_t t0 = 0; t0 < x.rows; t0 += kSubChunks * kChunkTokens) {
+    const int64_t T_all = std::min(kSubChunks * kChunkTokens, x.rows - t0);
+    const int64_t n_sub = (T_all + kChunkTokens - 1) / kChunkTokens;
+    auto sub_tokens = [&](int64_t sub) { return std::min(kChunkTokens, T_all - sub * kChunkTokens); };
 #pragma omp parallel
     {
       // Per-channel sums: each thread owns a range of channels, tokens in order.
 #pragma omp for schedule(static) nowait
       for (int64_t cb = 0; cb < n_col_blocks; ++cb) {
-        const int64_t k_end = std::min(K_, (cb + 1) * 64);
-        for (int64_t t = 0; t < T; ++t) {
-          const float* row = chunk.data() + t * Kp_;
-          for (int64_t k = cb * 64; k < k_end; ++k) {
-            const double v = row[k], a = std::fabs(v);
+        const int64_t k0 = cb * 64, k_end = std::min(K_, k0 + 64);
+        float buf[64];
+        for (int64_t t = 0; t < T_all; ++t) {
+          pack_panel(x, t0 + t, 1, k0, k_end - k0, buf);
+          for (int64_t k = k0; k < k_end; ++k) {
+            const double v = buf[k - k0], a = std::fabs(v);
             sum_abs_[k] += a;
             sum_sq_[k] += v * v;
             if (a > max_abs_[k]) max_abs_[k] = a;
@@ -100,18 +125,41 @@ void ActivationStats::update(const MatrixView& x) {
         }
       }
       if (with_gram_) {
+        const int64_t n_panels = nIB + NJ;
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < n_row_blocks + NJ; ++p)
-          pack_gram_chunk(chunk.data(), T, Kp_, p < n_row_blocks ? p : -1, p < n_row_blocks ? -1 : p - n_row_blocks,
-                          a_panels.data(), b_panels.data());
-        // Each output tile belongs to one row block, so to one thread: no shared writes,
-        // and every entry sums its chunks in the same order for any thread count.
+        for (int64_t p = 0; p < n_sub * n_panels; ++p) {
+          const int64_t sub = p / n_panels, q = p % n_panels, ts = t0 + sub * kChunkTokens;
+          if (q < nIB)
+            pack_panel(x, ts, sub_tokens(sub), q * kTileRows, kTileRows,
+                       a_panels.data() + (sub * nIB + q) * kChunkTokens * kTileRows);
+          else
+            pack_panel(x, ts, sub_tokens(sub), (q - nIB) * kTileCols, kTileCols,
+                       b_panels.data() + (sub * NJ + q - nIB) * kChunkTokens * kTileCols);
+        }
+        // Row block ib belongs to thread ib % nthreads (round robin balances the triangle):
+        // every output tile has one owner, so no shared writes and no barrier inside, and
+        // each entry adds its sub-chunks in the same order whatever the thread count.
+        const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+        const GemmTileFn tile = gemm_tile_kernel();
+        float C[kTileRows * kTileCols];
         for (int64_t J0 = 0; J0 < NJ; J0 += kTilesPerBlock) {
           const int64_t J1 = std::min(NJ, J0 + kTilesPerBlock);
-          const int64_t ib_end = std::min(n_row_blocks, (J1 * kTileCols + kTileRows - 1) / kTileRows);
-#pragma omp for schedule(dynamic, 2)
-          for (int64_t ib = 0; ib < ib_end; ++ib)
-            gram_accumulate_packed(a_panels.data(), b_panels.data(), T, Kp_, ib, J0, J1, gram_.data());
+          const int64_t ib_end = std::min(nIB, (J1 * kTileCols + kTileRows - 1) / kTileRows);
+          for (int64_t sub = 0; sub < n_sub; ++sub) {
+            const int64_t T = sub_tokens(sub);
+            for (int64_t ib = tid; ib < ib_end; ib += nth) {
+              const int64_t i0 = ib * kTileRows;
+              const float* a = a_panels.data() + (sub * nIB + ib) * kChunkTokens * kTileRows;
+              for (int64_t J = std::max(J0, i0 / kTileCols); J < J1; ++J) {
+                tile(a, kTileRows, b_panels.data() + (sub * NJ + J) * kChunkTokens * kTileCols, kTileCols, T, C);
+                for (int64_t r = 0; r < kTileRows; ++r) {
+                  double* d = gram_.data() + (i0 + r) * Kp_ + J * kTileCols;
+                  const float* c = C + r * kTileCols;
+                  for (int64_t j = 0; j < kTileCols; ++j) d[j] += static_cast<double>(c[j]);
+                }
+              }
+            }
+          }
         }
       }
     }

@@ -1,7 +1,5 @@
 #include "search/gram.h"
 
-#include <algorithm>
-
 #include "common/cpu_features.h"
 #include "search/tile_kernels.h"
 
@@ -39,37 +37,6 @@ void gram_accumulate_upper(const float* Xc, int64_t T, int64_t Kp, int64_t ib_be
         const float* c = C + r * kTileCols;
         for (int64_t j = 0; j < kTileCols; ++j) a[j] += static_cast<double>(c[j]);
       }
-    }
-  }
-}
-
-void pack_gram_chunk(const float* Xc, int64_t T, int64_t Kp, int64_t ib, int64_t J, float* A_panels,
-                     float* B_panels) {
-  if (ib >= 0) {
-    float* a = A_panels + ib * T * kTileRows;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t r = 0; r < kTileRows; ++r) a[t * kTileRows + r] = Xc[t * Kp + ib * kTileRows + r];
-  }
-  if (J >= 0) {
-    float* b = B_panels + J * T * kTileCols;
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t c = 0; c < kTileCols; ++c) b[t * kTileCols + c] = Xc[t * Kp + J * kTileCols + c];
-  }
-}
-
-void gram_accumulate_packed(const float* A_panels, const float* B_panels, int64_t T, int64_t Kp,
-                            int64_t ib, int64_t J_begin, int64_t J_end, double* acc) {
-  const GemmTileFn tile = gemm_tile_kernel();
-  float C[kTileRows * kTileCols];
-  const int64_t i0 = ib * kTileRows;
-  const float* a = A_panels + ib * T * kTileRows;
-  for (int64_t J = std::max(J_begin, i0 / kTileCols); J < J_end; ++J) {
-    const int64_t j0 = J * kTileCols;
-    tile(a, kTileRows, B_panels + J * T * kTileCols, kTileCols, T, C);
-    for (int64_t r = 0; r < kTileRows; ++r) {
-      double* d = acc + (i0 + r) * Kp + j0;
-      const float* c = C + r * kTileCols;
-      for (int64_t j = 0; j < kTileCols; ++j) d[j] += static_cast<double>(c[j]);
     }
   }
 }

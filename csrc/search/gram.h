@@ -24,14 +24,6 @@ inline int64_t gram_padded_width(int64_t K) { return round_up(K, 96); }
 void gram_accumulate_upper(const float* Xc, int64_t T, int64_t Kp, int64_t ib_begin,
                            int64_t ib_end, double* acc);
 
-// The same sums from a chunk packed for cache reuse (see pack_gram_chunk): A panels
-// [Kp/12][T][12] and B panels [Kp/32][T][32]. Adds the tiles (row block ib, column tile J)
-// for J in [J_begin, J_end) that touch the upper triangle.
-void pack_gram_chunk(const float* Xc, int64_t T, int64_t Kp, int64_t ib, int64_t J, float* A_panels,
-                     float* B_panels);
-void gram_accumulate_packed(const float* A_panels, const float* B_panels, int64_t T, int64_t Kp,
-                            int64_t ib, int64_t J_begin, int64_t J_end, double* acc);
-
 // Copies the upper triangle of a [K, K] row-major matrix (leading dimension ld) onto the lower.
 void mirror_upper(double* G, int64_t K, int64_t ld);
 

@@ -123,35 +123,38 @@ std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const G
   const int64_t N = static_cast<int64_t>(ix.row.size());
   const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
   const QuantizeGroupFn quantize = quantize_group_kernel();
-  std::vector<double> row_loss(static_cast<size_t>(N));
+  // One parallel region for every (candidate, row block): a single barrier per search,
+  // so a busy machine that deschedules a thread costs little. Each row's loss is written by
+  // one work item and the rows are summed in order afterwards: thread-count independent.
+  std::vector<double> row_loss(static_cast<size_t>(C * N));
+#pragma omp parallel
+  {
+    std::vector<float> E(static_cast<size_t>(kRowBlock * Kp)), buf(K), ws(K), deq(K), scratch;
+    std::vector<double> out(kRowBlock);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < C * n_blocks; ++item) {
+      const int64_t c = item / n_blocks, b = item % n_blocks;
+      const float* s = S + c * K;
+      const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
+      std::fill(E.begin(), E.end(), 0.0f);
+      for (int64_t i = 0; i < nr; ++i) {
+        const float* w = weight_row(weights[ix.view[r0 + i]], ix.row[r0 + i], buf.data());
+        for (int64_t k = 0; k < K; ++k) ws[k] = w[k] * s[k];
+        float scale;
+        uint8_t zero;
+        for (int64_t g = 0; g < G; ++g)
+          quantize(ws.data() + g * gs, gs, spec, nullptr, deq.data() + g * gs, &scale, &zero);
+        float* e = E.data() + i * Kp;
+        for (int64_t k = 0; k < K; ++k) e[k] = w[k] - deq[k] / s[k];
+      }
+      rowwise_quadratic_form(E.data(), round_up(nr, kTileRows), P, out.data(), scratch);
+      for (int64_t i = 0; i < nr; ++i) row_loss[c * N + r0 + i] = out[i];
+    }
+  }
   std::vector<double> losses(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
-    const float* s = S + c * K;
-#pragma omp parallel
-    {
-      std::vector<float> E(static_cast<size_t>(kRowBlock * Kp)), buf(K), ws(K), deq(K), scratch;
-      std::vector<double> out(kRowBlock);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t b = 0; b < n_blocks; ++b) {
-        const int64_t r0 = b * kRowBlock, nr = std::min(kRowBlock, N - r0);
-        std::fill(E.begin(), E.end(), 0.0f);
-        for (int64_t i = 0; i < nr; ++i) {
-          const float* w = weight_row(weights[ix.view[r0 + i]], ix.row[r0 + i], buf.data());
-          for (int64_t k = 0; k < K; ++k) ws[k] = w[k] * s[k];
-          float scale;
-          uint8_t zero;
-          for (int64_t g = 0; g < G; ++g)
-            quantize(ws.data() + g * gs, gs, spec, nullptr, deq.data() + g * gs, &scale, &zero);
-          float* e = E.data() + i * Kp;
-          for (int64_t k = 0; k < K; ++k) e[k] = w[k] - deq[k] / s[k];
-        }
-        const int64_t rows = round_up(nr, kTileRows);
-        rowwise_quadratic_form(E.data(), rows, P, out.data(), scratch);
-        for (int64_t i = 0; i < nr; ++i) row_loss[r0 + i] = out[i];
-      }
-    }
     double total = 0.0;
-    for (int64_t r = 0; r < N; ++r) total += row_loss[r];
+    for (int64_t r = 0; r < N; ++r) total += row_loss[c * N + r];
     const double loss = total / (static_cast<double>(n_tokens) * static_cast<double>(N));
     losses[c] = std::isfinite(loss) ? loss : std::numeric_limits<double>::infinity();
   }
