@@ -2,6 +2,7 @@
 #include "bindings/bind_common.h"
 #include "quant/quantize.h"
 #include "search/activation_stats.h"
+#include "search/amx.h"
 #include "search/clip_search.h"
 #include "search/gram.h"
 #include "search/scale_search.h"
@@ -59,7 +60,7 @@ GramPanels panels_from(const py::object& gram, int64_t* K, int64_t* n_tokens) {
   *K = a.shape(0);
   const double* g = static_cast<const double*>(a.data());
   py::gil_scoped_release nogil;
-  return build_gram_panels(g, *K, *K);
+  return build_gram_panels(g, *K, *K, /*with_amx=*/true);
 }
 
 py::dict search_scale_py(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
@@ -221,6 +222,10 @@ void register_search(py::module_& m) {
         }
         return a;
       });
+  m.def("amx_supported", &amx_supported);
+  m.def("amx_enabled", &amx_enabled);
+  m.def("amx_active", &amx_active);
+  m.def("set_amx", &set_amx_enabled, py::arg("on"));
   m.def("search_scale", &search_scale_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("saliency"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
         py::arg("fp16_scale"), py::arg("n_grid"), py::arg("duo"), py::arg("plain"), py::arg("identity"));

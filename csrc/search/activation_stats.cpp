@@ -193,7 +193,7 @@ void ActivationStats::gram(double* out) const {
 GramPanels ActivationStats::gram_panels() const {
   require(with_gram_, "the search needs the Gram matrix: collect the statistics with "
                       "ActivationStats(in_features, gram=True)");
-  return build_gram_panels(gram_.data(), K_, Kp_);
+  return build_gram_panels(gram_.data(), K_, Kp_, /*with_amx=*/true);
 }
 
 std::vector<double> ActivationStats::gram_group_blocks(int64_t gs) const {

@@ -64,7 +64,8 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
 
 #pragma omp parallel
   {
-    std::vector<float> E, buf(K), cur(gs), deq(gs), scratch;
+    std::vector<float> E, buf(K), cur(gs), deq(gs);
+    QuadraticFormScratch scratch;
     std::vector<double> err;
     GramPanels P;
     int64_t panels_of = -1;

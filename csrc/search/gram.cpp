@@ -1,6 +1,7 @@
 #include "search/gram.h"
 
 #include "common/cpu_features.h"
+#include "search/amx.h"
 #include "search/tile_kernels.h"
 
 namespace awqkit {
@@ -46,7 +47,7 @@ void mirror_upper(double* G, int64_t K, int64_t ld) {
     for (int64_t j = 0; j < i; ++j) G[i * ld + j] = G[j * ld + i];
 }
 
-GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld) {
+GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld, bool with_amx) {
   GramPanels P;
   P.K = K;
   P.Kp = round_up(K, kTileCols);
@@ -58,6 +59,7 @@ GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld) {
     total += (J + 1) * kTileCols * kTileCols;
   }
   P.data.assign(total, 0.0f);
+#pragma omp parallel for schedule(dynamic, 4)
   for (int64_t J = 0; J < NJ; ++J) {
     const int64_t j0 = J * kTileCols, kend = j0 + kTileCols;
     float* p = P.data.data() + P.offset[J];
@@ -69,16 +71,44 @@ GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld) {
       }
     }
   }
+  if (with_amx && amx_active()) {
+    // Pair layout for AMX B tiles: (k, c) -> (k/2)*64 + 2c + (k%2) within the panel.
+    P.hi.resize(P.data.size());
+    P.lo.resize(P.data.size());
+#pragma omp parallel
+    {
+      std::vector<float> pairs;
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t J = 0; J < NJ; ++J) {
+        const int64_t n = (J + 1) * kTileCols * kTileCols;
+        const float* p = P.data.data() + P.offset[J];
+        pairs.resize(n);
+        for (int64_t k = 0; k < (J + 1) * kTileCols; ++k)
+          for (int64_t c = 0; c < kTileCols; ++c) pairs[(k / 2) * 64 + 2 * c + (k % 2)] = p[k * kTileCols + c];
+        avx512::split_bf16(pairs.data(), n, P.hi.data() + P.offset[J], P.lo.data() + P.offset[J]);
+      }
+    }
+  }
   return P;
 }
 
 void rowwise_quadratic_form(const float* E, int64_t rows, const GramPanels& P, double* out,
-                            std::vector<float>& scratch) {
+                            QuadraticFormScratch& qs) {
   constexpr int64_t KC = 256;  // k chunk: a B panel chunk is 32 KiB, stays in L1/L2
-  const GemmDotTileFn kernel = gemm_dot_tile_kernel();
   const int64_t Kp = P.Kp, NJ = Kp / kTileCols, nmicro = rows / kTileRows;
-  scratch.resize(static_cast<size_t>(nmicro * KC * kTileRows));
   for (int64_t r = 0; r < rows; ++r) out[r] = 0.0;
+  if (!P.hi.empty() && rows % kAmxRows == 0 && amx_active()) {
+    qs.hi.resize(static_cast<size_t>(rows * Kp));
+    qs.lo.resize(static_cast<size_t>(rows * Kp));
+    qs.ctile.resize(32 * 32);
+    avx512::split_bf16(E, rows * Kp, qs.hi.data(), qs.lo.data());
+    avx512::quadratic_form_amx(E, qs.hi.data(), qs.lo.data(), rows, Kp, P.hi.data(), P.lo.data(),
+                               P.offset.data(), qs.ctile.data(), out);
+    return;
+  }
+  const GemmDotTileFn kernel = gemm_dot_tile_kernel();
+  std::vector<float>& scratch = qs.pack;
+  scratch.resize(static_cast<size_t>(nmicro * KC * kTileRows));
   float part[kTileRows];
   for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
     const int64_t kl = KC < Kp - k0 ? KC : Kp - k0;

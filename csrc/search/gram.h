@@ -35,16 +35,29 @@ struct GramPanels {
   int64_t K = 0, Kp = 0;  // Kp = K rounded up to 32; rows of E are padded to Kp
   std::vector<float> data;
   std::vector<int64_t> offset;  // start of panel J in data
+  // Optional bf16 hi/lo split of the panels for the AMX path (see amx.h), same offsets.
+  std::vector<uint16_t> hi, lo;
   const float* panel(int64_t J) const { return data.data() + offset[J]; }
 };
 
+// Scratch of rowwise_quadratic_form, kept by each thread across calls.
+struct QuadraticFormScratch {
+  std::vector<float> pack, ctile;
+  std::vector<uint16_t> hi, lo;
+};
+
 // From a symmetric [K, K] double matrix with leading dimension ld (only j >= i is read).
-GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld);
+// with_amx: also build the bf16 split panels when the AMX path is active.
+GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld, bool with_amx = false);
+
+// Rows of E a block passed to rowwise_quadratic_form must be a multiple of.
+inline constexpr int64_t kQuadRowMultiple = 96;  // 12-row register tiles and 32-row AMX blocks
 
 // out[r] = e_r^T G e_r for rows r < rows of E ([rows, Kp] row-major, zero-padded beyond
-// K; rows a multiple of 12). Serial: callers parallelise over blocks of rows. Each row's
-// sum is formed in a fixed order (k chunk, then column tile), float within a tile, double across.
+// K; rows a multiple of 12, of 32 for the AMX path). Serial: callers parallelise over
+// blocks of rows. Each row's sum is formed in a fixed order (k chunk, then column tile),
+// float within a tile, double across. Uses AMX when P has the bf16 panels and AMX is active.
 void rowwise_quadratic_form(const float* E, int64_t rows, const GramPanels& P, double* out,
-                            std::vector<float>& scratch);
+                            QuadraticFormScratch& scratch);
 
 }  // namespace awqkit

@@ -11,13 +11,14 @@
 #include "common/errors.h"
 #include "common/half.h"
 #include "quant/quantize_kernels.h"
+#include "search/amx.h"
 #include "search/tile_kernels.h"
 
 namespace awqkit {
 
 namespace {
 
-constexpr int64_t kRowBlock = 96;  // rows of E per work item (8 register tiles)
+constexpr int64_t kRowBlock = 2 * kQuadRowMultiple;  // rows of E per work item
 
 // Row r of a weight view as float32 (f16 converted into buf).
 const float* weight_row(const MatrixView& w, int64_t r, float* buf) {
@@ -129,7 +130,8 @@ std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const G
   std::vector<double> row_loss(static_cast<size_t>(C * N));
 #pragma omp parallel
   {
-    std::vector<float> E(static_cast<size_t>(kRowBlock * Kp)), buf(K), ws(K), deq(K), scratch;
+    std::vector<float> E(static_cast<size_t>(kRowBlock * Kp)), buf(K), ws(K), deq(K);
+    QuadraticFormScratch scratch;
     std::vector<double> out(kRowBlock);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < C * n_blocks; ++item) {
@@ -147,7 +149,9 @@ std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const G
         float* e = E.data() + i * Kp;
         for (int64_t k = 0; k < K; ++k) e[k] = w[k] - deq[k] / s[k];
       }
-      rowwise_quadratic_form(E.data(), round_up(nr, kTileRows), P, out.data(), scratch);
+      // Whole register tiles (12 rows), and whole AMX blocks (32) when the AMX panels exist.
+      const int64_t rows = round_up(nr, P.hi.empty() ? kTileRows : kQuadRowMultiple);
+      rowwise_quadratic_form(E.data(), rows, P, out.data(), scratch);
       for (int64_t i = 0; i < nr; ++i) row_loss[c * N + r0 + i] = out[i];
     }
   }

@@ -9,7 +9,9 @@ the tests hold this to.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -18,7 +20,42 @@ from ._checks import as_weight, check_bits, check_scale_dtype, resolve_group_siz
 from .saliency import compute_saliency
 from .stats import ActivationStats, as_activations
 
-__all__ = ["ClipResult", "ScaleSearchResult", "apply_clip", "scale_loss", "search_clip", "search_scale"]
+__all__ = [
+    "ClipResult",
+    "ScaleSearchResult",
+    "amx_active",
+    "amx_supported",
+    "apply_clip",
+    "scale_loss",
+    "search_clip",
+    "search_scale",
+    "use_amx",
+]
+
+
+def amx_supported() -> bool:
+    """Whether this CPU/OS can run the AMX-BF16 path of the scale-search loss."""
+    return _core.amx_supported()
+
+
+def amx_active() -> bool:
+    """Whether the scale search uses AMX now (supported, enabled, active ISA avx512)."""
+    return _core.amx_active()
+
+
+@contextlib.contextmanager
+def use_amx(on: bool) -> Iterator[None]:
+    """Turn the AMX-BF16 loss path on or off for a block (``AWQKIT_AMX=0`` turns it off globally).
+
+    The AMX path splits every float into two bf16 halves (16 significant bits) and is ~3x
+    faster; its losses agree with the float32 path to ~1e-6 relative.
+    """
+    previous = _core.amx_enabled()
+    _core.set_amx(bool(on))
+    try:
+        yield
+    finally:
+        _core.set_amx(previous)
 
 
 @dataclass(frozen=True)

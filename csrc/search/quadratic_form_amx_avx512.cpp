@@ -1,0 +1,116 @@
+// AMX-BF16 quadratic forms (see amx.h). AMX instructions are enabled per function with a
+// target attribute: the file's AVX-512 flags come from CMake, AMX is only reached after
+// amx_supported() has checked the CPU and obtained the tile permission.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "search/amx.h"
+
+namespace awqkit::avx512 {
+namespace {
+
+#define AWQKIT_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+
+struct __attribute__((packed)) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+static inline uint16_t bf16_rne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+static inline float bf16_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace
+
+void split_bf16(const float* x, int64_t n, uint16_t* hi, uint16_t* lo) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = bf16_rne(x[i]);
+    hi[i] = h;
+    lo[i] = bf16_rne(x[i] - bf16_float(h));
+  }
+}
+
+AWQKIT_AMX_TARGET void quadratic_form_amx(const float* E, const uint16_t* Ehi, const uint16_t* Elo,
+                                          int64_t rows, int64_t Kp, const uint16_t* Ghi,
+                                          const uint16_t* Glo, const int64_t* offset, float* ctile,
+                                          double* out) {
+  // Tiles 0-3: C (32 rows x 32 columns as 2x2 tiles of 16x16 float); 4, 5: A (16 rows x 32 k);
+  // 6, 7: B (16 k-pairs x 16 columns x 2).
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  constexpr int64_t KC = 512;  // k chunk: the B chunk (64 KiB hi+lo) is reused by every 32-row block
+  const int64_t NJ = Kp / 32, lda = Kp * 2;
+  for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
+    const int64_t kl = KC < Kp - k0 ? KC : Kp - k0;
+    for (int64_t J = k0 / 32; J < NJ; ++J) {
+      const int64_t kend = (J + 1) * 32, klen = kl < kend - k0 ? kl : kend - k0;
+      const uint16_t* bh = Ghi + offset[J] + (k0 / 2) * 64;
+      const uint16_t* bl = Glo + offset[J] + (k0 / 2) * 64;
+      for (int64_t m = 0; m < rows; m += 32) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        const uint16_t* ah = Ehi + m * Kp + k0;
+        const uint16_t* al = Elo + m * Kp + k0;
+        for (int64_t k = 0; k < klen; k += 32) {
+          const uint16_t* bhk = bh + (k / 2) * 64;
+          const uint16_t* blk = bl + (k / 2) * 64;
+          _tile_loadd(4, ah + k, lda);
+          _tile_loadd(5, ah + 16 * Kp + k, lda);
+          _tile_loadd(6, bhk, 128);
+          _tile_loadd(7, bhk + 32, 128);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+          _tile_loadd(6, blk, 128);
+          _tile_loadd(7, blk + 32, 128);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+          _tile_loadd(4, al + k, lda);
+          _tile_loadd(5, al + 16 * Kp + k, lda);
+          _tile_loadd(6, bhk, 128);
+          _tile_loadd(7, bhk + 32, 128);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, ctile, 128);
+        _tile_stored(1, ctile + 16, 128);
+        _tile_stored(2, ctile + 16 * 32, 128);
+        _tile_stored(3, ctile + 16 * 32 + 16, 128);
+        for (int64_t r = 0; r < 32; ++r) {
+          const float* e = E + (m + r) * Kp + J * 32;
+          __m512 d = _mm512_mul_ps(_mm512_loadu_ps(ctile + r * 32), _mm512_loadu_ps(e));
+          d = _mm512_fmadd_ps(_mm512_loadu_ps(ctile + r * 32 + 16), _mm512_loadu_ps(e + 16), d);
+          out[m + r] += static_cast<double>(_mm512_reduce_add_ps(d));
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace awqkit::avx512
