@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import awqkit
+import awqkit.search
 from awqkit.reference import direct_loss_ref, scale_candidate_ref, search_clip_ref, w_mean_ref, x_mean_ref
 
 # (N, K, tokens, reference candidates timed)
@@ -72,6 +73,11 @@ def bench_case(rng, n, k, t, m, repeat):
     rep = repeat if k <= 1536 else 1
     t_gram, stats = timed(lambda: awqkit.ActivationStats(k, gram=True).update(x), rep)
     t_search, res = timed(lambda: awqkit.search_scale(stats, ws, group_size=gs), rep)
+    t_f32 = None
+    if awqkit.search.amx_active() and n * k * k <= 4096**3:  # the float32 tiles too, where affordable
+        with awqkit.search.use_amx(False):
+            t_f32, res32 = timed(lambda: awqkit.search_scale(stats, ws, group_size=gs), rep)
+        assert res32.best == res.best
     # Reference: setup once (x_mean, w_mean, full-precision outputs), then m candidates.
     t0 = time.perf_counter()
     x_mean, w_mean = x_mean_ref(x), w_mean_ref(ws, gs)
@@ -86,7 +92,7 @@ def bench_case(rng, n, k, t, m, repeat):
         rel = max(rel, abs(res.losses[c] / loss - 1))
     t_ref = t_setup + N_CAND * float(np.median(cand_times))
     ours = t_gram + t_search
-    return dict(n=n, k=k, t=t, m=m, gram=t_gram, search=t_search, ours=ours, ref=t_ref, speedup=t_ref / ours,
+    return dict(n=n, k=k, t=t, m=m, gram=t_gram, search=t_search, f32=t_f32, ours=ours, ref=t_ref, speedup=t_ref / ours,
                 per_cand=t_search / N_CAND, ref_cand=float(np.median(cand_times)), rel=rel)
 
 
@@ -192,13 +198,15 @@ def main():
     t_start = time.perf_counter()
     print(f"awqkit search benchmark: ISA {awqkit.active_isa()}, {awqkit.num_threads()} threads, 4-bit, "
           f"group 128 (64 when K=576), fp16 scales, n_grid=20 duo + identity = {N_CAND} candidates\n")
-    print("| N x K | tokens | Gram (ours) | search (ours) | ours total | per candidate | numpy ref total | ref per candidate | ref candidates timed | speedup | loss rel. diff vs float32 ref |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"loss tiles: {'AMX-BF16 (hi/lo split)' if awqkit.search.amx_active() else 'float32 ' + awqkit.active_isa()}\n")
+    print("| N x K | tokens | Gram (ours) | search (ours) | search, float32 tiles | ours total | per candidate | numpy ref total | ref per candidate | ref candidates timed | speedup | loss rel. diff vs float32 ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for n, k, t, m in QUICK if args.quick else CASES:
         r = bench_case(rng, n, k, t, m, args.repeat)
         rows.append(r)
-        print(f"| {n} x {k} | {t // 1024}k | {fmt(r['gram'])} | {fmt(r['search'])} | {fmt(r['ours'])} | {fmt(r['per_cand'])} | "
+        f32 = fmt(r["f32"]) if r["f32"] is not None else "-"
+        print(f"| {n} x {k} | {t // 1024}k | {fmt(r['gram'])} | {fmt(r['search'])} | {f32} | {fmt(r['ours'])} | {fmt(r['per_cand'])} | "
               f"{fmt(r['ref'])} | {fmt(r['ref_cand'])} | {m}{'' if m == N_CAND else ' (scaled to 21)'} | "
               f"**{r['speedup']:.1f}x** | {r['rel']:.1e} |", flush=True)
     proj = projection(rows)
