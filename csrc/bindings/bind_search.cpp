@@ -206,6 +206,23 @@ void register_search(py::module_& m) {
            },
            py::arg("x"))
       .def("merge", [](ActivationStats& s, const ActivationStats& o) { s.merge(o); }, py::arg("other"))
+      .def("set_state",
+           [](ActivationStats& s, int64_t n, const py::array& sa, const py::array& ss, const py::array& ma,
+              const py::object& g) {
+             const int64_t K = s.in_features();
+             const double* gp = nullptr;
+             py::array ga;
+             if (!g.is_none()) {
+               ga = g.cast<py::array>();
+               require_dtype(has_dtype<double>(ga), ga, "gram", "float64");
+               require_contiguous(ga, "gram");
+               require(ga.ndim() == 2 && ga.shape(0) == K && ga.shape(1) == K, "gram must be [K, K]");
+               gp = static_cast<const double*>(ga.data());
+             }
+             s.set_state(n, vector_arg(sa, "sum_abs", K), vector_arg(ss, "sum_sq", K),
+                         vector_arg(ma, "max_abs", K), gp);
+           },
+           py::arg("n_tokens"), py::arg("sum_abs"), py::arg("sum_sq"), py::arg("max_abs"), py::arg("gram"))
       .def_property_readonly("in_features", &ActivationStats::in_features)
       .def_property_readonly("has_gram", &ActivationStats::has_gram)
       .def_property_readonly("n_tokens", &ActivationStats::n_tokens)

@@ -182,6 +182,19 @@ void ActivationStats::merge(const ActivationStats& other) {
   n_ += other.n_;
 }
 
+void ActivationStats::set_state(int64_t n, const double* sa, const double* ss, const double* ma,
+                                const double* G) {
+  require(n >= 0, "token count must be >= 0");
+  require(!with_gram_ || G != nullptr, "the state lacks the Gram matrix");
+  std::copy(sa, sa + K_, sum_abs_.begin());
+  std::copy(ss, ss + K_, sum_sq_.begin());
+  std::copy(ma, ma + K_, max_abs_.begin());
+  if (with_gram_)
+    for (int64_t i = 0; i < K_; ++i)
+      for (int64_t j = i; j < K_; ++j) gram_[i * Kp_ + j] = G[i * K_ + j];
+  n_ = n;
+}
+
 void ActivationStats::gram(double* out) const {
   require(with_gram_, "these statistics were collected without the Gram matrix; "
                       "create them with ActivationStats(in_features, gram=True)");

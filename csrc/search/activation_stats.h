@@ -21,6 +21,10 @@ class ActivationStats {
   // a non-finite value.
   void update(const MatrixView& x);
   void merge(const ActivationStats& other);
+  // Replaces the state (for unpickling): n tokens, the three [K] sums and, with a Gram
+  // matrix, G ([K, K] symmetric, only j >= i read).
+  void set_state(int64_t n, const double* sum_abs, const double* sum_sq, const double* max_abs,
+                 const double* G);
 
   int64_t in_features() const { return K_; }
   bool has_gram() const { return with_gram_; }

@@ -100,5 +100,19 @@ class ActivationStats:
             raise ValueError("these statistics were collected without the Gram matrix; use ActivationStats(K, gram=True)")
         return self._impl.gram()
 
+    def __reduce__(self):
+        """Pickle support, so statistics gathered in other processes or machines can be merged."""
+        impl = self._impl
+        state = (impl.n_tokens, impl.sum_abs(), impl.sum_sq(), impl.max_abs(), impl.gram() if self.has_gram else None)
+        return (_from_state, (self.in_features, self.has_gram, state))
+
     def __repr__(self) -> str:
         return f"ActivationStats(in_features={self.in_features}, gram={self.has_gram}, n_tokens={self.n_tokens})"
+
+
+def _from_state(in_features: int, gram: bool, state) -> ActivationStats:
+    stats = ActivationStats(in_features, gram=gram)
+    n, sum_abs, sum_sq, max_abs, g = state
+    stats._impl.set_state(int(n), *(np.ascontiguousarray(a, dtype=np.float64) for a in (sum_abs, sum_sq, max_abs)),
+                          None if g is None else np.ascontiguousarray(g, dtype=np.float64))
+    return stats
