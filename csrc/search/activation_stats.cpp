@@ -93,10 +93,10 @@ void ActivationStats::update(const MatrixView& x) {
   require_finite_activations(x);
   // Tokens are processed in super-chunks of kSubChunks x kChunkTokens: one parallel region
   // (two barriers) per super-chunk, so a busy machine that deschedules a thread costs
-  // little. Within a sub-chunk partial sums are float; they are added to the double
-  // accumulators in token order.
+  // little. A tile is computed per sub-chunk (its panels stay in L1/L2), summed in float
+  // over the super-chunk (<= 1024 tokens) and added once to the double accumulator.
   constexpr int64_t kSubChunks = 4;
-  constexpr int64_t kTilesPerBlock = 12;  // column tiles whose B panels (256 x 384 floats) stay in L2
+  constexpr int64_t kTilesPerBlock = 4;  // column tiles whose B panels (4 x 256 x 128 floats) stay in L2
   const int64_t n_col_blocks = (K_ + 63) / 64, nIB = Kp_ / kTileRows, NJ = Kp_ / kTileCols;
   std::vector<float> a_panels, b_panels;
   if (with_gram_) {
@@ -141,22 +141,26 @@ void ActivationStats::update(const MatrixView& x) {
         // each entry adds its sub-chunks in the same order whatever the thread count.
         const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
         const GemmTileFn tile = gemm_tile_kernel();
-        float C[kTileRows * kTileCols];
+        float C[kTileRows * kTileCols], Csum[kTileRows * kTileCols];
         for (int64_t J0 = 0; J0 < NJ; J0 += kTilesPerBlock) {
           const int64_t J1 = std::min(NJ, J0 + kTilesPerBlock);
           const int64_t ib_end = std::min(nIB, (J1 * kTileCols + kTileRows - 1) / kTileRows);
-          for (int64_t sub = 0; sub < n_sub; ++sub) {
-            const int64_t T = sub_tokens(sub);
-            for (int64_t ib = tid; ib < ib_end; ib += nth) {
-              const int64_t i0 = ib * kTileRows;
-              const float* a = a_panels.data() + (sub * nIB + ib) * kChunkTokens * kTileRows;
-              for (int64_t J = std::max(J0, i0 / kTileCols); J < J1; ++J) {
-                tile(a, kTileRows, b_panels.data() + (sub * NJ + J) * kChunkTokens * kTileCols, kTileCols, T, C);
-                for (int64_t r = 0; r < kTileRows; ++r) {
-                  double* d = gram_.data() + (i0 + r) * Kp_ + J * kTileCols;
-                  const float* c = C + r * kTileCols;
-                  for (int64_t j = 0; j < kTileCols; ++j) d[j] += static_cast<double>(c[j]);
-                }
+          for (int64_t ib = tid; ib < ib_end; ib += nth) {
+            const int64_t i0 = ib * kTileRows;
+            for (int64_t J = std::max(J0, i0 / kTileCols); J < J1; ++J) {
+              // Float sum over the sub-chunks (<= 1024 tokens), then one double update:
+              // the K x K accumulator is read and written once per super-chunk.
+              for (int64_t sub = 0; sub < n_sub; ++sub) {
+                tile(a_panels.data() + (sub * nIB + ib) * kChunkTokens * kTileRows, kTileRows,
+                     b_panels.data() + (sub * NJ + J) * kChunkTokens * kTileCols, kTileCols, sub_tokens(sub),
+                     sub == 0 ? Csum : C);
+                if (sub > 0)
+                  for (int64_t i = 0; i < kTileRows * kTileCols; ++i) Csum[i] += C[i];
+              }
+              for (int64_t r = 0; r < kTileRows; ++r) {
+                double* d = gram_.data() + (i0 + r) * Kp_ + J * kTileCols;
+                const float* c = Csum + r * kTileCols;
+                for (int64_t j = 0; j < kTileCols; ++j) d[j] += static_cast<double>(c[j]);
               }
             }
           }

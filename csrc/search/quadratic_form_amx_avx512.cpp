@@ -56,7 +56,7 @@ AWQKIT_AMX_TARGET void quadratic_form_amx(const float* E, const uint16_t* Ehi, c
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
-  constexpr int64_t KC = 512;  // k chunk: the B chunk (64 KiB hi+lo) is reused by every 32-row block
+  constexpr int64_t KC = 1024;  // k chunk: the B chunk (128 KiB hi+lo) is reused by every 32-row block
   const int64_t NJ = Kp / 32, lda = Kp * 2;
   for (int64_t k0 = 0; k0 < Kp; k0 += KC) {
     const int64_t kl = KC < Kp - k0 ? KC : Kp - k0;
