@@ -5,6 +5,7 @@ pipeline (``awqkit.quantize_model`` and friends) needs the ``[torch]`` extra.
 """
 
 from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa, use_isa, use_threads
+from .kernels import PackedLinear, gemm
 from .packing import AWQ_ORDER, pack_awq, unpack_awq
 from .quantizer import QuantizedTensor, dequantize, pseudo_quantize, quantize
 
@@ -12,11 +13,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AWQ_ORDER",
+    "PackedLinear",
     "QuantizedTensor",
     "active_isa",
     "available_isas",
     "dequantize",
     "detected_isa",
+    "gemm",
     "num_threads",
     "pack_awq",
     "pseudo_quantize",

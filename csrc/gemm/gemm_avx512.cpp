@@ -1,0 +1,133 @@
+// AVX-512 GEMM over the packed layout (prefill: larger M). For each [KC inputs x 32
+// outputs] tile, the thread dequantizes the weights into a 32 KB fp32 panel that stays
+// in L1 (exactly dequantize()'s values: (code - zero) * scale is exact in fp32), then a
+// 12 x 32 register-blocked micro-kernel (24 zmm accumulators) runs over every row block
+// of x, packed once per KC slice as [k][12] so broadcasts read one contiguous stream.
+// Threads own fixed output tiles and sum KC slices in increasing k: the result does not
+// depend on the thread count.
+#include <immintrin.h>
+#include <omp.h>
+
+#include "gemm/gemm_kernels.h"
+
+namespace awqkit::gemm::avx512 {
+namespace {
+
+constexpr int MR = static_cast<int>(kGemmMR);
+constexpr int64_t KC = kGemmKC, NR = kGemmNR;
+
+// Panel [kc][32] of exactly dequantized weights for blocks 2t, 2t+1 and inputs k0..k0+kc.
+inline void dequant_panel(const PackedView& w, int64_t t, int64_t k0, int64_t kc, float* panel) {
+  const int64_t gs = w.group_size;
+  const __m512i m15 = _mm512_set1_epi32(0xF);
+  for (int h = 0; h < 2; ++h) {
+    const int64_t b = 2 * t + h;
+    float* dst = panel + h * kBlock;
+    if (b >= w.blocks) {
+      for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * NR, _mm512_setzero_ps());
+      continue;
+    }
+    int64_t k = k0;
+    while (k < k0 + kc) {
+      const int64_t g = k / gs;
+      const int64_t kend = (g + 1) * gs < k0 + kc ? (g + 1) * gs : k0 + kc;
+      const uint8_t* hdr = block_group(w, b, g);
+      const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr)));
+      const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr + 32)));
+      const __m512 zb = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s));
+      const uint8_t* codes = hdr + kGroupHeader + ((k - g * gs) / 2) * kBlock;
+      for (; k < kend; k += 2, codes += kBlock) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, m15));
+        const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+        _mm512_store_ps(dst + (k - k0) * NR, _mm512_fmadd_ps(lo, s, zb));
+        _mm512_store_ps(dst + (k - k0 + 1) * NR, _mm512_fmadd_ps(hi, s, zb));
+      }
+    }
+  }
+}
+
+// c[MRt x 32] (+)= apack[kc][MR] x panel[kc][32]; first slice stores, later ones add;
+// the last slice adds the bias. Columns >= nv are masked off.
+template <int MRt>
+inline void micro(const float* ap, const float* panel, int64_t kc, float* y, int64_t N, __mmask16 m0,
+                  __mmask16 m1, bool first, const float* bias) {
+  __m512 c[MRt][2];
+  for (int r = 0; r < MRt; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(panel + k * NR), b1 = _mm512_load_ps(panel + k * NR + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < MRt; ++r) {
+      const __m512 a = _mm512_set1_ps(ap[k * MR + r]);
+      c[r][0] = _mm512_fmadd_ps(a, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(a, b1, c[r][1]);
+    }
+  }
+  for (int r = 0; r < MRt; ++r) {
+    float* row = y + r * N;
+    __m512 v0 = c[r][0], v1 = c[r][1];
+    if (!first) {
+      v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
+      v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row + 16), v1);
+    }
+    if (bias) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, bias));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, bias + 16));
+    }
+    _mm512_mask_storeu_ps(row, m0, v0);
+    _mm512_mask_storeu_ps(row + 16, m1, v1);
+  }
+}
+
+using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t, __mmask16, __mmask16, bool,
+                         const float*);
+constexpr MicroFn kMicro[MR + 1] = {nullptr,    micro<1>, micro<2>, micro<3>,  micro<4>,  micro<5>, micro<6>,
+                                    micro<7>,   micro<8>, micro<9>, micro<10>, micro<11>, micro<12>};
+
+inline __mmask16 lane_mask(int64_t n) {
+  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+}  // namespace
+
+void gemm(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, float* apack,
+          float* panels) {
+  const int64_t K = w.K, N = w.N;
+  const int64_t tiles = (w.blocks + 1) / 2;
+  const int64_t mblocks = (M + MR - 1) / MR;
+#pragma omp parallel
+  {
+    float* panel = panels + omp_get_thread_num() * gemm_panel_floats();
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = K - k0 < KC ? K - k0 : KC;
+      // Pack x[:, k0:k0+kc] as [mblock][k][MR] (zero rows past M). Barrier after.
+#pragma omp for schedule(static)
+      for (int64_t mb = 0; mb < mblocks; ++mb) {
+        float* dst = apack + mb * MR * KC;
+        for (int r = 0; r < MR; ++r) {
+          const int64_t m = mb * MR + r;
+          if (m < M) {
+            const float* src = x + m * K + k0;
+            for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
+          } else {
+            for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.0f;
+          }
+        }
+      }
+      const bool first = k0 == 0, last = k0 + kc == K;
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tiles; ++t) {
+        dequant_panel(w, t, k0, kc, panel);
+        const int64_t n0 = t * NR;
+        const __mmask16 m0 = lane_mask(N - n0), m1 = lane_mask(N - n0 - 16);
+        const float* tb = (last && bias) ? bias + n0 : nullptr;
+        for (int64_t mb = 0; mb < mblocks; ++mb) {
+          const int64_t mr = M - mb * MR < MR ? M - mb * MR : MR;
+          kMicro[mr](apack + mb * MR * KC, panel, kc, y + mb * MR * N + n0, N, m0, m1, first, tb);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace awqkit::gemm::avx512

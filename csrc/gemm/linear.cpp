@@ -1,0 +1,74 @@
+#include "gemm/linear.h"
+
+#include <omp.h>
+
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "gemm/gemm_kernels.h"
+
+namespace awqkit::gemm {
+namespace {
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using AlignedBuffer = std::unique_ptr<float, AlignedFree>;
+
+AlignedBuffer aligned_floats(int64_t n) {
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+  return AlignedBuffer(static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+}
+
+GemvFn gemv_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return avx512::gemv;
+    case Isa::avx2: return avx2::gemv;
+    case Isa::scalar: break;
+  }
+  return scalar::gemv;
+}
+
+// Per-group sums of x, the zero-point term of the SIMD GEMV (summed in increasing k).
+std::vector<float> group_sums(const PackedView& w, const float* x, int64_t M) {
+  std::vector<float> xs(static_cast<size_t>(M * w.G));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < w.G; ++g) {
+      const float* p = x + m * w.K + g * w.group_size;
+      float s = 0.0f;
+      for (int64_t j = 0; j < w.group_size; ++j) s += p[j];
+      xs[m * w.G + g] = s;
+    }
+  return xs;
+}
+
+void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const float* bias, float* y) {
+  const std::vector<float> xs = group_sums(w, x, M);
+  const float* xsum = xs.data();
+  const int64_t nb = w.blocks;
+  // Contiguous runs of blocks per thread; each block is computed whole by one thread.
+#pragma omp parallel
+  {
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t b0 = nb * t / nt, b1 = nb * (t + 1) / nt;
+    if (b0 < b1) fn(w, x, M, xsum, bias, y, b0, b1);
+  }
+}
+
+}  // namespace
+
+void linear_forward(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, Path path) {
+  const Isa isa = active_isa();
+  bool use_gemm = isa == Isa::avx512 && (path == Path::gemm || (path == Path::automatic && M >= kGemmMinRows));
+  if (!use_gemm) {
+    run_gemv(gemv_kernel(isa), w, x, M, bias, y);
+    return;
+  }
+  AlignedBuffer apack = aligned_floats(gemm_apack_floats(M));
+  AlignedBuffer panels = aligned_floats(gemm_panel_floats() * omp_get_max_threads());
+  avx512::gemm(w, x, M, bias, y, apack.get(), panels.get());
+}
+
+}  // namespace awqkit::gemm
