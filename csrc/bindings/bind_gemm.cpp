@@ -1,6 +1,8 @@
 #include "bindings/bind_common.h"
 #include "gemm/linear.h"
 #include "gemm/packed_layout.h"
+#include "gemm/probes/probes.h"
+#include "common/cpu_features.h"
 
 namespace awqkit::bind {
 namespace {
@@ -117,6 +119,23 @@ void register_gemm(py::module_& m) {
   m.def("gemm_unpack", &unpack, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"));
   m.def("gemm_forward", &forward, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
         py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("path"));
+  // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only).
+  m.def("probe_stream_read", [](const py::array& buf) {
+    require(detected_isa() == Isa::avx512, "the bandwidth probe needs AVX-512");
+    require_dtype(has_dtype<uint8_t>(buf), buf, "buf", "uint8");
+    require_contiguous(buf, "buf");
+    require(reinterpret_cast<uintptr_t>(buf.data()) % 64 == 0 && buf.nbytes() % 64 == 0,
+            "buf must be 64-byte aligned and a multiple of 64 bytes");
+    const uint8_t* p = static_cast<const uint8_t*>(buf.data());
+    const int64_t n = buf.nbytes();
+    py::gil_scoped_release nogil;
+    return gemm::probes::stream_read(p, n);
+  }, py::arg("buf"));
+  m.def("probe_fma_peak", [](int64_t iters) {
+    require(detected_isa() == Isa::avx512, "the FMA probe needs AVX-512");
+    py::gil_scoped_release nogil;
+    return gemm::probes::fma_peak(iters);
+  }, py::arg("iters"));
   m.def("gemm_packed_nbytes", &gemm::packed_nbytes, py::arg("N"), py::arg("K"), py::arg("group_size"));
 }
 

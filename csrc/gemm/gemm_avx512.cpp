@@ -19,7 +19,7 @@ constexpr int64_t KC = kGemmKC, NR = kGemmNR;
 // Panel [kc][32] of exactly dequantized weights for blocks 2t, 2t+1 and inputs k0..k0+kc.
 inline void dequant_panel(const PackedView& w, int64_t t, int64_t k0, int64_t kc, float* panel) {
   const int64_t gs = w.group_size;
-  const __m512i m15 = _mm512_set1_epi32(0xF);
+  const __m512 lut = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int h = 0; h < 2; ++h) {
     const int64_t b = 2 * t + h;
     float* dst = panel + h * kBlock;
@@ -35,13 +35,14 @@ inline void dequant_panel(const PackedView& w, int64_t t, int64_t k0, int64_t kc
       const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr)));
       const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr + 32)));
       const __m512 zb = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s));
-      const uint8_t* codes = hdr + kGroupHeader + ((k - g * gs) / 2) * kBlock;
-      for (; k < kend; k += 2, codes += kBlock) {
-        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
-        const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, m15));
-        const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
-        _mm512_store_ps(dst + (k - k0) * NR, _mm512_fmadd_ps(lo, s, zb));
-        _mm512_store_ps(dst + (k - k0 + 1) * NR, _mm512_fmadd_ps(hi, s, zb));
+      const uint8_t* codes = hdr + kGroupHeader + (k - g * gs) * 8;
+      for (; k < kend; k += kRun, codes += 64) {
+        const __m512i v = _mm512_loadu_si512(codes);
+#pragma GCC unroll 8
+        for (int i = 0; i < kRun; ++i) {
+          const __m512 code = _mm512_permutexvar_ps(i == 0 ? v : _mm512_srli_epi32(v, 4 * i), lut);
+          _mm512_store_ps(dst + (k + i - k0) * NR, _mm512_fmadd_ps(code, s, zb));
+        }
       }
     }
   }

@@ -1,5 +1,5 @@
 // AVX2 GEMV over the packed layout: the AVX-512 kernel's scheme on 8-lane halves of
-// each 16-channel block (8 code bytes -> 8 dwords -> AND / shift -> convert -> FMA).
+// each 16-channel block (32 code bytes = 8 channels x 8 inputs; shift, AND, convert, FMA).
 // Also serves larger M on AVX2-only CPUs (rows in chunks of 4, block reused from cache).
 #include <immintrin.h>
 
@@ -12,7 +12,7 @@ template <int R>
 inline void gemv_half(const PackedView& w, const float* x, const float* xs, const float* bias, float* y,
                       int64_t b, int h) {
   const int64_t K = w.K, N = w.N, G = w.G, gs = w.group_size;
-  constexpr int P = R == 1 ? 4 : 2;
+  constexpr int P = 2;  // same split for every R: a row's result does not depend on M
   const __m256i m15 = _mm256_set1_epi32(0xF);
   __m256 yacc[R];
   for (int r = 0; r < R; ++r) yacc[r] = _mm256_setzero_ps();
@@ -22,29 +22,24 @@ inline void gemv_half(const PackedView& w, const float* x, const float* xs, cons
     const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hdr + 16 * h)));
     const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hdr + 32 + 16 * h)));
     const __m256 zb = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, s));
-    const uint8_t* codes = hdr + kGroupHeader + 8 * h;
+    const uint8_t* codes = hdr + kGroupHeader + 32 * h;
     const float* xg = x + g * gs;
     __m256 acc[R][P];
     for (int r = 0; r < R; ++r)
       for (int p = 0; p < P; ++p) acc[r][p] = _mm256_setzero_ps();
-    for (int64_t kk = 0; kk < gs; kk += 8) {
-      const uint8_t* c8 = codes + kk * 8;
+    for (int64_t kk = 0; kk < gs; kk += kRun) {
+      // 32 bytes: channels 8h..8h+7 x 8 inputs; nibble i of each dword = input kk+i.
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + kk * 8));
+#pragma GCC unroll 8
+      for (int i = 0; i < kRun; ++i) {
+        const __m256 wf = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v, 4 * i), m15));
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) {
-        const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c8 + 16 * q)));
-        const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, m15));
-        const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
-        const int pl = (2 * q) % P, ph = (2 * q + 1) % P;
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-          acc[r][pl] = _mm256_fmadd_ps(_mm256_set1_ps(xg[r * K + kk + 2 * q]), lo, acc[r][pl]);
-          acc[r][ph] = _mm256_fmadd_ps(_mm256_set1_ps(xg[r * K + kk + 2 * q + 1]), hi, acc[r][ph]);
-        }
+        for (int r = 0; r < R; ++r)
+          acc[r][i % P] = _mm256_fmadd_ps(_mm256_set1_ps(xg[r * K + kk + i]), wf, acc[r][i % P]);
       }
     }
     for (int r = 0; r < R; ++r) {
-      __m256 sum = _mm256_add_ps(acc[r][0], acc[r][1]);
-      if (P == 4) sum = _mm256_add_ps(sum, _mm256_add_ps(acc[r][2 % P], acc[r][3 % P]));
+      const __m256 sum = _mm256_add_ps(acc[r][0], acc[r][1]);
       yacc[r] = _mm256_fmadd_ps(sum, s, yacc[r]);
       yacc[r] = _mm256_fmadd_ps(_mm256_set1_ps(xs[r * G + g]), zb, yacc[r]);
     }

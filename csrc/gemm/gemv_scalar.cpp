@@ -21,8 +21,7 @@ void gemv(const PackedView& w, const float* x, int64_t M, const float* /*xsum*/,
           const float zero = half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]);
           const uint8_t* codes = hdr + kGroupHeader;
           for (int64_t j = 0; j < gs; ++j) {
-            const uint8_t byte = codes[(j / 2) * kBlock + c];
-            const float code = static_cast<float>((j & 1) ? (byte >> 4) : (byte & 0xF));
+            const float code = static_cast<float>(packed_code(codes, j, c));
             acc += xm[g * gs + j] * ((code - zero) * scale);
           }
         }

@@ -54,12 +54,12 @@ void pack_from_awq(const int32_t* qweight, const int32_t* qzeros, const uint16_t
         hz[c] = float_to_half(static_cast<float>(awq_code(qzeros + g * N8, n)));
       }
       uint8_t* codes = dst + kGroupHeader;
-      for (int64_t kp = 0; kp < group_size / 2; ++kp) {
-        const int64_t k = g * group_size + 2 * kp;
+      for (int64_t j = 0; j < group_size; ++j) {
+        const int64_t k = g * group_size + j;
         for (int64_t c = 0; c < nc; ++c) {
           const int64_t n = b * kBlock + c;
-          codes[kp * kBlock + c] =
-              static_cast<uint8_t>(awq_code(qweight + k * N8, n) | (awq_code(qweight + (k + 1) * N8, n) << 4));
+          codes[(j / kRun) * 64 + c * 4 + (j % kRun) / 2] |=
+              static_cast<uint8_t>(awq_code(qweight + k * N8, n) << (4 * (j % 2)));
         }
       }
     }
@@ -81,12 +81,7 @@ void unpack_to_awq(const PackedView& w, int32_t* qweight, int32_t* qzeros, uint1
         const int64_t n = b * kBlock + c;
         scales[g * N + n] = hs[c];
         set_awq_code(qzeros + g * N8, n, static_cast<uint32_t>(half_to_float(hz[c])));
-        for (int64_t kp = 0; kp < gs / 2; ++kp) {
-          const uint8_t byte = codes[kp * kBlock + c];
-          const int64_t k = g * gs + 2 * kp;
-          set_awq_code(qweight + k * N8, n, byte & 0xFu);
-          set_awq_code(qweight + (k + 1) * N8, n, byte >> 4);
-        }
+        for (int64_t j = 0; j < gs; ++j) set_awq_code(qweight + (g * gs + j) * N8, n, packed_code(codes, j, c));
       }
     }
   }

@@ -7,12 +7,14 @@
 //   block b, group g  (kGroupHeader + group_size * 8 bytes, 64-byte aligned):
 //     [  0,  32)  scale[16]  fp16 bits, channel c = 16b + lane  (raw copy of AWQ scales)
 //     [ 32,  64)  zero[16]   fp16 values 0..15 (exact), so -zero*scale is exact in fp32
-//     [ 64, ...)  codes: for each input pair (k, k+1) of the group, 16 bytes;
-//                 byte c = code[k][c] | code[k+1][c] << 4  (nibbles de-interleaved:
-//                 a zero-extend to 32 bits and one AND / one shift give 16 codes)
+//     [ 64, ...)  codes: for each run of 8 inputs k0..k0+7 of the group, 64 bytes =
+//                 16 dwords; dword c holds channel c, nibble i (bits 4i..4i+3) = input
+//                 k0+i. One aligned zmm load gives 8 inputs x 16 channels; input i is
+//                 one shift away, and vpermps with the table 0..15 turns it into floats
+//                 (it reads only the low 4 bits of each index, so no AND is needed).
 //
 // The weight is (code - zero) * scale; kernels split it as code*scale + (-zero*scale),
-// so the inner loop is a convert and an FMA and the zero point costs one FMA per group.
+// so the inner loop is shift, permute and FMA, and the zero point costs one FMA per group.
 #pragma once
 #include <cstdint>
 
@@ -21,6 +23,7 @@ namespace awqkit::gemm {
 inline constexpr int64_t kBlock = 16;         // output channels per block
 inline constexpr int64_t kGroupHeader = 64;   // scales + zeros of one block-group
 inline constexpr int64_t kAlign = 64;
+inline constexpr int64_t kRun = 8;            // inputs per 64-byte run of codes
 
 struct PackedView {
   const uint8_t* data;  // kAlign-aligned
@@ -64,4 +67,14 @@ void pack_from_awq(const int32_t* qweight, const int32_t* qzeros, const uint16_t
 // Exact inverse of pack_from_awq.
 void unpack_to_awq(const PackedView& w, int32_t* qweight, int32_t* qzeros, uint16_t* scales);
 
+}  // namespace awqkit::gemm
+
+namespace awqkit::gemm {
+// Code of channel c (0..15 in the block) at input j (0..group_size-1) of a group's codes.
+static inline uint32_t packed_code(const uint8_t* codes, int64_t j, int64_t c) {
+  const uint8_t* dw = codes + (j / kRun) * 64 + c * 4;
+  const uint32_t word = static_cast<uint32_t>(dw[0]) | static_cast<uint32_t>(dw[1]) << 8 |
+                        static_cast<uint32_t>(dw[2]) << 16 | static_cast<uint32_t>(dw[3]) << 24;
+  return (word >> (4 * (j % kRun))) & 0xFu;
+}
 }  // namespace awqkit::gemm

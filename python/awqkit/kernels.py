@@ -126,7 +126,7 @@ class PackedLinear:
     def __setstate__(self, state):
         self._packed = _aligned_copy(state["packed"])
         self._n, self._k, self._group_size = state["N"], state["K"], state["group_size"]
-        self._bias = state["bias"]
+        self._bias = _check_bias(state["bias"], self._n)
 
     def __repr__(self) -> str:
         return (
