@@ -85,3 +85,31 @@ def test_gemv_rows_do_not_depend_on_batch(isa):
         y = lin(x, kernel="gemv")
         for m in range(7):
             np.testing.assert_array_equal(lin(x[m : m + 1], kernel="gemv"), y[m : m + 1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_activations_match_scalar_exactly_and_bound_error(layer, isa):
+    # The int8 path is integer arithmetic plus a fixed float epilogue: every ISA gives the
+    # scalar reference's bits. Its extra error is that of int8 activations (absmax/127 per
+    # group): a few 1e-3 of the output norm for Gaussian x.
+    lin, w, _, b = layer
+    for m in (1, 3, 8, 17):
+        x = make_x(m, lin.in_features, seed=m)
+        with awqkit.use_isa("scalar"):
+            y_ref = lin(x, activation="int8")
+        with awqkit.use_isa(isa):
+            y = lin(x, activation="int8")
+            with awqkit.use_threads(1):
+                y1 = lin(x, activation="int8")
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(y1, y_ref)
+        truth = exact(x, w, b)
+        assert np.linalg.norm(y - truth) <= 0.02 * np.linalg.norm(truth)
+
+
+def test_int8_nan_group_poisons_its_row():
+    lin, _, _, _ = make_layer(32, 64, 32, bias=False)
+    x = make_x(3, 64)
+    x[2, 40] = np.inf
+    y = lin(x, activation="int8")
+    assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[:2]))

@@ -92,6 +92,8 @@ def test_bad_input_errors():
         lin(np.empty((0, 64), np.float32))
     with pytest.raises(ValueError, match="kernel"):
         lin(x, kernel="fast")
+    with pytest.raises(ValueError, match="activation"):
+        lin(x, activation="int4")
     with pytest.raises(ValueError, match=r"out must have shape"):
         lin(x, out=np.empty((4, 8), np.float32))
     qw, qz, sc = awq["qweight"], awq["qzeros"], awq["scales"]

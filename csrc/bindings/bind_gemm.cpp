@@ -69,7 +69,7 @@ py::tuple unpack(const py::array& packed, int64_t N, int64_t K, int64_t group_si
 }
 
 py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_t group_size, const py::array& x,
-                           const py::object& bias, const py::object& out, int path) {
+                           const py::object& bias, const py::object& out, int path, int activation) {
   const PackedView w = packed_view(packed, N, K, group_size);
   require_dtype(has_dtype<float>(x), x, "x", "float32");
   require_ndim(x, "x", 2);
@@ -103,11 +103,12 @@ py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_
     y = o.cast<py::array_t<float>>();
   }
   require(path >= 0 && path <= 2, "kernel path must be 0 (auto), 1 (gemv) or 2 (gemm)");
+  require(activation == 0 || activation == 1, "activation must be 0 (float) or 1 (int8)");
   const float* xp = static_cast<const float*>(x.data());
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    gemm::linear_forward(w, xp, M, bp, yp, static_cast<gemm::Path>(path));
+    gemm::linear_forward(w, xp, M, bp, yp, static_cast<gemm::Path>(path), static_cast<gemm::Activation>(activation));
   }
   return y;
 }
@@ -118,7 +119,7 @@ void register_gemm(py::module_& m) {
   m.def("gemm_pack", &pack, py::arg("qweight"), py::arg("qzeros"), py::arg("scales"), py::arg("group_size"));
   m.def("gemm_unpack", &unpack, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"));
   m.def("gemm_forward", &forward, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
-        py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("path"));
+        py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("path"), py::arg("activation") = 0);
   // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only).
   m.def("probe_stream_read", [](const py::array& buf) {
     require(detected_isa() == Isa::avx512, "the bandwidth probe needs AVX-512");

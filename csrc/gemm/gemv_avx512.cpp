@@ -10,6 +10,10 @@
 namespace awqkit::gemm::avx512 {
 namespace {
 
+// Software prefetch distance along the block stream: the hardware prefetcher alone
+// leaves the DRAM stream short of requests in flight at this kernel's pace.
+constexpr int64_t kPrefetchAhead = 2048;
+
 template <int R>
 inline void gemv_block(const PackedView& w, const float* x, const float* xs, const float* bias, float* y,
                        int64_t b) {
@@ -35,6 +39,7 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
     for (int64_t kk = 0; kk < gs; kk += kRun) {
       // 64 bytes: 16 channels x 8 inputs; dword lane c = channel c, nibble i = input kk+i.
       const __m512i v = _mm512_loadu_si512(codes + kk * 8);
+      _mm_prefetch(reinterpret_cast<const char*>(codes + kk * 8) + kPrefetchAhead, _MM_HINT_T0);
 #pragma GCC unroll 8
       for (int i = 0; i < kRun; ++i) {
         const __m512 wf = _mm512_permutexvar_ps(i == 0 ? v : _mm512_srli_epi32(v, 4 * i), lut);

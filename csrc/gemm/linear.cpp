@@ -8,6 +8,7 @@
 
 #include "common/cpu_features.h"
 #include "gemm/gemm_kernels.h"
+#include "gemm/int8_kernels.h"
 
 namespace awqkit::gemm {
 namespace {
@@ -57,10 +58,37 @@ void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const f
   }
 }
 
+void run_int8(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
+  const QuantizeActFn quant = simd ? avx512::quantize_act : scalar::quantize_act;
+  const GemmInt8Fn kernel = simd ? avx512::gemm_int8 : scalar::gemm_int8;
+  const int64_t K = w.K, G = w.G, gs = w.group_size;
+  std::vector<int8_t> xq(static_cast<size_t>(M * K));
+  std::vector<float> sx(static_cast<size_t>(M * G));
+  std::vector<int32_t> qs(static_cast<size_t>(M * G));
+  int8_t* xqp = xq.data();
+  float* sxp = sx.data();
+  int32_t* qsp = qs.data();
+  const int64_t tiles = (w.blocks + 1) / 2;
+#pragma omp parallel
+  {
+    // Rows are quantized independently, then each thread owns a contiguous run of tiles.
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) quant(x + m * K, 1, K, gs, xqp + m * K, sxp + m * G, qsp + m * G);
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t t0 = tiles * t / nt, t1 = tiles * (t + 1) / nt;
+    if (t0 < t1) kernel(w, xqp, sxp, qsp, M, bias, y, t0, t1);
+  }
+}
+
 }  // namespace
 
-void linear_forward(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, Path path) {
+void linear_forward(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, Path path,
+                    Activation act) {
   const Isa isa = active_isa();
+  if (act == Activation::int8) {
+    run_int8(w, x, M, bias, y, isa == Isa::avx512);
+    return;
+  }
   bool use_gemm = isa == Isa::avx512 && (path == Path::gemm || (path == Path::automatic && M >= kGemmMinRows));
   if (!use_gemm) {
     run_gemv(gemv_kernel(isa), w, x, M, bias, y);

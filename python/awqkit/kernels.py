@@ -29,6 +29,8 @@ from . import _core
 __all__ = ["PackedLinear", "gemm"]
 
 _PATHS = {"auto": 0, "gemv": 1, "gemm": 2}
+_F32 = np.dtype(np.float32)
+_ACTIVATIONS = {"float": 0, "int8": 1}
 _ALIGN = 64
 
 
@@ -117,8 +119,13 @@ class PackedLinear:
         """Bytes a forward pass streams: packed weights (codes + fp16 scales/zeros) plus bias."""
         return int(self._packed.nbytes + (self._bias.nbytes if self._bias is not None else 0))
 
-    def __call__(self, x, out: np.ndarray | None = None, kernel: str = "auto") -> np.ndarray:
-        return gemm(x, self, out=out, kernel=kernel)
+    def __call__(self, x, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
+        """``x @ W.T + bias``; see :func:`gemm`. Uses ``x`` in place when it is C-contiguous float32."""
+        # Decode calls are microseconds long: the common case goes straight to the core,
+        # which checks K, emptiness and contiguity itself.
+        if out is None and kernel == "auto" and activation == "float" and type(x) is np.ndarray and x.ndim == 2 and x.dtype == _F32:
+            return _core.gemm_forward(self._packed, self._n, self._k, self._group_size, x, self._bias, None, 0)
+        return gemm(x, self, out=out, kernel=kernel, activation=activation)
 
     def __getstate__(self):
         return {"packed": self._packed, "N": self._n, "K": self._k, "group_size": self._group_size, "bias": self._bias}
@@ -147,13 +154,18 @@ def _check_bias(bias, n: int) -> np.ndarray | None:
     return np.ascontiguousarray(bias, dtype=np.float32)
 
 
-def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "auto") -> np.ndarray:
+def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
     """``x @ dequantize(W).T + bias`` for ``x`` float32 (or float16) of shape ``[..., K]``.
 
     A C-contiguous float32 ``x`` is used in place (no copy); float16 is converted to a
     float32 copy first. Non-contiguous ``x`` is refused (pass ``np.ascontiguousarray(x)``).
     Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given).
     ``kernel`` forces ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"`` picks by M).
+
+    ``activation="int8"`` (opt-in, for prefill): x is quantized per row and per weight
+    group to int8 (symmetric, scale absmax/127) and multiplied with the 4-bit codes in
+    integers (AVX-512 VNNI ``vpdpbusd``; the scalar reference on other ISAs). Faster, less
+    exact: see benchmarks/README.md for its measured error. ``kernel`` does not apply.
     """
     if not isinstance(lin, PackedLinear):
         raise TypeError(f"gemm takes a PackedLinear, got {type(lin).__name__}")
@@ -161,6 +173,8 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
         raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
     if kernel not in _PATHS:
         raise ValueError(f"kernel must be one of {sorted(_PATHS)}, got {kernel!r}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
     if x.dtype == np.float16:
         x = x.astype(np.float32)
     elif x.dtype != np.float32:
@@ -175,5 +189,7 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     x2 = x.reshape(-1, lin.in_features)  # a view: x is contiguous
     if x2.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {x.shape})")
-    y = _core.gemm_forward(lin.packed, lin.out_features, lin.in_features, lin.group_size, x2, lin.bias, out, _PATHS[kernel])
+    y = _core.gemm_forward(
+        lin.packed, lin.out_features, lin.in_features, lin.group_size, x2, lin.bias, out, _PATHS[kernel], _ACTIVATIONS[activation]
+    )
     return y if out is not None else y.reshape(*lead, lin.out_features)
