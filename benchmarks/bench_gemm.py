@@ -122,6 +122,13 @@ def worker(threads: int, quick: bool) -> dict:
             reps = dict(min_reps=2 if big else 3, max_reps=5, budget_s=0.5)
             row = {"N": n, "K": k, "gs": gs, "M": m, "packed_bytes": lin.nbytes}
             row["awq_s"] = median_time(lambda: lin(x), **reps)
+            row["int8_s"] = median_time(lambda: lin(x, activation="int8"), **reps)
+            if m == PREFILL_MS[-1] and threads == 1:  # accuracy does not depend on threads
+                truth = x.astype(np.float64) @ wdq.astype(np.float64).T
+                norm = np.linalg.norm(truth)
+                row["err_float"] = float(np.linalg.norm(lin(x) - truth) / norm)
+                row["err_int8"] = float(np.linalg.norm(lin(x, activation="int8") - truth) / norm)
+                row["err_numpy"] = float(np.linalg.norm(x @ wdq.T - truth) / norm)
             row["numpy_s"] = median_time(lambda: x @ wdq.T, **reps)
             if torch is not None:
                 xt = torch.from_numpy(x)
@@ -153,8 +160,10 @@ def fmt_table(results: list[dict]) -> str:
                 f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} |"
             )
     lines.append("\nPrefill (warm weights), GFLOP/s = 2*M*N*K / time:\n")
-    lines.append("| N x K | M | thr | awqkit | numpy fp32 | torch fp32 | x numpy | x torch | awqkit / FMA peak |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append(
+        "| N x K | M | thr | awqkit | numpy fp32 | torch fp32 | x numpy | x torch | / FMA peak | awqkit int8 | int8 x numpy |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for row in r["rows"]:
             if row["M"] not in PREFILL_MS:
@@ -164,8 +173,19 @@ def fmt_table(results: list[dict]) -> str:
             tg = fl / ts if ts else float("nan")
             lines.append(
                 f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {a:.0f} | {nps:.0f} | {tg:.0f} | "
-                f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} |"
+                f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['int8_s']:.0f} | "
+                f"{row['numpy_s'] / row['int8_s']:.2f} |"
             )
+    lines.append("\nAccuracy at M = 512 (x ~ N(0, 1)), relative Frobenius error against float64 x @ W_deq.T:\n")
+    lines.append("| N x K | group | numpy fp32 | awqkit float | awqkit int8 |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for r in results:
+        for row in r["rows"]:
+            if "err_int8" in row:
+                lines.append(
+                    f"| {row['N']}x{row['K']} | {row['gs']} | {row['err_numpy']:.1e} | {row['err_float']:.1e} | "
+                    f"{row['err_int8']:.1e} |"
+                )
     return "\n".join(lines)
 
 
