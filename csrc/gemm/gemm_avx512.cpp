@@ -2,7 +2,7 @@
 // outputs] tile, the thread dequantizes the weights into a 32 KB fp32 panel that stays
 // in L1 (exactly dequantize()'s values: (code - zero) * scale is exact in fp32), then a
 // 12 x 32 register-blocked micro-kernel (24 zmm accumulators) runs over every row block
-// of x, packed once per KC slice as [k][12] so broadcasts read one contiguous stream.
+// of x, packed per KC slice as [k][12] so broadcasts read one contiguous stream.
 // Threads own fixed output tiles and sum KC slices in increasing k: the result does not
 // depend on the thread count.
 #include <immintrin.h>
@@ -96,15 +96,20 @@ void gemm(const PackedView& w, const float* x, int64_t M, const float* bias, flo
   const int64_t K = w.K, N = w.N;
   const int64_t tiles = (w.blocks + 1) / 2;
   const int64_t mblocks = (M + MR - 1) / MR;
+  // No barriers: each thread owns a contiguous run of output tiles and packs its own
+  // copy of each x slice (O(M*K) work against O(M*N*K/threads) of FMAs), so a thread
+  // that the OS delays on this shared machine never stalls the other.
 #pragma omp parallel
   {
-    float* panel = panels + omp_get_thread_num() * gemm_panel_floats();
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t t0 = tiles * tid / nt, t1 = tiles * (tid + 1) / nt;
+    float* panel = panels + tid * gemm_panel_floats();
+    float* ap = apack + tid * gemm_apack_floats(M);
+    for (int64_t k0 = 0; k0 < K && t0 < t1; k0 += KC) {
       const int64_t kc = K - k0 < KC ? K - k0 : KC;
-      // Pack x[:, k0:k0+kc] as [mblock][k][MR] (zero rows past M). Barrier after.
-#pragma omp for schedule(static)
+      // Pack x[:, k0:k0+kc] as [mblock][k][MR] (zero rows past M).
       for (int64_t mb = 0; mb < mblocks; ++mb) {
-        float* dst = apack + mb * MR * KC;
+        float* dst = ap + mb * MR * KC;
         for (int r = 0; r < MR; ++r) {
           const int64_t m = mb * MR + r;
           if (m < M) {
@@ -116,15 +121,14 @@ void gemm(const PackedView& w, const float* x, int64_t M, const float* bias, flo
         }
       }
       const bool first = k0 == 0, last = k0 + kc == K;
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < tiles; ++t) {
+      for (int64_t t = t0; t < t1; ++t) {
         dequant_panel(w, t, k0, kc, panel);
         const int64_t n0 = t * NR;
         const __mmask16 m0 = lane_mask(N - n0), m1 = lane_mask(N - n0 - 16);
         const float* tb = (last && bias) ? bias + n0 : nullptr;
         for (int64_t mb = 0; mb < mblocks; ++mb) {
           const int64_t mr = M - mb * MR < MR ? M - mb * MR : MR;
-          kMicro[mr](apack + mb * MR * KC, panel, kc, y + mb * MR * N + n0, N, m0, m1, first, tb);
+          kMicro[mr](ap + mb * MR * KC, panel, kc, y + mb * MR * N + n0, N, m0, m1, first, tb);
         }
       }
     }

@@ -15,8 +15,8 @@ using GemvFn = void (*)(const PackedView& w, const float* x, int64_t M, const fl
 
 // Whole product for larger M with its own OpenMP region: dequantizes [KC x 32] panels
 // into per-thread scratch and runs a register-blocked micro-kernel. apack holds
-// gemm_apack_floats(M) floats and panels gemm_panel_floats() floats per thread, both
-// 64-byte aligned.
+// gemm_apack_floats(M) and panels gemm_panel_floats() floats per thread (up to
+// omp_get_max_threads()), both 64-byte aligned.
 using GemmFn = void (*)(const PackedView& w, const float* x, int64_t M, const float* bias, float* y,
                         float* apack, float* panels);
 

@@ -94,7 +94,7 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
     run_gemv(gemv_kernel(isa), w, x, M, bias, y);
     return;
   }
-  AlignedBuffer apack = aligned_floats(gemm_apack_floats(M));
+  AlignedBuffer apack = aligned_floats(gemm_apack_floats(M) * omp_get_max_threads());
   AlignedBuffer panels = aligned_floats(gemm_panel_floats() * omp_get_max_threads());
   avx512::gemm(w, x, M, bias, y, apack.get(), panels.get());
 }
