@@ -38,8 +38,9 @@ def test_round_trip_arbitrary_bits():
 def test_properties_and_pickle():
     lin, _, _, b = make_layer(40, 256, 64, bias=True)
     assert (lin.in_features, lin.out_features, lin.group_size, lin.shape) == (256, 40, 64, (40, 256))
-    # 3 blocks of 16 channels x 4 groups x (64 header + 64 * 8 code bytes), plus the bias.
-    assert lin.packed.nbytes == 3 * 4 * (64 + 512)
+    # 3 blocks of 16 channels x 4 groups x (64 header + 64 * 8 code bytes), 64 bytes of
+    # tail padding, plus the bias.
+    assert lin.packed.nbytes == 3 * 4 * (64 + 512) + 64
     assert lin.nbytes == lin.packed.nbytes + 40 * 4
     np.testing.assert_array_equal(lin.bias, b)
     x = make_x(3, 256)

@@ -40,7 +40,7 @@ void pack_from_awq(const int32_t* qweight, const int32_t* qzeros, const uint16_t
   check_packed_shape(N, K, group_size);
   const PackedView w = make_view(out, N, K, group_size);
   const int64_t N8 = N / 8;
-  std::memset(out, 0, static_cast<size_t>(w.blocks * w.block_bytes));  // padding channels: all zero
+  std::memset(out, 0, static_cast<size_t>(packed_nbytes(N, K, group_size)));  // padding: all zero
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < w.blocks; ++b) {
     const int64_t nc = (N - b * kBlock) < kBlock ? (N - b * kBlock) : kBlock;

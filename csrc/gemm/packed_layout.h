@@ -13,8 +13,11 @@
 //                 one shift away, and vpermps with the table 0..15 turns it into floats
 //                 (it reads only the low 4 bits of each index, so no AND is needed).
 //
+// After the last block come kTailPad zero bytes: the GEMV reads 64-byte runs at byte
+// offsets 0..3, so its last load may reach 3 bytes past the end of the codes.
+//
 // The weight is (code - zero) * scale; kernels split it as code*scale + (-zero*scale),
-// so the inner loop is shift, permute and FMA, and the zero point costs one FMA per group.
+// so the inner loop is (shift,) permute and FMA, and the zero point costs one FMA per group.
 #pragma once
 #include <cstdint>
 
@@ -24,6 +27,7 @@ inline constexpr int64_t kBlock = 16;         // output channels per block
 inline constexpr int64_t kGroupHeader = 64;   // scales + zeros of one block-group
 inline constexpr int64_t kAlign = 64;
 inline constexpr int64_t kRun = 8;            // inputs per 64-byte run of codes
+inline constexpr int64_t kTailPad = 64;       // zero bytes after the last block (overlapping loads)
 
 struct PackedView {
   const uint8_t* data;  // kAlign-aligned
@@ -39,7 +43,7 @@ struct PackedView {
 static inline int64_t packed_group_bytes(int64_t group_size) { return kGroupHeader + group_size * 8; }
 static inline int64_t packed_blocks(int64_t N) { return (N + kBlock - 1) / kBlock; }
 static inline int64_t packed_nbytes(int64_t N, int64_t K, int64_t group_size) {
-  return packed_blocks(N) * (K / group_size) * packed_group_bytes(group_size);
+  return packed_blocks(N) * (K / group_size) * packed_group_bytes(group_size) + kTailPad;
 }
 static inline PackedView make_view(const uint8_t* data, int64_t N, int64_t K, int64_t group_size) {
   PackedView v;
