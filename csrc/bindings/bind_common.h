@@ -18,9 +18,11 @@ namespace py = pybind11;
 
 inline std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// By value, not identity: an unpickled array carries an equal but distinct dtype object.
 template <typename T>
 bool has_dtype(const py::array& a) {
-  return a.dtype().is(py::dtype::of<T>());
+  const py::dtype want = py::dtype::of<T>(), got = a.dtype();
+  return got.is(want) || (got.kind() == want.kind() && got.itemsize() == want.itemsize() && got.byteorder() != '>');
 }
 
 inline bool is_f16(const py::array& a) { return a.dtype().kind() == 'f' && a.itemsize() == 2; }
@@ -64,6 +66,7 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
 }
 
+void register_gemm(py::module_& m);
 void register_quant(py::module_& m);
 void register_isa(py::module_& m);
 void register_search(py::module_& m);

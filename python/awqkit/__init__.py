@@ -6,6 +6,7 @@ pipeline (``awqkit.quantize_model`` and friends) needs the ``[torch]`` extra.
 
 from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa, use_isa, use_threads
 from .folding import fold_scale_into_linear_outputs, fold_scale_into_norm, scale_linear_inputs
+from .kernels import PackedLinear, gemm
 from .packing import AWQ_ORDER, pack_awq, unpack_awq
 from .quantizer import QuantizedTensor, dequantize, pseudo_quantize, quantize
 from .saliency import available_saliencies, register_saliency
@@ -18,6 +19,7 @@ __all__ = [
     "AWQ_ORDER",
     "ActivationStats",
     "ClipResult",
+    "PackedLinear",
     "QuantizedTensor",
     "ScaleSearchResult",
     "active_isa",
@@ -28,6 +30,7 @@ __all__ = [
     "detected_isa",
     "fold_scale_into_linear_outputs",
     "fold_scale_into_norm",
+    "gemm",
     "num_threads",
     "pack_awq",
     "pseudo_quantize",

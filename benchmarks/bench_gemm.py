@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Fused INT4 GEMM/GEMV benchmark: awqkit.PackedLinear against numpy and torch fp32.
+
+    flock /tmp/awqkit-bench.lock python3 benchmarks/bench_gemm.py [--threads 1,2] [--quick]
+
+Runs one worker process per thread count (OpenBLAS, OpenMP and torch thread pools are
+set before numpy is imported) and prints markdown tables plus the machine's limits
+measured in the same run: a native AVX-512 streaming-read probe over a 1 GiB buffer
+(same thread count) and an FMA peak probe.
+
+* decode (M = 1, 8): every call goes to the next of enough copies of the layer to
+  stream >= 1 GiB (awqkit packed bytes; numpy/torch fp32 bytes), so weights come from
+  DRAM as in a real decode step over all layers (the L3 here is reported as up to
+  480 MB). GB/s counts the bytes the kernel must read (packed codes, scales, zeros).
+* prefill (M = 64, 512): warm weights, GFLOP/s = 2*M*N*K / time.
+Medians over repetitions; ratios are computed within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]  # (N, K)
+DECODE_MS = (1, 8)
+PREFILL_MS = (64, 512)
+ROTATE_BYTES = 1 << 30
+
+
+def median_time(fn, min_reps: int = 3, max_reps: int = 15, budget_s: float = 0.6) -> float:
+    fn()  # warm up
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def aligned_buffer(np, nbytes: int):
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off : off + nbytes]
+
+
+def rotation_time(calls) -> float:
+    """Median seconds per call over passes through a list of zero-argument calls."""
+
+    def one_pass():
+        for c in calls:
+            c()
+
+    return median_time(one_pass, min_reps=3, max_reps=5, budget_s=1.0) / len(calls)
+
+
+def worker(threads: int, quick: bool) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import awqkit
+    from awqkit import _core
+
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+    except ImportError:  # torch is optional: its columns stay empty
+        torch = None
+    _core.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    out = {"threads": threads, "isa": awqkit.active_isa(), "rows": []}
+
+    # Limits: streaming-read bandwidth over 1 GiB, fp32 FMA peak.
+    buf = aligned_buffer(np, ROTATE_BYTES)
+    buf[:] = 1
+    out["probe_gbs"] = buf.nbytes / median_time(lambda: _core.probe_stream_read(buf), 5, 7, 2.0) / 1e9
+    del buf
+    iters = 2_000_000
+    out["fma_gflops"] = _core.probe_fma_peak(iters) / median_time(lambda: _core.probe_fma_peak(iters), 3, 5, 1.0) / 1e9
+
+    shapes = SHAPES[:4] if quick else SHAPES
+    rotate = ROTATE_BYTES // 4 if quick else ROTATE_BYTES
+    for n, k in shapes:
+        gs = 128 if k % 128 == 0 else 64
+        w = (rng.standard_normal((n, k), dtype=np.float32) * 0.02).astype(np.float32)
+        qt = awqkit.quantize(w, bits=4, group_size=gs)
+        awq = awqkit.pack_awq(qt)
+        lin = awqkit.PackedLinear.from_awq(awq["qweight"], awq["qzeros"], awq["scales"], gs)
+        wdq = awqkit.dequantize(qt)
+        del w, qt
+        wt = torch.from_numpy(wdq) if torch is not None else None
+
+        # Decode: rotate through copies so the weights stream from DRAM.
+        lins = [lin] + [
+            awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(math.ceil(rotate / lin.nbytes) - 1)
+        ]
+        ws = [wdq] + [wdq.copy() for _ in range(math.ceil(rotate / wdq.nbytes) - 1)]
+        for m in DECODE_MS:
+            x = rng.standard_normal((m, k), dtype=np.float32)
+            t_awq = rotation_time([(lambda l=l: l(x)) for l in lins])
+            t_np = rotation_time([(lambda v=v: x @ v.T) for v in ws])
+            row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "numpy_s": t_np, "packed_bytes": lin.nbytes}
+            if torch is not None:
+                xt = torch.from_numpy(x)
+                wts = [torch.from_numpy(v) for v in ws]
+                with torch.inference_mode():
+                    row["torch_s"] = rotation_time([(lambda v=v: F.linear(xt, v)) for v in wts])
+            out["rows"].append(row)
+        del lins, ws
+
+        for m in PREFILL_MS:
+            x = rng.standard_normal((m, k), dtype=np.float32)
+            big = 2.0 * m * n * k > 2e10
+            reps = dict(min_reps=2 if big else 3, max_reps=5, budget_s=0.5)
+            row = {"N": n, "K": k, "gs": gs, "M": m, "packed_bytes": lin.nbytes}
+            row["awq_s"] = median_time(lambda: lin(x), **reps)
+            row["int8_s"] = median_time(lambda: lin(x, activation="int8"), **reps)
+            if m == PREFILL_MS[-1] and threads == 1:  # accuracy does not depend on threads
+                truth = x.astype(np.float64) @ wdq.astype(np.float64).T
+                norm = np.linalg.norm(truth)
+                row["err_float"] = float(np.linalg.norm(lin(x) - truth) / norm)
+                row["err_int8"] = float(np.linalg.norm(lin(x, activation="int8") - truth) / norm)
+                row["err_numpy"] = float(np.linalg.norm(x @ wdq.T - truth) / norm)
+            row["numpy_s"] = median_time(lambda: x @ wdq.T, **reps)
+            if torch is not None:
+                xt = torch.from_numpy(x)
+                with torch.inference_mode():
+                    row["torch_s"] = median_time(lambda: F.linear(xt, wt), **reps)
+            out["rows"].append(row)
+    return out
+
+
+def fmt_table(results: list[dict]) -> str:
+    lines = []
+    lines.append("Machine limits (native probes, same run):\n")
+    lines.append("| threads | ISA | stream-read GB/s (1 GiB) | fp32 FMA peak GFLOP/s |")
+    lines.append("|---:|---|---:|---:|")
+    for r in results:
+        lines.append(f"| {r['threads']} | {r['isa']} | {r['probe_gbs']:.1f} | {r['fma_gflops']:.0f} |")
+    lines.append("\nDecode (weights streamed from DRAM: rotation over >= 1 GiB of copies):\n")
+    lines.append("| N x K | M | thr | awqkit us | GB/s packed | / probe | numpy us | torch us | x numpy | x torch |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        for row in r["rows"]:
+            if row["M"] not in DECODE_MS:
+                continue
+            gbs = row["packed_bytes"] / row["awq_s"] / 1e9
+            ts = row.get("torch_s")
+            lines.append(
+                f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {row['awq_s'] * 1e6:.1f} | {gbs:.1f} | "
+                f"{gbs / r['probe_gbs']:.2f} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
+                f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} |"
+            )
+    lines.append("\nPrefill (warm weights), GFLOP/s = 2*M*N*K / time:\n")
+    lines.append(
+        "| N x K | M | thr | awqkit | numpy fp32 | torch fp32 | x numpy | x torch | / FMA peak | awqkit int8 | int8 x numpy |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        for row in r["rows"]:
+            if row["M"] not in PREFILL_MS:
+                continue
+            fl = 2.0 * row["M"] * row["N"] * row["K"] / 1e9
+            a, nps, ts = fl / row["awq_s"], fl / row["numpy_s"], row.get("torch_s")
+            tg = fl / ts if ts else float("nan")
+            lines.append(
+                f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {a:.0f} | {nps:.0f} | {tg:.0f} | "
+                f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['int8_s']:.0f} | "
+                f"{row['numpy_s'] / row['int8_s']:.2f} |"
+            )
+    lines.append("\nAccuracy at M = 512 (x ~ N(0, 1)), relative Frobenius error against float64 x @ W_deq.T:\n")
+    lines.append("| N x K | group | numpy fp32 | awqkit float | awqkit int8 |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for r in results:
+        for row in r["rows"]:
+            if "err_int8" in row:
+                lines.append(
+                    f"| {row['N']}x{row['K']} | {row['gs']} | {row['err_numpy']:.1e} | {row['err_float']:.1e} | "
+                    f"{row['err_int8']:.1e} |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--quick", action="store_true", help="first four shapes, 256 MiB rotation")
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.quick)))
+        return
+    results = []
+    for nt in (int(t) for t in args.threads.split(",")):
+        env = dict(os.environ, OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt), MKL_NUM_THREADS=str(nt))
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(nt)] + (["--quick"] if args.quick else [])
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"[{nt} thread(s): {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print(fmt_table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+// AVX-512 VNNI int8-activation path (see int8_kernels.h). Per 8 inputs x 16 channels
+// one 64-byte load; AND / shift+AND split the nibbles into the even and odd inputs as
+// unsigned bytes, and two vpdpbusd per row of x (broadcast dwords of 4 int8 inputs)
+// accumulate 128 products. 8 rows x 32 channels per call: 16 int32 accumulators.
+#include <immintrin.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "gemm/int8_kernels.h"
+
+namespace awqkit::gemm::avx512 {
+namespace {
+
+constexpr int MR = 8;
+
+inline __mmask16 lane_mask(int64_t n) {
+  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+inline int32_t load_i32(const int8_t* p) {
+  int32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
+
+template <int R>
+inline void tile_rows(const PackedView& w, const int8_t* xq, const float* sx, const int32_t* qs, const float* bias,
+                      float* y, int64_t t) {
+  const int64_t K = w.K, N = w.N, G = w.G, gs = w.group_size;
+  const int64_t b0 = 2 * t, b1 = 2 * t + 1 < w.blocks ? 2 * t + 1 : 2 * t;  // a missing block is masked off
+  const __m512i m0F = _mm512_set1_epi8(0x0F);
+  __m512 yacc[R][2];
+  for (int r = 0; r < R; ++r) yacc[r][0] = yacc[r][1] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    const uint8_t* h0 = block_group(w, b0, g);
+    const uint8_t* h1 = block_group(w, b1, g);
+    __m512i acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    const int8_t* xg = xq + g * gs;
+    for (int64_t run = 0; run < gs / kRun; ++run) {
+      const __m512i v0 = _mm512_loadu_si512(h0 + kGroupHeader + run * 64);
+      const __m512i v1 = _mm512_loadu_si512(h1 + kGroupHeader + run * 64);
+      const __m512i e0 = _mm512_and_si512(v0, m0F), o0 = _mm512_and_si512(_mm512_srli_epi32(v0, 4), m0F);
+      const __m512i e1 = _mm512_and_si512(v1, m0F), o1 = _mm512_and_si512(_mm512_srli_epi32(v1, 4), m0F);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512i xe = _mm512_set1_epi32(load_i32(xg + r * K + run * 8));
+        const __m512i xo = _mm512_set1_epi32(load_i32(xg + r * K + run * 8 + 4));
+        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], e0, xe);
+        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], e1, xe);
+        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], o0, xo);
+        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], o1, xo);
+      }
+    }
+    const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h0)));
+    const __m512 s1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h1)));
+    const __m512i z0 = _mm512_cvttps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h0 + 32))));
+    const __m512i z1 = _mm512_cvttps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h1 + 32))));
+    for (int r = 0; r < R; ++r) {
+      const __m512i q = _mm512_set1_epi32(qs[r * G + g]);
+      const __m512 sxv = _mm512_set1_ps(sx[r * G + g]);
+      const __m512 t0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], _mm512_mullo_epi32(z0, q)));
+      const __m512 t1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], _mm512_mullo_epi32(z1, q)));
+      yacc[r][0] = _mm512_add_ps(yacc[r][0], _mm512_mul_ps(t0, _mm512_mul_ps(s0, sxv)));
+      yacc[r][1] = _mm512_add_ps(yacc[r][1], _mm512_mul_ps(t1, _mm512_mul_ps(s1, sxv)));
+    }
+  }
+  const int64_t n0 = t * 32;
+  const __mmask16 mk0 = lane_mask(N - n0), mk1 = lane_mask(N - n0 - 16);
+  for (int r = 0; r < R; ++r) {
+    __m512 a = yacc[r][0], b = yacc[r][1];
+    if (bias) {
+      a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(mk0, bias + n0));
+      b = _mm512_add_ps(b, _mm512_maskz_loadu_ps(mk1, bias + n0 + 16));
+    }
+    _mm512_mask_storeu_ps(y + r * N + n0, mk0, a);
+    _mm512_mask_storeu_ps(y + r * N + n0 + 16, mk1, b);
+  }
+}
+
+using TileFn = void (*)(const PackedView&, const int8_t*, const float*, const int32_t*, const float*, float*, int64_t);
+constexpr TileFn kTile[MR + 1] = {nullptr,       tile_rows<1>, tile_rows<2>, tile_rows<3>, tile_rows<4>,
+                                  tile_rows<5>,  tile_rows<6>, tile_rows<7>, tile_rows<8>};
+
+}  // namespace
+
+void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, float* sx, int32_t* qsum) {
+  const int64_t G = K / gs;
+  // Within each 8 inputs: even ones first, then odd ones (see int8_kernels.h).
+  const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* p = x + m * K + g * gs;
+      __m512 amax = _mm512_setzero_ps();
+      __mmask16 bad = 0;
+      for (int64_t j = 0; j < gs; j += 16) {
+        const __mmask16 mk = lane_mask(gs - j);
+        const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, p + j));
+        bad |= _mm512_mask_cmp_ps_mask(mk, a, fmax, _CMP_NLE_UQ);
+        amax = _mm512_max_ps(amax, a);
+      }
+      const float am = _mm512_reduce_max_ps(amax);
+      const float s = bad ? NAN : am > 0.0f ? am / 127.0f : 1.0f;
+      const __m512 sv = _mm512_set1_ps(s);
+      __m512i sum = _mm512_setzero_si512();
+      int8_t* q = xq + m * K + g * gs;
+      for (int64_t j = 0; j < gs; j += 16) {
+        const __mmask16 mk = lane_mask(gs - j);
+        __m512i v = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mk, p + j), sv),
+                                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (bad) v = _mm512_setzero_si512();
+        v = _mm512_maskz_mov_epi32(mk, v);
+        sum = _mm512_add_epi32(sum, v);
+        _mm512_mask_cvtepi32_storeu_epi8(q + j, mk, _mm512_permutexvar_epi32(perm, v));
+      }
+      sx[m * G + g] = s;
+      qsum[m * G + g] = _mm512_reduce_add_epi32(sum);
+    }
+}
+
+void gemm_int8(const PackedView& w, const int8_t* xq, const float* sx, const int32_t* qsum, int64_t M,
+               const float* bias, float* y, int64_t t0, int64_t t1) {
+  const int64_t K = w.K, N = w.N, G = w.G;
+  for (int64_t t = t0; t < t1; ++t)
+    for (int64_t m = 0; m < M; m += MR) {
+      const int64_t r = M - m < MR ? M - m : MR;
+      kTile[r](w, xq + m * K, sx + m * G, qsum + m * G, bias, y + m * N, t);
+    }
+}
+
+}  // namespace awqkit::gemm::avx512

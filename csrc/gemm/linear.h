@@ -1,0 +1,22 @@
+// Entry point of the fused INT4 linear layer: picks the ISA and the GEMV or GEMM path.
+#pragma once
+#include <cstdint>
+
+#include "gemm/packed_layout.h"
+
+namespace awqkit::gemm {
+
+enum class Path : int { automatic = 0, gemv = 1, gemm = 2 };
+// float: exact fp32 products of x and the dequantized weight. int8: x quantized per row
+// and weight group to int8, integer dot products (AVX-512 VNNI; scalar elsewhere).
+enum class Activation : int { f32 = 0, int8 = 1 };
+
+// M at which the automatic choice moves from the GEMV kernel to the panel GEMM.
+inline constexpr int64_t kGemmMinRows = 16;
+
+// y [M, N] = x [M, K] @ dequantize(W).T (+ bias [N]); all row-major and contiguous.
+// Deterministic: every output is computed by one thread in a fixed order.
+void linear_forward(const PackedView& w, const float* x, int64_t M, const float* bias, float* y,
+                    Path path = Path::automatic, Activation act = Activation::f32);
+
+}  // namespace awqkit::gemm

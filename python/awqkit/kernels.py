@@ -1,0 +1,195 @@
+"""Fused INT4 linear layers on the CPU: :class:`PackedLinear` and :func:`gemm`.
+
+``PackedLinear.from_awq`` repacks AutoAWQ "gemm" tensors once into the native layout
+(see ``csrc/gemm/packed_layout.h``: output channels in blocks of 16, nibbles
+de-interleaved so that two inputs share one byte per channel, each group's fp16
+scales and zeros stored just before its codes). ``lin(x)`` then computes
+``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
+
+* small M (decode) runs a GEMV that streams the packed bytes once and unpacks the
+  nibbles in registers; OpenMP splits the output blocks between threads;
+* M >= 16 (prefill, AVX-512) dequantizes 256 x 32 tiles into an L1-resident fp32
+  panel and runs a 12 x 32 register-blocked FMA micro-kernel.
+
+Every output is computed by one thread in a fixed order, so results are identical for
+any thread count. The scalar path (``awqkit.use_isa("scalar")``) is the specification;
+the SIMD paths agree with it within float32 rounding (they split the zero point out
+of the inner loop and sum in a different order).
+
+NaN and Inf are not checked: they propagate as IEEE arithmetic does (a NaN or Inf
+anywhere in row m of x makes y[m, :] NaN or Inf, like numpy's ``x @ W.T``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["PackedLinear", "gemm"]
+
+_PATHS = {"auto": 0, "gemv": 1, "gemm": 2}
+_F32 = np.dtype(np.float32)
+_ACTIVATIONS = {"float": 0, "int8": 1}
+_ALIGN = 64
+
+
+def _aligned_copy(buf: np.ndarray) -> np.ndarray:
+    """A 64-byte aligned uint8 copy of ``buf`` (cache-line aligned blocks stream best)."""
+    if buf.ctypes.data % _ALIGN == 0:
+        return buf
+    raw = np.empty(buf.nbytes + _ALIGN, dtype=np.uint8)
+    off = (-raw.ctypes.data) % _ALIGN
+    out = raw[off : off + buf.nbytes]
+    out[...] = buf
+    return out
+
+
+class PackedLinear:
+    """An INT4 ``Linear`` (out_features N, in_features K) in the fused-kernel layout.
+
+    Build it with :meth:`from_awq`; call it on float32 ``x`` of shape ``[..., K]``.
+    Picklable (its state is a few numpy arrays and ints); :attr:`packed` and
+    :attr:`bias` are the buffers a torch module may hold.
+    """
+
+    __slots__ = ("_packed", "_bias", "_n", "_k", "_group_size")
+
+    def __init__(self, packed: np.ndarray, out_features: int, in_features: int, group_size: int, bias=None):
+        """Wrap an existing packed buffer (as returned by :attr:`packed`); prefer :meth:`from_awq`."""
+        if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
+            raise TypeError("packed must be a 1-D uint8 numpy array (PackedLinear.packed)")
+        n, k, gs = int(out_features), int(in_features), int(group_size)
+        expected = _core.gemm_packed_nbytes(n, k, gs) if n > 0 and k > 0 and gs > 0 and k % gs == 0 else -1
+        if packed.size != expected:
+            raise ValueError(f"packed has {packed.size} bytes, expected {expected} for N={n}, K={k}, group_size={gs}")
+        self._packed = _aligned_copy(np.ascontiguousarray(packed))
+        self._n, self._k, self._group_size = n, k, gs
+        self._bias = _check_bias(bias, n)
+
+    @classmethod
+    def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int, bias=None) -> "PackedLinear":
+        """Repack AutoAWQ gemm tensors (``qweight`` int32 [K, N/8], ``qzeros`` int32 [G, N/8],
+        ``scales`` float16 [G, N]) once. ``group_size`` must divide K and be a multiple of 8
+        (-1: one group per row); N must be a multiple of 8. ``bias`` float32 [N] or None."""
+        for name, arr in (("qweight", qweight), ("qzeros", qzeros), ("scales", scales)):
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"{name} must be a numpy array, got {type(arr).__name__}")
+        if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+            raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+        gs = int(group_size)
+        if gs == -1 and qweight.ndim == 2:
+            gs = qweight.shape[0]
+        packed = _core.gemm_pack(qweight, qzeros, scales, gs)
+        return cls(packed, qweight.shape[1] * 8, qweight.shape[0], gs, bias)
+
+    def to_awq(self) -> dict[str, np.ndarray]:
+        """The AutoAWQ tensors this layer was built from, bit for bit."""
+        qweight, qzeros, scales = _core.gemm_unpack(self._packed, self._n, self._k, self._group_size)
+        return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
+
+    @property
+    def in_features(self) -> int:
+        return self._k
+
+    @property
+    def out_features(self) -> int:
+        return self._n
+
+    @property
+    def group_size(self) -> int:
+        return self._group_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out_features, in_features), like the weight of a torch Linear."""
+        return (self._n, self._k)
+
+    @property
+    def packed(self) -> np.ndarray:
+        """The packed weight bytes (read it, do not modify it)."""
+        return self._packed
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self._bias
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a forward pass streams: packed weights (codes + fp16 scales/zeros) plus bias."""
+        return int(self._packed.nbytes + (self._bias.nbytes if self._bias is not None else 0))
+
+    def __call__(self, x, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
+        """``x @ W.T + bias``; see :func:`gemm`. Uses ``x`` in place when it is C-contiguous float32."""
+        # Decode calls are microseconds long: the common case goes straight to the core,
+        # which checks K, emptiness and contiguity itself.
+        if out is None and kernel == "auto" and activation == "float" and type(x) is np.ndarray and x.ndim == 2 and x.dtype == _F32:
+            return _core.gemm_forward(self._packed, self._n, self._k, self._group_size, x, self._bias, None, 0)
+        return gemm(x, self, out=out, kernel=kernel, activation=activation)
+
+    def __getstate__(self):
+        return {"packed": self._packed, "N": self._n, "K": self._k, "group_size": self._group_size, "bias": self._bias}
+
+    def __setstate__(self, state):
+        self._packed = _aligned_copy(state["packed"])
+        self._n, self._k, self._group_size = state["N"], state["K"], state["group_size"]
+        self._bias = _check_bias(state["bias"], self._n)
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedLinear(in_features={self._k}, out_features={self._n}, group_size={self._group_size}, "
+            f"bias={self._bias is not None})"
+        )
+
+
+def _check_bias(bias, n: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    if not isinstance(bias, np.ndarray):
+        raise TypeError(f"bias must be a numpy array or None, got {type(bias).__name__}")
+    if bias.dtype not in (np.float32, np.float16):
+        raise TypeError(f"bias must be float32 or float16, got {bias.dtype}")
+    if bias.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+    return np.ascontiguousarray(bias, dtype=np.float32)
+
+
+def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
+    """``x @ dequantize(W).T + bias`` for ``x`` float32 (or float16) of shape ``[..., K]``.
+
+    A C-contiguous float32 ``x`` is used in place (no copy); float16 is converted to a
+    float32 copy first. Non-contiguous ``x`` is refused (pass ``np.ascontiguousarray(x)``).
+    Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given).
+    ``kernel`` forces ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"`` picks by M).
+
+    ``activation="int8"`` (opt-in, for prefill): x is quantized per row and per weight
+    group to int8 (symmetric, scale absmax/127) and multiplied with the 4-bit codes in
+    integers (AVX-512 VNNI ``vpdpbusd``; the scalar reference on other ISAs). Faster, less
+    exact: see benchmarks/README.md for its measured error. ``kernel`` does not apply.
+    """
+    if not isinstance(lin, PackedLinear):
+        raise TypeError(f"gemm takes a PackedLinear, got {type(lin).__name__}")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+    if kernel not in _PATHS:
+        raise ValueError(f"kernel must be one of {sorted(_PATHS)}, got {kernel!r}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    if x.dtype == np.float16:
+        x = x.astype(np.float32)
+    elif x.dtype != np.float32:
+        raise TypeError(f"x must be float32 or float16, got {x.dtype} (convert explicitly, e.g. x.astype(np.float32))")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one dimension [..., in_features]")
+    if x.shape[-1] != lin.in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dimension, the layer expects in_features = {lin.in_features}")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous; pass np.ascontiguousarray(x)")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, lin.in_features)  # a view: x is contiguous
+    if x2.shape[0] == 0:
+        raise ValueError(f"x has no rows (shape {x.shape})")
+    y = _core.gemm_forward(
+        lin.packed, lin.out_features, lin.in_features, lin.group_size, x2, lin.bias, out, _PATHS[kernel], _ACTIVATIONS[activation]
+    )
+    return y if out is not None else y.reshape(*lead, lin.out_features)

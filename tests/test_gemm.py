@@ -1,0 +1,115 @@
+"""Fused INT4 GEMM/GEMV: every ISA and kernel path against numpy and the scalar reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import awqkit
+from gemm_helpers import error_bound, exact, make_layer, make_x
+
+ISAS = awqkit.available_isas()
+KERNELS = ("auto", "gemv", "gemm")
+MS = (1, 2, 3, 7, 8, 16, 64, 129)
+# (N, K, group_size): ragged N (multiples of 8, not of 16 or 32) and K (multiples of the
+# group size that are not multiples of the GEMM's 256-input slice).
+SHAPES = [
+    (8, 96, 32),
+    (24, 320, 64),
+    (40, 384, 128),
+    (72, 96, 32),
+    (56, 640, 64),
+    (48, 256, 128),
+]
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=lambda s: f"N{s[0]}-K{s[1]}-gs{s[2]}")
+def layer(request):
+    n, k, gs = request.param
+    return make_layer(n, k, gs, bias=(n % 16 == 8), seed=n + k)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_matches_numpy_and_scalar(layer, isa, kernel):
+    lin, w, _, b = layer
+    for m in MS:
+        x = make_x(m, lin.in_features, seed=m)
+        with awqkit.use_isa("scalar"):
+            y_ref = lin(x)
+        with awqkit.use_isa(isa):
+            y = lin(x, kernel=kernel)
+        assert y.dtype == np.float32 and y.shape == (m, lin.out_features)
+        bound = error_bound(x, w, b)
+        truth = exact(x, w, b)
+        assert np.all(np.abs(y - truth) <= bound), f"M={m}: vs float64 truth"
+        y_np = x @ w.T + (b if b is not None else 0)
+        assert np.all(np.abs(y - y_np) <= 2 * bound), f"M={m}: vs numpy float32"
+        assert np.all(np.abs(y - y_ref) <= 2 * bound), f"M={m}: vs scalar reference"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_one_and_two_threads_identical(isa, kernel):
+    lin, _, _, _ = make_layer(200, 512, 64, bias=True, seed=3)
+    for m in (1, 5, 40):
+        x = make_x(m, 512, seed=m)
+        with awqkit.use_isa(isa):
+            with awqkit.use_threads(1):
+                y1 = lin(x, kernel=kernel)
+            with awqkit.use_threads(2):
+                y2 = lin(x, kernel=kernel)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_gemm_function_and_call_agree():
+    lin, _, _, _ = make_layer(24, 128, 32, bias=True)
+    x = make_x(5, 128)
+    np.testing.assert_array_equal(awqkit.gemm(x, lin), lin(x))
+
+
+def test_larger_layer_gemm_path():
+    # Several 256-input slices, several output tiles and row blocks, with a ragged tail each.
+    lin, w, _, b = make_layer(296, 1152, 128, bias=True, seed=7)
+    x = make_x(37, 1152)
+    y = lin(x, kernel="gemm")
+    assert np.all(np.abs(y - exact(x, w, b)) <= error_bound(x, w, b))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemv_rows_do_not_depend_on_batch(isa):
+    # In the GEMV path a row's result is the same whatever other rows share the call.
+    lin, _, _, _ = make_layer(40, 256, 64, bias=True)
+    x = make_x(7, 256)
+    with awqkit.use_isa(isa):
+        y = lin(x, kernel="gemv")
+        for m in range(7):
+            np.testing.assert_array_equal(lin(x[m : m + 1], kernel="gemv"), y[m : m + 1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_activations_match_scalar_exactly_and_bound_error(layer, isa):
+    # The int8 path is integer arithmetic plus a fixed float epilogue: every ISA gives the
+    # scalar reference's bits. Its extra error is that of int8 activations (absmax/127 per
+    # group): a few 1e-3 of the output norm for Gaussian x.
+    lin, w, _, b = layer
+    for m in (1, 3, 8, 17):
+        x = make_x(m, lin.in_features, seed=m)
+        with awqkit.use_isa("scalar"):
+            y_ref = lin(x, activation="int8")
+        with awqkit.use_isa(isa):
+            y = lin(x, activation="int8")
+            with awqkit.use_threads(1):
+                y1 = lin(x, activation="int8")
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(y1, y_ref)
+        truth = exact(x, w, b)
+        assert np.linalg.norm(y - truth) <= 0.02 * np.linalg.norm(truth)
+
+
+def test_int8_nan_group_poisons_its_row():
+    lin, _, _, _ = make_layer(32, 64, 32, bias=False)
+    x = make_x(3, 64)
+    x[2, 40] = np.inf
+    y = lin(x, activation="int8")
+    assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[:2]))

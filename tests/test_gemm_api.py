@@ -1,0 +1,116 @@
+"""PackedLinear: round trip to AutoAWQ, pickling, shapes, dtypes and error messages."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import awqkit
+from gemm_helpers import make_layer, make_x
+
+
+@pytest.mark.parametrize("n,k,gs", [(8, 32, 32), (24, 96, 32), (40, 320, 64), (72, 256, 128), (16, 128, -1)])
+def test_to_awq_round_trip_exact(n, k, gs):
+    lin, _, awq, _ = make_layer(n, k, gs if gs != -1 else k, bias=False)
+    if gs == -1:
+        lin = awqkit.PackedLinear.from_awq(awq["qweight"], awq["qzeros"], awq["scales"], -1)
+    back = lin.to_awq()
+    for name in ("qweight", "qzeros", "scales"):
+        assert back[name].dtype == awq[name].dtype and back[name].shape == awq[name].shape
+        np.testing.assert_array_equal(back[name].view(np.uint8), awq[name].view(np.uint8))
+
+
+def test_round_trip_arbitrary_bits():
+    # Every nibble pattern and every fp16 bit pattern (NaN, Inf, negative) survives.
+    rng = np.random.default_rng(0)
+    k, n, gs = 64, 40, 32
+    qweight = rng.integers(-(2**31), 2**31, size=(k, n // 8), dtype=np.int64).astype(np.int32)
+    qzeros = rng.integers(-(2**31), 2**31, size=(k // gs, n // 8), dtype=np.int64).astype(np.int32)
+    scales = rng.integers(0, 2**16, size=(k // gs, n), dtype=np.uint16).view(np.float16)
+    back = awqkit.PackedLinear.from_awq(qweight, qzeros, scales, gs).to_awq()
+    np.testing.assert_array_equal(back["qweight"], qweight)
+    np.testing.assert_array_equal(back["qzeros"], qzeros)
+    np.testing.assert_array_equal(back["scales"].view(np.uint16), scales.view(np.uint16))
+
+
+def test_properties_and_pickle():
+    lin, _, _, b = make_layer(40, 256, 64, bias=True)
+    assert (lin.in_features, lin.out_features, lin.group_size, lin.shape) == (256, 40, 64, (40, 256))
+    # 3 blocks of 16 channels x 4 groups x (64 header + 64 * 8 code bytes), 64 bytes of
+    # tail padding, plus the bias.
+    assert lin.packed.nbytes == 3 * 4 * (64 + 512) + 64
+    assert lin.nbytes == lin.packed.nbytes + 40 * 4
+    np.testing.assert_array_equal(lin.bias, b)
+    x = make_x(3, 256)
+    clone = pickle.loads(pickle.dumps(lin))
+    np.testing.assert_array_equal(clone(x), lin(x))
+    rebuilt = awqkit.PackedLinear(lin.packed, lin.out_features, lin.in_features, lin.group_size, lin.bias)
+    np.testing.assert_array_equal(rebuilt(x), lin(x))
+    assert "in_features=256" in repr(lin)
+
+
+def test_leading_dims_fp16_and_out():
+    lin, _, _, _ = make_layer(24, 64, 32, bias=True)
+    x = make_x(6, 64).reshape(2, 3, 64)
+    y = lin(x)
+    assert y.shape == (2, 3, 24)
+    np.testing.assert_array_equal(y.reshape(6, 24), lin(x.reshape(6, 64)))
+    np.testing.assert_array_equal(lin(x[0, 0]), y[0, 0])  # 1-D x -> 1-D y
+    x16 = x.astype(np.float16)
+    np.testing.assert_array_equal(lin(x16), lin(x16.astype(np.float32)))
+    out = np.empty((6, 24), np.float32)
+    assert lin(x.reshape(6, 64), out=out) is out
+    np.testing.assert_array_equal(out, y.reshape(6, 24))
+
+
+def test_nan_propagates_to_its_row_only():
+    lin, _, _, _ = make_layer(32, 64, 32, bias=False)
+    x = make_x(3, 64)
+    x[1, 5] = np.nan
+    for isa in awqkit.available_isas():
+        with awqkit.use_isa(isa):
+            for kernel in ("gemv", "gemm"):
+                y = lin(x, kernel=kernel)
+                assert np.all(np.isnan(y[1])) and np.all(np.isfinite(y[[0, 2]]))
+
+
+def test_bad_input_errors():
+    lin, _, awq, _ = make_layer(24, 64, 32, bias=False)
+    x = make_x(4, 64)
+    with pytest.raises(TypeError, match="float32 or float16"):
+        lin(x.astype(np.float64))
+    with pytest.raises(ValueError, match="in_features = 64"):
+        lin(make_x(4, 32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        lin(np.asfortranarray(x))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        lin(make_x(4, 128)[:, ::2])
+    with pytest.raises(TypeError, match="numpy array"):
+        lin(x.tolist())
+    with pytest.raises(ValueError, match="no rows|empty"):
+        lin(np.empty((0, 64), np.float32))
+    with pytest.raises(ValueError, match="kernel"):
+        lin(x, kernel="fast")
+    with pytest.raises(ValueError, match="activation"):
+        lin(x, activation="int4")
+    with pytest.raises(ValueError, match=r"out must have shape"):
+        lin(x, out=np.empty((4, 8), np.float32))
+    qw, qz, sc = awq["qweight"], awq["qzeros"], awq["scales"]
+    with pytest.raises(TypeError, match="qweight must be int32"):
+        awqkit.PackedLinear.from_awq(qw.astype(np.int64), qz, sc, 32)
+    with pytest.raises(TypeError, match="scales must be float16"):
+        awqkit.PackedLinear.from_awq(qw, qz, sc.astype(np.float32), 32)
+    with pytest.raises(ValueError, match="does not divide"):
+        awqkit.PackedLinear.from_awq(qw, qz, sc, 48)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        awqkit.PackedLinear.from_awq(qw, qz[:1].repeat(16, 0), sc[:1].repeat(16, 0), 4)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        awqkit.PackedLinear.from_awq(qw, qz[:1], sc, 32)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        awqkit.PackedLinear.from_awq(qw, qz, np.ascontiguousarray(sc[:, :16]), 32)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        awqkit.PackedLinear.from_awq(qw, qz, sc, 32, bias=np.zeros(23, np.float32))
+    with pytest.raises(TypeError, match="PackedLinear"):
+        awqkit.gemm(x, "not a layer")
