@@ -1,23 +1,32 @@
 """Fused INT4 linear layers on the CPU: :class:`PackedLinear` and :func:`gemm`.
 
 ``PackedLinear.from_awq`` repacks AutoAWQ "gemm" tensors once into the native layout
-(see ``csrc/gemm/packed_layout.h``: output channels in blocks of 16, nibbles
-de-interleaved so that two inputs share one byte per channel, each group's fp16
-scales and zeros stored just before its codes). ``lin(x)`` then computes
-``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
+(see ``csrc/gemm/packed_layout.h``): output channels in blocks of 16; per block and group
+the 16 fp16 scales and zeros, then the codes as 64-byte runs of 8 inputs x 16 channels
+(one dword per channel, nibble i = input i: the AWQ interleave undone). ``lin(x)`` then
+computes ``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
 
-* small M (decode) runs a GEMV that streams the packed bytes once and unpacks the
-  nibbles in registers; OpenMP splits the output blocks between threads;
-* M >= 16 (prefill, AVX-512) dequantizes 256 x 32 tiles into an L1-resident fp32
-  panel and runs a 12 x 32 register-blocked FMA micro-kernel.
+* M < 16 (decode) runs a GEMV that streams the packed bytes once and turns nibbles into
+  floats in registers (vpermps through the table 0..15), one FMA per 16 weights and row;
+  OpenMP gives each thread a contiguous run of output blocks;
+* M >= 16 (prefill, AVX-512) dequantizes 256 x 32 tiles into an L1-resident fp32 panel
+  (exactly ``dequantize()``'s values) and runs a 12 x 32 register-blocked FMA micro-kernel;
+* ``activation="int8"`` (opt-in) quantizes x per row and group to int8 and multiplies with
+  the codes in integers (AVX-512 VNNI ``vpdpbusd``), about 3x faster for prefill at a
+  relative error of ~6e-3 (benchmarks/README.md).
 
 Every output is computed by one thread in a fixed order, so results are identical for
-any thread count. The scalar path (``awqkit.use_isa("scalar")``) is the specification;
-the SIMD paths agree with it within float32 rounding (they split the zero point out
-of the inner loop and sum in a different order).
+any thread count; in the GEMV path a row's result also does not depend on the other
+rows. The scalar path (``awqkit.use_isa("scalar")``) is the specification; the SIMD
+float paths agree with it within float32 rounding (the GEMV splits the zero point out of
+the inner loop, and both sum in another order). The int8 path is integer arithmetic plus
+a fixed float epilogue: every ISA returns the scalar reference's bits (without AVX-512 it
+runs that reference, slowly).
 
-NaN and Inf are not checked: they propagate as IEEE arithmetic does (a NaN or Inf
-anywhere in row m of x makes y[m, :] NaN or Inf, like numpy's ``x @ W.T``).
+NaN and Inf are not checked: they propagate as IEEE arithmetic does. A NaN in row m of
+x makes y[m, :] NaN (like numpy's ``x @ W.T``); an Inf gives Inf or NaN there (NaN
+wherever it meets a zero code in the GEMV). With int8 activations a NaN or Inf makes
+its whole row NaN.
 """
 
 from __future__ import annotations
