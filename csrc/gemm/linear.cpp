@@ -23,6 +23,18 @@ AlignedBuffer aligned_floats(int64_t n) {
   return AlignedBuffer(static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64)));
 }
 
+// GEMM scratch kept by each calling thread between calls: fresh pages on every prefill
+// call cost page faults, which the OpenMP threads then take concurrently (slow in a VM).
+float* gemm_scratch(int64_t n) {
+  thread_local AlignedBuffer buf;
+  thread_local int64_t capacity = 0;
+  if (n > capacity) {
+    buf = aligned_floats(n);
+    capacity = n;
+  }
+  return buf.get();
+}
+
 GemvFn gemv_kernel(Isa isa) {
   switch (isa) {
     case Isa::avx512: return avx512::gemv;
@@ -94,9 +106,10 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
     run_gemv(gemv_kernel(isa), w, x, M, bias, y);
     return;
   }
-  AlignedBuffer apack = aligned_floats(gemm_apack_floats(M) * omp_get_max_threads());
-  AlignedBuffer panels = aligned_floats(gemm_panel_floats() * omp_get_max_threads());
-  avx512::gemm(w, x, M, bias, y, apack.get(), panels.get());
+  const int64_t nt = omp_get_max_threads();
+  const int64_t apack_floats = gemm_apack_floats(M) * nt;  // a multiple of 16: panels stay aligned
+  float* scratch = gemm_scratch(apack_floats + gemm_panel_floats() * nt);
+  avx512::gemm(w, x, M, bias, y, scratch, scratch + apack_floats);
 }
 
 }  // namespace awqkit::gemm
