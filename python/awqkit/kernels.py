@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["PackedLinear", "gemm"]
+__all__ = ["PackedLinear", "gemm", "stream_read_bandwidth"]
 
 _PATHS = {"auto": 0, "gemv": 1, "gemm": 2}
 _F32 = np.dtype(np.float32)
@@ -202,3 +202,24 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
         lin.packed, lin.out_features, lin.in_features, lin.group_size, x2, lin.bias, out, _PATHS[kernel], _ACTIVATIONS[activation]
     )
     return y if out is not None else y.reshape(*lead, lin.out_features)
+
+
+def stream_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """The machine's streaming-read bandwidth in GB/s (median of ``repeats`` passes over a
+    fresh ``nbytes`` buffer with the current thread count): the bound a decode GEMV can reach.
+
+    Uses the native AVX-512 probe; ``RuntimeError`` on CPUs without AVX-512.
+    """
+    import time
+
+    if _core.active_isa() != "avx512":
+        raise RuntimeError(f"the streaming-read probe needs AVX-512 (active ISA: {_core.active_isa()})")
+    nbytes -= nbytes % _ALIGN
+    buf = _aligned_copy(np.ones(nbytes, dtype=np.uint8))
+    _core.probe_stream_read(buf)  # warm: fault the pages in
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        _core.probe_stream_read(buf)
+        times.append(time.perf_counter() - t0)
+    return nbytes / float(np.median(times)) / 1e9
