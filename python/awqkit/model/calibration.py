@@ -36,8 +36,8 @@ def default_calibration_texts() -> list[str]:
 
 
 def load_calibration_texts(calib) -> list[str]:
-    """Documents from a list of strings, a ``.txt`` file (paragraphs separated by blank
-    lines; a file without blank lines is split into lines), a ``.jsonl`` file (the
+    """Documents from a list of strings, a ``.txt`` file (one document per line, as in
+    line-based text datasets; empty lines are dropped later), a ``.jsonl`` file (the
     ``"text"`` field of each line), or ``None`` for the built-in default."""
     if calib is None:
         return default_calibration_texts()
@@ -57,9 +57,7 @@ def load_calibration_texts(calib) -> list[str]:
                     docs.append(str(obj["text"]))
             return docs
         with open(path, encoding="utf-8") as f:
-            text = f.read().replace("\r\n", "\n")
-        parts = text.split("\n\n")
-        return parts if len(parts) > 1 else text.split("\n")
+            return f.read().replace("\r\n", "\n").split("\n")
     if isinstance(calib, Iterable):
         docs = list(calib)
         if not all(isinstance(d, str) for d in docs):
