@@ -91,23 +91,45 @@ def test_variants_run_and_do_not_lose_to_rtn_on_their_objective(stories, calib, 
         assert report.quantized_layers == 25
 
 
-def test_linear_loss_matches_the_native_objective(stories, calib):
-    """The direct loss used to score GQA-tied scales agrees with search_scale's own loss."""
-    from awqkit.model.capture import capture_block, capture_first_block_inputs
+def _direct_loss(x, weights, s, cfg):
+    """mean over tokens and outputs of (x W^T - x (Q(W diag s) diag s^-1)^T)^2, computed directly."""
+    total, count = 0.0, 0
+    for w in weights:
+        wq = torch.from_numpy(awqkit.pseudo_quantize((w * s).detach().numpy(), cfg.bits, cfg.group_size, cfg.zero_point)) / s
+        err = x @ (w - wq).T
+        total += float(err.double().pow(2).sum())
+        count += err.numel()
+    return total / count
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_search_losses_match_the_direct_objective(stories, calib, gqa):
+    """The losses the pipeline reports (native, via the Gram matrix; GQA-tied candidates
+    re-scored natively) agree with the direct computation on real activations."""
     from awqkit.model.calibration import get_calib_blocks
-    from awqkit.model.search import linear_loss, search_linears
+    from awqkit.model.capture import capture_block, capture_first_block_inputs
+    from awqkit.model.folding import expand_gqa_scales, tie_gqa_scales
+    from awqkit.model.search import search_linears
 
     model, tok = load_model(stories)
     cfg = stories_config()
     tokens = get_calib_blocks(tok, calib, **CALIB_KW)
     blocks = model.model.layers
     inputs = capture_first_block_inputs(model, blocks, tokens, 8)
-    cap, _ = capture_block(blocks[0], inputs, ["self_attn.q_proj"], [])
-    x = cap.inputs["self_attn.q_proj"]
-    ws = [blocks[0].self_attn.q_proj.weight, blocks[0].self_attn.k_proj.weight, blocks[0].self_attn.v_proj.weight]
-    choice, _ = search_linears(x, ws, cfg)
-    assert linear_loss(x, ws, choice.scales, cfg) == pytest.approx(choice.loss, rel=1e-3)
-    assert linear_loss(x, ws, torch.ones(x.shape[1]), cfg) == pytest.approx(choice.rtn_loss, rel=1e-3)
+    attn = blocks[0].self_attn
+    name = "self_attn.o_proj" if gqa else "self_attn.q_proj"
+    cap, _ = capture_block(blocks[0], inputs, [name], [])
+    x = cap.inputs[name]
+    ws = [attn.o_proj.weight] if gqa else [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+    tie = (lambda s: expand_gqa_scales(tie_gqa_scales(s, 32, 8), 64, 8)) if gqa else None
+    choice, res = search_linears(x, ws, cfg, tie=tie)
+    assert _direct_loss(x, ws, choice.scales, cfg) == pytest.approx(choice.loss, rel=1e-3)
+    assert _direct_loss(x, ws, torch.ones(x.shape[1]), cfg) == pytest.approx(choice.rtn_loss, rel=1e-3)
+    assert choice.loss <= choice.rtn_loss
+    if gqa:  # tied scales are constant across each KV head's query group
+        s = choice.scales.view(4, 2, 8)
+        assert torch.equal(s[:, 0], s[:, 1])
+        assert choice.loss >= res.loss * (1 - 1e-6)  # the tie is a constraint: never better than untied
 
 
 def test_unknown_architecture_needs_mappings(stories):

@@ -28,7 +28,7 @@ from .folding import expand_gqa_scales, fold_scales, tie_gqa_scales
 from .mappings import layout_for
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter, _peak_rss_mb
-from .search import linear_loss, search_linears, search_module
+from .search import search_linears, search_module
 
 __all__ = ["load_model", "quantize_model", "rtn_quantize_model"]
 
@@ -222,19 +222,13 @@ def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -
                 outs = [mod(*a, **kw) for a, kw in calls]
                 return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
         choice = search_module(x, layers, run, cfg, tie=tie)
-        s = tie(choice.scales) if tie else choice.scales
     else:
-        choice, _ = search_linears(x, [l.weight for l in layers], cfg)
-        s = choice.scales
-        if tie is not None and choice.ratio is not None:
-            s = tie(choice.scales)
-            tied_loss = linear_loss(x, [l.weight for l in layers], s, cfg)
-            entry["untied_loss"] = choice.loss
-            if tied_loss >= choice.rtn_loss:  # tying lost the gain: keep plain rounding
-                s = torch.ones(k)
-                choice.ratio, tied_loss = None, choice.rtn_loss
-            choice.loss = tied_loss
-    entry.update({"ratio": choice.ratio, "rtn_loss": choice.rtn_loss, "awq_loss": choice.loss, "gqa_tied": gqa})
+        choice, res = search_linears(x, [l.weight for l in layers], cfg, tie=tie)
+        if tie is not None:
+            entry["untied_loss"] = float(res.loss)  # what the same search reaches without the tie
+    s = choice.scales
+    entry.update({"ratio": choice.ratio, "duo": choice.duo, "rtn_loss": choice.rtn_loss, "awq_loss": choice.loss,
+                  "gqa_tied": gqa})
     report.mappings.append(entry)
     if choice.ratio is None:
         return entry  # identity: nothing to fold

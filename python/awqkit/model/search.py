@@ -1,7 +1,7 @@
 """Per-mapping scale search: the native quadratic loss on the linears (``inspect="linears"``,
 ``awqkit.search_scale``) or AutoAWQ's module loss (``inspect="module"``: run the attention or
-MLP module in PyTorch for each candidate), plus the loss of a given scale vector, used to
-score scales tied per KV head under grouped-query attention."""
+MLP module in PyTorch for each candidate). Under grouped-query attention every candidate is
+tied per KV head before it is scored."""
 
 from __future__ import annotations
 
@@ -14,50 +14,49 @@ from torch import nn
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
 
-__all__ = ["ScaleChoice", "linear_loss", "search_linears", "search_module"]
+__all__ = ["ScaleChoice", "search_linears", "search_module"]
 
 
 @dataclass
 class ScaleChoice:
-    scales: torch.Tensor  # [K] float32, the unscaled-input-channel scales (before any GQA tie)
+    scales: torch.Tensor  # [K] float32 over the linears' inputs (already tied under GQA)
     ratio: float | None  # None = identity (plain rounding)
     loss: float
     rtn_loss: float
+    duo: bool | None = None
 
 
 def _pq(w: torch.Tensor, cfg: AWQConfig) -> torch.Tensor:
     return torch.from_numpy(pseudo_quantize(w.detach().contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point))
 
 
-@torch.no_grad()
-def linear_loss(x: torch.Tensor, weights: list[torch.Tensor], s: torch.Tensor, cfg: AWQConfig) -> float:
-    """mean over tokens and all outputs of (x W^T - x (Q(W diag s) diag s^-1)^T)^2, the
-    objective ``search_scale`` minimises (computed directly)."""
-    total, count = 0.0, 0
-    for w in weights:
-        wq = _pq(w * s.view(1, -1), cfg) / s.view(1, -1)
-        err = x @ (w - wq).T
-        total += float(err.double().pow(2).sum())
-        count += err.numel()
-    return total / count
-
-
-def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig) -> tuple[ScaleChoice, object]:
-    """``awqkit.search_scale`` over the mapping's linears, on streamed statistics with a Gram matrix."""
-    from .. import ActivationStats, search_scale  # the native search engine (issue 3)
+def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig, tie=None) -> tuple[ScaleChoice, object]:
+    """``awqkit.search_scale`` over the mapping's linears, on streamed statistics with a Gram
+    matrix. With ``tie`` (grouped-query attention), every candidate of the search is tied
+    and re-scored natively (``awqkit.scale_loss``), so the best *tied* candidate wins."""
+    from .. import ActivationStats, scale_loss, search_scale  # the native search engine (issue 3)
 
     k = x.shape[1]
     stats = ActivationStats(k, gram=True)
     for i in range(0, x.shape[0], 8192):
         stats.update(np.ascontiguousarray(x[i : i + 8192].numpy()))
-    res = search_scale(
-        stats, [np.ascontiguousarray(w.detach().numpy()) for w in weights],
-        bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.n_grid,
-        duo_scaling=cfg.duo_scaling, include_identity=True, saliency=cfg.saliency,
-    )
-    scales = torch.from_numpy(np.asarray(res.scales, dtype=np.float32).copy())
-    ratio = None if bool(torch.all(scales == 1)) else float(res.ratio)
-    return ScaleChoice(scales, ratio, float(res.loss), float(res.rtn_loss)), res
+    ws = [np.ascontiguousarray(w.detach().numpy()) for w in weights]
+    qkw = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point)
+    res = search_scale(stats, ws, n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling, include_identity=True,
+                       saliency=cfg.saliency, **qkw)
+    if tie is None:
+        best = int(res.best)
+        scales = np.asarray(res.scales, dtype=np.float32)
+        loss = float(res.loss)
+    else:
+        tied = np.stack([tie(torch.from_numpy(np.asarray(c, dtype=np.float32))).numpy() for c in res.candidates])
+        losses = np.asarray(scale_loss(stats, ws, tied, **qkw), dtype=np.float64)
+        best = int(np.argmin(losses))  # first minimum: ties keep the earlier candidate
+        scales, loss = tied[best], float(losses[best])
+    ratio = None if bool(res.identity[best]) else float(res.ratios[best])
+    choice = ScaleChoice(torch.from_numpy(np.array(scales, dtype=np.float32)), ratio, loss, float(res.rtn_loss))
+    choice.duo = None if ratio is None else bool(res.duo[best])
+    return choice, res
 
 
 def _candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float, duo: bool) -> torch.Tensor:
@@ -91,14 +90,14 @@ def search_module(x: torch.Tensor, layers: list[nn.Linear], run_module, cfg: AWQ
     ref = [o.to(torch.float32) for o in run_module()]
     n_ref = sum(r.numel() for r in ref)
     duo_families = [True, False] if cfg.duo_scaling == "both" else [bool(cfg.duo_scaling)]
-    candidates: list[tuple[float | None, torch.Tensor]] = [(None, torch.ones_like(x_mean))]
+    candidates: list[tuple[float | None, bool | None, torch.Tensor]] = [(None, None, torch.ones_like(x_mean))]
     for duo in duo_families:
         for i in range(cfg.n_grid):
-            candidates.append((i / cfg.n_grid, _candidate_scales(x_mean, w_mean, i / cfg.n_grid, duo)))
+            candidates.append((i / cfg.n_grid, duo, _candidate_scales(x_mean, w_mean, i / cfg.n_grid, duo)))
     best = None
     rtn_loss = None
     try:
-        for ratio, s in candidates:
+        for ratio, duo, s in candidates:
             s_applied = tie(s) if tie is not None else s
             for lin, w in zip(layers, originals):
                 lin.weight.copy_(_pq(w * s_applied.view(1, -1), cfg) / s_applied.view(1, -1))
@@ -107,9 +106,9 @@ def search_module(x: torch.Tensor, layers: list[nn.Linear], run_module, cfg: AWQ
             if ratio is None:
                 rtn_loss = loss
             if best is None or loss < best[0]:
-                best = (loss, ratio, s)
+                best = (loss, ratio, duo, s_applied)
     finally:
         for lin, w in zip(layers, originals):
             lin.weight.copy_(w)
-    loss, ratio, s = best
-    return ScaleChoice(s, ratio, loss, rtn_loss)
+    loss, ratio, duo, s = best
+    return ScaleChoice(s, ratio, loss, rtn_loss, duo)
