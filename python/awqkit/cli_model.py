@@ -39,6 +39,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     if cfg.bits != 4:
         raise ValueError("the AWQ gemm checkpoint holds 4-bit weights: use --bits 4 (other widths: the Python API)")
+    from .footprint import estimate_footprint
+
+    fp = estimate_footprint(args.model, bits=cfg.bits, group_size=cfg.group_size)  # size before quality
+    log.info("estimated weights: %.1f MiB -> %.1f MiB (%d of %d parameters quantized)",
+             fp.bytes_before / 2**20, fp.bytes_after / 2**20, fp.quantized_params, fp.params)
     model, tok = load_model(args.model)
     model, report = quantize_model(model, cfg, calib=args.calib, tokenizer=tok, method=args.method)
     save_quantized(model, args.out, tokenizer=tok, report=report)
