@@ -163,20 +163,45 @@ def texts_for_speed() -> str:
 
 
 def markdown(results: dict) -> str:
+    """All measured sections as markdown tables."""
     lines = []
     for mname, r in results.get("quality", {}).items():
         texts = list(r["fp"])
-        lines.append(f"\n**{mname}** (perplexity, lower is better; gap closed = (RTN - AWQ) / (RTN - FP))\n")
+        fp_note = " (FP = the fp32 dequantization of the Q4_1 GGUF)" if "SmolLM2" in mname else ""
+        lines.append(f"\n**{mname}**{fp_note}: perplexity, lower is better; gap closed = (RTN - AWQ) / (RTN - FP)\n")
         lines.append("| config | " + " | ".join(f"{t} FP | {t} RTN | {t} AWQ | {t} gap closed" for t in texts) + " |")
         lines.append("|---" * (1 + 4 * len(texts)) + "|")
         for cname, c in r["configs"].items():
-            cells = []
             if "rtn" not in c or "awq" not in c:
                 continue
+            cells = []
             for t in texts:
                 fp, rtn, awq = r["fp"][t], c["rtn"][t], c["awq"][t]
-                cells += [f"{fp:.3f}", f"{rtn:.3f}", f"{awq:.3f}", f"{(rtn - awq) / (rtn - fp):.0%}" if rtn != fp else "n/a"]
+                cells += [f"{fp:.2f}", f"{rtn:.2f}", f"{awq:.2f}", f"{(rtn - awq) / (rtn - fp):.0%}" if rtn != fp else "n/a"]
             lines.append(f"| {cname} | " + " | ".join(cells) + " |")
+    if "timing" in results:
+        t = results["timing"]
+        lines.append("\n**Quantization of SmolLM2-135M, 4-bit g64** (whole model, this 2-core machine)\n")
+        lines.append("| search | calibration tokens | wall time (s) | scale search (s) | clip search (s) | peak RSS (MiB) | WikiText-2 ppl | C4 ppl |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for k, v in t.items():
+            st = v["stages"]
+            lines.append(f"| {k} | {v['calib_tokens']} | {v['total_seconds']:.1f} | {st['scale_search']['seconds']:.1f} | "
+                         f"{st.get('clip_search', {}).get('seconds', 0):.1f} | {v['peak_rss_mb']:.0f} | "
+                         f"{v.get('WikiText-2', float('nan')):.2f} | {v.get('C4', float('nan')):.2f} |")
+    if "speed" in results:
+        sp = results["speed"]
+        lines.append("\n**Reloaded SmolLM2-135M** (batch 1; prefill: one 512-token sequence; decode: 64 greedy tokens with KV cache)\n")
+        lines.append("| model | prefill tok/s | decode tok/s |")
+        lines.append("|---|---|---|")
+        for k, v in sp.items():
+            lines.append(f"| {k} | {v['prefill_tok_s']:.0f} | {v['decode_tok_s']:.1f} |")
+    if "ablation" in results:
+        lines.append("\n**SmolLM2-135M, 3-bit g64 AWQ variants** (WikiText-2 perplexity)\n")
+        lines.append("| variant | WikiText-2 ppl | wall time (s) | mean AWQ/RTN loss |")
+        lines.append("|---|---|---|---|")
+        for k, v in results["ablation"].items():
+            lines.append(f"| {k} | {v['WikiText-2']:.2f} | {v['seconds']:.0f} | {v['summary']['mean_awq_over_rtn']:.3f} |")
     return "\n".join(lines)
 
 
@@ -193,7 +218,11 @@ def main() -> int:
     p.add_argument("--ablate-module", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results/bench_model.json")
+    p.add_argument("--render", action="store_true", help="print the markdown tables of --out and exit")
     args = p.parse_args()
+    if args.render:
+        print(markdown(json.load(open(args.out))))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     calib, c4_text = c4_split(args.work)
