@@ -125,8 +125,9 @@ def timing(path: Path, calib: str, texts: dict[str, str], args) -> dict:
         model, report = awqkit.quantize_model(model, cfg, calib=calib, tokenizer=tok)
         out[inspect] = {"total_seconds": report.total_seconds, "peak_rss_mb": report.peak_rss_mb,
                         "calib_tokens": report.calib_tokens, "stages": report.stages, "summary": report.summary(),
-                        **{t: evaluate_perplexity(model, tok, text, seqlen=512, max_tokens=args.eval_tokens) for t, text in texts.items()}}
-        if inspect == "linears":
+                        **({t: evaluate_perplexity(model, tok, text, seqlen=512, max_tokens=args.eval_tokens)
+                            for t, text in texts.items()} if args.timing_eval else {})}
+        if inspect == "linears" and args.timing_key == "timing":
             save_quantized(model, args.work / "smollm2-awq-g64", tokenizer=tok)
         log.info("timing %s: %.1f s, peak %.0f MiB", inspect, report.total_seconds, report.peak_rss_mb)
     return out
@@ -143,17 +144,27 @@ def _median_time(fn, repeats: int) -> float:
 
 @torch.no_grad()
 def speed(fp_path: Path, q_path: Path, args) -> dict:
-    """Prefill (one 512-token sequence) and decode (greedy, KV cache, 64 new tokens) speed."""
+    """Prefill (one 512-token sequence) and decode (greedy, KV cache, 64 new tokens) speed.
+    The two models are timed alternately, ``--repeats`` rounds, medians: noise on this
+    shared machine hits both alike."""
     fp_model, tok = load_model(fp_path)
     q_model = load_quantized(q_path)
     ids = tok(texts_for_speed(), return_tensors="pt").input_ids[:, :512]
     prompt = ids[:, :32]
-    out = {}
-    for name, model in (("fp32 torch", fp_model), ("AWQ 4-bit g64, fused kernel", q_model)):
+    models = {"fp32 torch": fp_model, "AWQ 4-bit g64, fused kernel": q_model}
+    times = {name: {"prefill": [], "decode": []} for name in models}
+    for model in models.values():
         model(ids[:, :64], use_cache=False)  # warm up
-        prefill = _median_time(lambda: model(ids, use_cache=False), args.repeats)
-        decode = _median_time(lambda: model.generate(prompt, max_new_tokens=64, min_new_tokens=64, do_sample=False), args.repeats)
-        out[name] = {"prefill_tok_s": ids.shape[1] / prefill, "decode_tok_s": 64 / decode}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            times[name]["prefill"].append(_median_time(lambda: model(ids, use_cache=False), 1))
+            times[name]["decode"].append(_median_time(
+                lambda: model.generate(prompt, max_new_tokens=64, min_new_tokens=64, do_sample=False), 1))
+    out = {}
+    for name in models:
+        out[name] = {"prefill_tok_s": ids.shape[1] / statistics.median(times[name]["prefill"]),
+                     "decode_tok_s": 64 / statistics.median(times[name]["decode"]),
+                     "torch_threads": torch.get_num_threads(), "repeats": args.repeats}
         log.info("speed %s: %s", name, out[name])
     return out
 
@@ -179,12 +190,12 @@ def markdown(results: dict) -> str:
                 fp, rtn, awq = r["fp"][t], c["rtn"][t], c["awq"][t]
                 cells += [f"{fp:.2f}", f"{rtn:.2f}", f"{awq:.2f}", f"{(rtn - awq) / (rtn - fp):.0%}" if rtn != fp else "n/a"]
             lines.append(f"| {cname} | " + " | ".join(cells) + " |")
-    if "timing" in results:
-        t = results["timing"]
+    timing_rows = [(k, v) for key in ("timing", "timing_64") for k, v in results.get(key, {}).items()]
+    if timing_rows:
         lines.append("\n**Quantization of SmolLM2-135M, 4-bit g64** (whole model, this 2-core machine)\n")
         lines.append("| search | calibration tokens | wall time (s) | scale search (s) | clip search (s) | peak RSS (MiB) | WikiText-2 ppl | C4 ppl |")
         lines.append("|---|---|---|---|---|---|---|---|")
-        for k, v in t.items():
+        for k, v in timing_rows:
             st = v["stages"]
             lines.append(f"| {k} | {v['calib_tokens']} | {v['total_seconds']:.1f} | {st['scale_search']['seconds']:.1f} | "
                          f"{st.get('clip_search', {}).get('seconds', 0):.1f} | {v['peak_rss_mb']:.0f} | "
@@ -216,7 +227,10 @@ def main() -> int:
     p.add_argument("--timing-samples", type=int, default=16)
     p.add_argument("--methods", default="rtn,awq")
     p.add_argument("--ablate-module", action="store_true")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--timing-key", default="timing", help="results key of the timing section")
+    p.add_argument("--timing-eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate the perplexity of both timing runs")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/bench_model.json")
     p.add_argument("--render", action="store_true", help="print the markdown tables of --out and exit")
     args = p.parse_args()
@@ -247,7 +261,7 @@ def main() -> int:
         results["ablation"] = ablations(smol, {"WikiText-2": texts["WikiText-2"]}, calib, args)
         save()
     if "timing" in sections and smol is not None:
-        results["timing"] = timing(smol, calib, texts, args)
+        results[args.timing_key] = timing(smol, calib, texts, args)
         save()
     if "speed" in sections and smol is not None:
         results["speed"] = speed(smol, args.work / "smollm2-awq-g64", args)
