@@ -9,7 +9,12 @@ Grouped-query attention: v_proj has ``n_kv * head_dim`` outputs while o_proj has
 ``n_heads * head_dim`` inputs; query head ``h`` reads KV head ``h // (n_heads / n_kv)``.
 A scale on an o_proj input column can only be moved into v_proj if every query head of
 the group wants the same value, so the scales are tied per KV head: the max over the
-head's query group (AMD Quark's choice; max keeps every salient channel protected).
+head's query group (AMD Quark's choice; max keeps every salient channel protected). The
+search ties every candidate before scoring it, so the best *tied* candidate wins, and plain
+rounding (s = 1) stays a candidate. Measured on SmolLM2-135M (9 query / 3 KV heads), 4-bit
+g64: the tied v->o scales cut o_proj's output error by 10% against plain rounding on average
+(the untied, unrealisable optimum would cut 16%), identity won in 3 of 30 blocks; the
+perplexity effect of dropping the mapping instead is in benchmarks/README.md.
 """
 
 from __future__ import annotations
