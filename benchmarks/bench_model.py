@@ -105,6 +105,8 @@ def ablations(path: Path, texts: dict[str, str], calib: str, args) -> dict:
                 "gqa_tie=False (v->o skipped)": dict(gqa_tie=False)}
     if args.ablate_module:
         variants["inspect=module"] = dict(inspect="module")
+    if args.ablation_skip_default:  # identical to the quality table's 3-bit g64 AWQ run: reuse it
+        del variants["default (fp propagation, GQA tie, linears)"]
     for vname, kw in variants.items():
         model, tok = load_model(path)
         cfg = awqkit.AWQConfig(bits=3, group_size=64, n_samples=args.n_samples, seqlen=512, **kw)
@@ -227,6 +229,7 @@ def main() -> int:
     p.add_argument("--timing-samples", type=int, default=16)
     p.add_argument("--methods", default="rtn,awq")
     p.add_argument("--ablate-module", action="store_true")
+    p.add_argument("--ablation-skip-default", action="store_true")
     p.add_argument("--timing-key", default="timing", help="results key of the timing section")
     p.add_argument("--timing-eval", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate the perplexity of both timing runs")
@@ -259,6 +262,11 @@ def main() -> int:
         print(markdown(results))
     if "ablation" in sections and smol is not None:
         results["ablation"] = ablations(smol, {"WikiText-2": texts["WikiText-2"]}, calib, args)
+        q = results.get("quality", {}).get("SmolLM2-135M", {}).get("configs", {}).get("3-bit g64", {}).get("awq")
+        if args.ablation_skip_default and q:
+            results["ablation"] = {"default (fp propagation, GQA tie, linears)": {
+                "seconds": q["seconds"], "summary": {"mean_awq_over_rtn": float("nan")}, "WikiText-2": q["WikiText-2"]},
+                **results["ablation"]}
         save()
     if "timing" in sections and smol is not None:
         results[args.timing_key] = timing(smol, calib, texts, args)
