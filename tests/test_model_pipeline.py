@@ -91,10 +91,12 @@ def test_variants_run_and_do_not_lose_to_rtn_on_their_objective(stories, calib, 
         assert report.quantized_layers == 25
 
 
+@torch.no_grad()
 def _direct_loss(x, weights, s, cfg):
     """mean over tokens and outputs of (x W^T - x (Q(W diag s) diag s^-1)^T)^2, computed directly."""
     total, count = 0.0, 0
     for w in weights:
+        w = w.detach()
         wq = torch.from_numpy(awqkit.pseudo_quantize((w * s).detach().numpy(), cfg.bits, cfg.group_size, cfg.zero_point)) / s
         err = x @ (w - wq).T
         total += float(err.double().pow(2).sum())
