@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["BlockCapture", "BlockInputs", "capture_first_block_inputs", "get_submodule", "run_block"]
+__all__ = ["BlockCapture", "BlockInputs", "capture_block", "capture_first_block_inputs", "get_submodule", "run_block"]
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:

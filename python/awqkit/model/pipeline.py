@@ -125,9 +125,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                 if reason:
                     skip[f"{i}.{rel}"] = reason
     for key, reason in skip.items():
-        i, rel = key.split(".", 1)
-        full = f"{layout.layers_path}.{key}"
-        report.not_converted.append({"module": full, "reason": reason})
+        report.not_converted.append({"module": f"{layout.layers_path}.{key}", "reason": reason})
     if skip:
         kinds = sorted({k.split(".", 1)[1] for k in skip})
         log.warning("%d linears stay in full precision (%s): %s", len(skip), ", ".join(kinds),
