@@ -148,3 +148,18 @@ def test_packed_tensors_are_the_quantizer_output(quantized):
     m = model.model.layers[1].self_attn.o_proj
     qt = awqkit.unpack_awq(m.packed["qweight"], m.packed["qzeros"], m.packed["scales"], 32)
     np.testing.assert_array_equal(qt.dequantize(), m.weight.numpy())
+
+
+def test_unquantized_tensors_keep_the_source_dtype(data_dir, tmp_path):
+    """A float16 source stays float16 outside the quantized linears (we compute in float32)."""
+    model, tok = load_model(data_dir / STORIES)
+    src = tmp_path / "fp16-src"
+    model.to(torch.float16).save_pretrained(src)
+    tok.save_pretrained(src)
+    q, _ = awqkit.rtn_quantize_model(str(src), stories_config())
+    save_quantized(q, tmp_path / "out")
+    t = _tensors(tmp_path / "out")
+    assert t["model.norm.weight"].dtype == torch.float16
+    assert t["model.layers.0.mlp.down_proj.weight"].dtype == torch.float16
+    assert t["model.layers.0.self_attn.q_proj.scales"].dtype == torch.float16
+    assert (tmp_path / "out" / "tokenizer.json").is_file()

@@ -48,7 +48,8 @@ def _source_dtype(config) -> torch.dtype:
 
 
 def _checkpoint_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    dtype = _source_dtype(model.config)
+    src = getattr(model, "_awqkit_source_dtype", None)
+    dtype = _DTYPES.get(str(src), torch.float32) if src else _source_dtype(model.config)
     qnames = {name for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(qnames):

@@ -10,6 +10,7 @@ activations are held at a time.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -46,6 +47,13 @@ def load_model(path: str):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
     model._awqkit_source_dir = os.fspath(path)
+    # We compute in float32; the checkpoint keeps the source's dtype for unquantized tensors.
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            raw = json.load(f)
+        model._awqkit_source_dtype = raw.get("dtype") or raw.get("torch_dtype")
+    except (OSError, ValueError):
+        pass
     tok = AutoTokenizer.from_pretrained(path)
     return model, tok
 
