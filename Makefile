@@ -16,6 +16,7 @@ deps-system:
 
 install: deps-system
 	$(PIP) install -q ".[torch,test,notebooks]"
+	$(PIP) install -q --no-deps autoawq==0.2.9  # only its pure-torch unpacking code is used (interop test)
 
 demo: install
 	$(PYTHON) -m awqkit demo

@@ -5,7 +5,9 @@ pipeline (``awqkit.quantize_model`` and friends) needs the ``[torch]`` extra.
 """
 
 from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa, use_isa, use_threads
+from .config import AWQConfig
 from .folding import fold_scale_into_linear_outputs, fold_scale_into_norm, scale_linear_inputs
+from .footprint import estimate_footprint
 from .kernels import PackedLinear, gemm
 from .packing import AWQ_ORDER, pack_awq, unpack_awq
 from .quantizer import QuantizedTensor, dequantize, pseudo_quantize, quantize
@@ -15,7 +17,21 @@ from .stats import ActivationStats
 
 __version__ = "0.1.0"
 
+# The model pipeline imports torch and transformers: loaded on first use only, so
+# ``import awqkit`` never needs them.
+_MODEL_API = ("evaluate_perplexity", "load_quantized", "quantize_model", "rtn_quantize_model", "save_quantized")
+
+
+def __getattr__(name):
+    if name in _MODEL_API:
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'awqkit' has no attribute {name!r}")
+
+
 __all__ = [
+    "AWQConfig",
     "AWQ_ORDER",
     "ActivationStats",
     "ClipResult",
@@ -28,14 +44,20 @@ __all__ = [
     "available_saliencies",
     "dequantize",
     "detected_isa",
+    "estimate_footprint",
+    "evaluate_perplexity",
     "fold_scale_into_linear_outputs",
     "fold_scale_into_norm",
     "gemm",
+    "load_quantized",
     "num_threads",
     "pack_awq",
     "pseudo_quantize",
     "quantize",
+    "quantize_model",
     "register_saliency",
+    "rtn_quantize_model",
+    "save_quantized",
     "scale_linear_inputs",
     "scale_loss",
     "search_clip",

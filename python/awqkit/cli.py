@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="quantize and pack real weights, print errors and sizes")
     demo.add_argument("--group-size", type=int, default=32)
     demo.set_defaults(func=_cmd_demo)
+    from .cli_model import add_model_commands
+
+    add_model_commands(sub)
     return parser
 
 

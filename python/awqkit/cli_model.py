@@ -1,0 +1,131 @@
+"""``awqkit quantize``, ``awqkit eval`` and ``awqkit footprint``: the model subcommands.
+
+``add_model_commands(subparsers)`` registers them on the main parser (see cli.py). Each
+handler returns an exit code and writes results to stdout (the command's output) while
+progress goes through logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from .config import AWQConfig
+
+__all__ = ["add_model_commands"]
+
+log = logging.getLogger(__name__)
+
+
+def _config_from_args(args: argparse.Namespace) -> AWQConfig:
+    d = AWQConfig.from_json(args.config).to_dict() if args.config else AWQConfig().to_dict()
+    for key in ("bits", "group_size", "zero_point", "n_samples", "seqlen", "n_grid", "propagation", "inspect"):
+        v = getattr(args, key, None)
+        if v is not None:
+            d[key] = v
+    if args.no_clip:
+        d["clip"] = False
+    if args.exclude:
+        d["modules_to_not_convert"] = sorted(set(d["modules_to_not_convert"]) | set(args.exclude))
+    return AWQConfig.from_dict(d)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .model import load_model, quantize_model, save_quantized
+
+    cfg = _config_from_args(args)
+    if cfg.bits != 4:
+        raise ValueError("the AWQ gemm checkpoint holds 4-bit weights: use --bits 4 (other widths: the Python API)")
+    from .footprint import estimate_footprint
+
+    fp = estimate_footprint(args.model, bits=cfg.bits, group_size=cfg.group_size)  # size before quality
+    log.info("estimated weights: %.1f MiB -> %.1f MiB (%d of %d parameters quantized)",
+             fp.bytes_before / 2**20, fp.bytes_after / 2**20, fp.quantized_params, fp.params)
+    model, tok = load_model(args.model)
+    model, report = quantize_model(model, cfg, calib=args.calib, tokenizer=tok, method=args.method)
+    save_quantized(model, args.out, tokenizer=tok, report=report)
+    s = report.summary()
+    print(json.dumps({"out": args.out, "quantized_layers": report.quantized_layers,
+                      "not_converted": len(report.not_converted), "seconds": round(report.total_seconds, 2),
+                      "peak_rss_mb": round(report.peak_rss_mb, 1), **{k: round(v, 4) for k, v in s.items()}}))
+    return 0
+
+
+def _is_awq_dir(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f).get("quantization_config", {}).get("quant_method") == "awq"
+    except (OSError, ValueError):
+        return False
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .model import evaluate_perplexity, load_model, load_quantized
+
+    if _is_awq_dir(args.model):
+        model, tok = load_quantized(args.model, return_tokenizer=True)
+    else:
+        model, tok = load_model(args.model)
+    ppl = evaluate_perplexity(model, tok, args.text, seqlen=args.seqlen, max_tokens=args.max_tokens)
+    print(json.dumps({"model": args.model, "text": args.text, "seqlen": args.seqlen, "perplexity": round(ppl, 4)}))
+    return 0
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def _cmd_footprint(args: argparse.Namespace) -> int:
+    from .footprint import estimate_footprint
+
+    fp = estimate_footprint(args.model, bits=args.bits, group_size=args.group_size, memory=args.memory)
+    if args.json:
+        print(json.dumps(fp.to_dict()))
+    else:
+        print(f"source: {fp.source}")
+        print(f"parameters: {fp.params:,} ({fp.quantized_params:,} quantized at {args.bits}-bit, group {args.group_size})")
+        print(f"before: {_fmt_bytes(fp.bytes_before)}  after: {_fmt_bytes(fp.bytes_after)}  ({fp.bytes_before / fp.bytes_after:.2f}x smaller)")
+        if fp.memory is not None:
+            print(f"fits in {_fmt_bytes(fp.memory)}: {'yes' if fp.fits else 'no'} (weights only; activations and KV cache come on top)")
+    return 0 if fp.fits in (None, True) else 1
+
+
+def add_model_commands(sub) -> None:
+    q = sub.add_parser("quantize", help="quantize a Hugging Face causal LM with AWQ and save an AutoAWQ gemm checkpoint")
+    q.add_argument("model", help="model folder (config.json, safetensors, tokenizer)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--config", help="AWQConfig JSON file (flags override it)")
+    q.add_argument("--bits", type=int)
+    q.add_argument("--group-size", dest="group_size", type=int)
+    q.add_argument("--zero-point", dest="zero_point", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument("--calib", help=".txt or .jsonl calibration text (default: built-in offline text)")
+    q.add_argument("--n-samples", dest="n_samples", type=int)
+    q.add_argument("--seqlen", type=int)
+    q.add_argument("--n-grid", dest="n_grid", type=int)
+    q.add_argument("--no-clip", dest="no_clip", action="store_true")
+    q.add_argument("--propagation", choices=["fp", "quantized"])
+    q.add_argument("--inspect", choices=["linears", "module"])
+    q.add_argument("--exclude", action="append", help="name substring of linears to keep in full precision (repeatable)")
+    q.add_argument("--method", choices=["awq", "rtn"], default="awq", help="rtn: plain rounding baseline")
+    q.set_defaults(func=_cmd_quantize)
+
+    e = sub.add_parser("eval", help="perplexity of a model or an AWQ checkpoint on a text file")
+    e.add_argument("model", help="model folder or AWQ checkpoint folder")
+    e.add_argument("--text", required=True, help="text file")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="evaluate the first N tokens only")
+    e.set_defaults(func=_cmd_eval)
+
+    f = sub.add_parser("footprint", help="estimated weight size before/after quantization (reads config.json or safetensors headers only)")
+    f.add_argument("model", help="model folder or config.json")
+    f.add_argument("--bits", type=int, default=4)
+    f.add_argument("--group-size", dest="group_size", type=int, default=128)
+    f.add_argument("--memory", help="memory budget, e.g. 8GB or 512MiB: exit code 1 when it does not fit")
+    f.add_argument("--json", action="store_true", help="machine-readable output")
+    f.set_defaults(func=_cmd_footprint)

@@ -1,0 +1,129 @@
+"""``AWQConfig``: every knob of the model pipeline, serialisable to a dict and JSON.
+
+Pure Python (no torch) so a config can be written, validated and stored anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["AWQConfig"]
+
+_PROPAGATIONS = ("fp", "quantized")
+_INSPECTS = ("linears", "module")
+_MAPPING_KEYS = {"prev_op", "layers", "inp", "module2inspect"}
+
+
+@dataclass
+class AWQConfig:
+    """How to quantize a causal LM with AWQ.
+
+    bits, group_size, zero_point: the weight format (``group_size=-1`` = one group per
+    output channel). n_grid, duo_scaling, saliency: the scale search (see
+    ``awqkit.search_scale``). clip: run the clip search after scaling (never on q/k
+    projections, whose error is amplified by the softmax). n_samples, seqlen: calibration
+    (documents taken, block length). modules_to_not_convert: name substrings of linears
+    kept in full precision (layers whose K is not divisible by the group size are added
+    automatically). mappings: ``None`` for the built-in preset of the model's
+    ``model_type``, else a list of ``{"prev_op", "layers", "inp", "module2inspect"}`` dicts
+    (names relative to one decoder block) and ``layers_path`` the dotted path of the
+    decoder-block list. propagation: ``"fp"`` feeds each block the previous block's
+    full-precision output (AutoAWQ); ``"quantized"`` feeds it the quantized output
+    (llm-compressor). inspect: ``"linears"`` scores scale candidates with the native
+    quadratic loss on the linears; ``"module"`` runs the PyTorch module (attention, MLP)
+    per candidate as AutoAWQ does.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    zero_point: bool = True
+    n_grid: int = 20
+    duo_scaling: bool | str = True
+    clip: bool = True
+    clip_n_grid: int = 20
+    clip_max_shrink: float = 0.5
+    saliency: str = "mean_abs"
+    n_samples: int = 128
+    seqlen: int = 512
+    seed: int = 42
+    modules_to_not_convert: list[str] = field(default_factory=list)
+    mappings: list[dict[str, Any]] | None = None
+    layers_path: str | None = None
+    gqa_tie: bool = True
+    propagation: str = "fp"
+    inspect: str = "linears"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "AWQConfig":
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be an integer in 2..8, got {self.bits!r}")
+        if not isinstance(self.group_size, int) or not (self.group_size == -1 or self.group_size > 0):
+            raise ValueError(f"group_size must be a positive integer or -1, got {self.group_size!r}")
+        if not isinstance(self.n_grid, int) or self.n_grid < 1:
+            raise ValueError(f"n_grid must be a positive integer, got {self.n_grid!r}")
+        if self.duo_scaling not in (True, False, "both"):
+            raise ValueError(f"duo_scaling must be True, False or 'both', got {self.duo_scaling!r}")
+        if self.propagation not in _PROPAGATIONS:
+            raise ValueError(f"propagation must be one of {_PROPAGATIONS}, got {self.propagation!r}")
+        if self.inspect not in _INSPECTS:
+            raise ValueError(f"inspect must be one of {_INSPECTS}, got {self.inspect!r}")
+        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
+        if not isinstance(self.seqlen, int) or self.seqlen < 1:
+            raise ValueError(f"seqlen must be a positive integer, got {self.seqlen!r}")
+        if not 0.0 < float(self.clip_max_shrink) < 1.0:
+            raise ValueError(f"clip_max_shrink must be in (0, 1), got {self.clip_max_shrink!r}")
+        if not isinstance(self.modules_to_not_convert, list) or not all(isinstance(m, str) for m in self.modules_to_not_convert):
+            raise TypeError("modules_to_not_convert must be a list of strings")
+        if self.mappings is not None:
+            if not isinstance(self.mappings, list) or not self.mappings:
+                raise ValueError("mappings must be None or a non-empty list of dicts")
+            for i, m in enumerate(self.mappings):
+                if not isinstance(m, dict) or not {"prev_op", "layers"} <= set(m) or set(m) - _MAPPING_KEYS:
+                    raise ValueError(
+                        f"mapping {i} must be a dict with keys prev_op, layers and optionally inp, module2inspect; got {m!r}"
+                    )
+                if not isinstance(m["layers"], list) or not m["layers"]:
+                    raise ValueError(f"mapping {i}: layers must be a non-empty list of names")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AWQConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown AWQConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_json(self, path: str | None = None, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "AWQConfig":
+        s = text_or_path.lstrip()
+        if not s.startswith("{"):
+            with open(text_or_path, encoding="utf-8") as f:
+                s = f.read()
+        return cls.from_dict(json.loads(s))
+
+    def quantization_config(self, modules_to_not_convert: list[str] | None = None) -> dict[str, Any]:
+        """The ``quantization_config`` block of a checkpoint's config.json (AutoAWQ/transformers)."""
+        return {
+            "quant_method": "awq",
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "zero_point": self.zero_point,
+            "version": "gemm",
+            "modules_to_not_convert": list(modules_to_not_convert if modules_to_not_convert is not None else self.modules_to_not_convert),
+        }

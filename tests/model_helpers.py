@@ -1,0 +1,16 @@
+"""Shared pieces of the model-pipeline tests (stories260K, small calibration)."""
+
+from __future__ import annotations
+
+import awqkit
+
+STORIES = "stories260K-hf"
+# Small but real: 32 C4 documents cut into 256-token blocks (about 20 blocks), so the whole
+# model suite stays well under a minute on two cores.
+CALIB_KW = dict(n_samples=32, seqlen=256)
+
+
+def stories_config(**kw) -> awqkit.AWQConfig:
+    base = dict(bits=4, group_size=32, **CALIB_KW)
+    base.update(kw)
+    return awqkit.AWQConfig(**base)
