@@ -52,6 +52,9 @@ def test_report_and_layers(stories, calib, caplog):
     assert len(searched) == 10  # ln -> qkv and v -> o (GQA, tied) per block
     for m in searched:
         assert m["awq_loss"] <= m["rtn_loss"] * (1 + 1e-6)
+        curve = m["curve"]  # the whole search, for plots: n_grid ratios + the identity
+        assert len(curve["losses"]) == len(curve["ratios"]) == 21 and curve["identity"][-1]
+        assert min(curve["losses"]) == m["awq_loss"] and curve["losses"][-1] == m["rtn_loss"]
     assert all(m["gqa_tied"] for m in searched if m["mapping"].endswith("o_proj"))
     # clip never on q/k; before/after for v and o
     assert {c["layer"] for c in report.clip} == {"self_attn.v_proj", "self_attn.o_proj"}
@@ -89,6 +92,26 @@ def test_variants_run_and_do_not_lose_to_rtn_on_their_objective(stories, calib, 
         assert sum("gqa_tie is off" in m.get("skipped", "") for m in report.mappings) == 5
     if kw.get("group_size") == -1:  # per channel: every K divides, only N=172 blocks packing
         assert report.quantized_layers == 25
+
+
+@pytest.mark.parametrize("saliency", ["mean_abs", "max_abs"])
+def test_module_search_scores_the_native_candidates(saliency):
+    """inspect="module" runs the same candidates as the native search (same saliency); on a
+    lone linear its module loss is the native loss, so both choose the same ratio."""
+    from awqkit.model.search import search_module
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 64, generator=g)
+    x[:, [3, 17]] *= 30  # salient channels
+    lin = torch.nn.Linear(64, 48, bias=False)
+    torch.nn.init.normal_(lin.weight, std=0.05, generator=g)
+    cfg = awqkit.AWQConfig(bits=3, group_size=32, saliency=saliency)
+    choice = search_module(x, [lin], lambda: [lin(x)], cfg)
+    res = awqkit.search_scale(x.numpy(), [lin.weight.detach().numpy()], bits=3, group_size=32, saliency=saliency)
+    assert choice.ratio == res.ratio and choice.duo == bool(res.duo[res.best])
+    assert choice.loss == pytest.approx(res.loss, rel=1e-4)
+    assert choice.curve["losses"] == pytest.approx(res.losses.tolist(), rel=1e-4)
+    assert torch.equal(choice.scales, torch.from_numpy(res.scales))
 
 
 @torch.no_grad()

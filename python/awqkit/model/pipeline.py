@@ -234,7 +234,7 @@ def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -
             entry["untied_loss"] = float(res.loss)  # what the same search reaches without the tie
     s = choice.scales
     entry.update({"ratio": choice.ratio, "duo": choice.duo, "rtn_loss": choice.rtn_loss, "awq_loss": choice.loss,
-                  "gqa_tied": gqa})
+                  "gqa_tied": gqa, "curve": choice.curve})
     report.mappings.append(entry)
     if choice.ratio is None:
         return entry  # identity: nothing to fold
