@@ -1,6 +1,7 @@
 """Smoke tests of `awqkit quantize`, `awqkit eval` and `awqkit footprint`."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -48,3 +49,22 @@ def test_python_m_awqkit_lists_the_model_commands():
     out = subprocess.run([sys.executable, "-m", "awqkit", "--help"], capture_output=True, text=True, check=True).stdout
     for cmd in ("quantize", "eval", "footprint"):
         assert cmd in out
+
+
+def test_demo_is_the_whole_pipeline(data_dir, tmp_path, capsys):
+    """`make demo`'s command: footprint, AWQ, checkpoint, reload, generation, perplexity."""
+    out = tmp_path / "demo-ckpt"
+    assert main(["demo", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "footprint:" in text and "quantized 20 linears" in text
+    assert "Once upon a time, there was" in text  # the reloaded 4-bit model still tells the story
+    rows = re.findall(r"^  (full|RTN|AWQ) .*?([0-9.]+)$", text, flags=re.M)
+    ppl = {name: float(v) for name, v in rows}
+    assert len(ppl) == 3
+    assert ppl["full"] < ppl["AWQ"] < ppl["RTN"]
+    assert (out / "config.json").is_file() and (out / "awq_report.json").is_file()
+
+
+def test_demo_layers_only_needs_no_torch_path(capsys):
+    assert main(["demo", "--layers-only"]) == 0
+    assert "rel. RMS err" in capsys.readouterr().out

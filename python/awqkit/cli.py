@@ -8,6 +8,24 @@ import sys
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on stories260K when torch and the shared data are there; else the
+    numpy-only quantizer demo (quantize and pack real or synthetic weights)."""
+    from pathlib import Path
+
+    from .data import data_dir
+
+    data = data_dir()
+    have_model = data is not None and (data / "stories260K-hf" / "model.safetensors").is_file()
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        have_model = False
+    if have_model and not args.layers_only:
+        from .demo_model import run_model_demo
+
+        run_model_demo(data, Path(args.out), group_size=args.group_size)
+        return 0
     from .demo import run_demo
 
     run_demo(group_size=args.group_size)
@@ -18,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="awqkit", description="Activation-aware Weight Quantization toolkit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="quantize and pack real weights, print errors and sizes")
+    demo = sub.add_parser("demo", help="the main job on its embedded default: AWQ on the shared stories260K model")
     demo.add_argument("--group-size", type=int, default=32)
+    demo.add_argument("--out", default="out/stories260K-awq-w4", help="where the demo writes its checkpoint")
+    demo.add_argument("--layers-only", action="store_true", help="only the numpy quantizer table (no torch)")
     demo.set_defaults(func=_cmd_demo)
     from .cli_model import add_model_commands
 
