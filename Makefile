@@ -1,6 +1,6 @@
 # Quick start (fresh Debian 12, Python 3.11, as root):
 #   make demo   # install everything, then run the main job on the embedded default
-#   make test   # install everything, then run the whole test suite
+#   make test   # install everything, then run the whole test suite (notebooks included)
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 DATA_DIR ?= $(abspath ../shared/data)
@@ -22,7 +22,7 @@ demo: install
 	$(PYTHON) -m awqkit demo
 
 test: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
 
 # In-tree build for development: the module lands in python/awqkit/, use PYTHONPATH=python.
 dev: deps-system
