@@ -7,17 +7,24 @@ import numpy as np
 _SCALE_DTYPES = ("float16", "float32")
 
 
+def as_float_array(x, name: str, what: str) -> np.ndarray:
+    """``x`` as a float32/float16 ndarray (a view, never a converted copy); ``what`` names
+    the expected layout in the error message."""
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{name} must be a numpy array {what}, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float16):
+        raise TypeError(
+            f"{name} must be float32 or float16, got {x.dtype} (convert explicitly, e.g. {name}.astype(np.float32))"
+        )
+    return x
+
+
 def as_weight(w, name: str = "w") -> np.ndarray:
     """A 2-D float32/float16 ndarray view of ``w`` (never a converted copy)."""
-    if not isinstance(w, np.ndarray):
-        if hasattr(w, "__array__") or isinstance(w, (list, tuple)):
-            w = np.asarray(w)
-        else:
-            raise TypeError(f"{name} must be a numpy array, got {type(w).__name__}")
-    if w.dtype not in (np.float32, np.float16):
-        raise TypeError(
-            f"{name} must be float32 or float16, got {w.dtype} (convert explicitly, e.g. {name}.astype(np.float32))"
-        )
+    w = as_float_array(w, name, "[out_features, in_features]")
     if w.ndim != 2:
         raise ValueError(f"{name} must be 2-D [out_features, in_features], got shape {w.shape}")
     return w

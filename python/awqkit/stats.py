@@ -5,21 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._checks import as_float_array
 
 __all__ = ["ActivationStats"]
 
 
 def as_activations(x, in_features: int | None = None, name: str = "x") -> np.ndarray:
     """A 2-D float32/float16 [tokens, K] ndarray view of ``x`` (a leading batch dim is flattened)."""
-    if not isinstance(x, np.ndarray):
-        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        else:
-            raise TypeError(f"{name} must be a numpy array [tokens, in_features], got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float16):
-        raise TypeError(
-            f"{name} must be float32 or float16, got {x.dtype} (convert explicitly, e.g. {name}.astype(np.float32))"
-        )
+    x = as_float_array(x, name, "[tokens, in_features]")
     if x.ndim > 2:
         x = x.reshape(-1, x.shape[-1])
     if x.ndim != 2:
