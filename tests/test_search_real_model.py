@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+import torch  # the [torch] extra: `make test` installs it, and these tests must run, not skip
+import transformers
 
 import awqkit
 from awqkit.reference import search_clip_ref, search_scale_ref
-
-torch = pytest.importorskip("torch", reason="the real-model tests need torch (pip install awqkit[torch])")
-transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.shared_data
 
