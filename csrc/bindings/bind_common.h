@@ -57,6 +57,21 @@ inline int64_t row_stride_2d(const py::array& a, const char* name) {
   return a.shape(0) > 1 ? a.strides(0) / item : a.shape(1);
 }
 
+// One array argument: the expected dtype (TypeError), rank (TypeError) and C-contiguity
+// (ValueError), in that order; the three checks nearly every argument needs.
+inline void require_array(const py::array& a, const char* name, py::ssize_t ndim, bool dtype_ok,
+                          const char* expected_dtype) {
+  require_dtype(dtype_ok, a, name, expected_dtype);
+  require_ndim(a, name, ndim);
+  require_contiguous(a, name);
+}
+
+template <typename T>
+void require_array(const py::array& a, const char* name, py::ssize_t ndim) {
+  const std::string label = py::str(py::dtype::of<T>());  // "float32", "int32", "uint8", ...
+  require_array(a, name, ndim, has_dtype<T>(a), label.c_str());
+}
+
 inline void require_nonempty(const py::array& a, const char* name) {
   if (a.size() == 0) fail(std::string(name) + " is empty (shape has a zero)");
 }

@@ -10,9 +10,7 @@ namespace {
 using gemm::PackedView;
 
 PackedView packed_view(const py::array& packed, int64_t N, int64_t K, int64_t group_size) {
-  require_dtype(has_dtype<uint8_t>(packed), packed, "packed", "uint8");
-  require_ndim(packed, "packed", 1);
-  require_contiguous(packed, "packed");
+  require_array<uint8_t>(packed, "packed", 1);
   gemm::check_packed_shape(N, K, group_size);
   require(packed.shape(0) == gemm::packed_nbytes(N, K, group_size),
           "packed buffer has " + std::to_string(packed.shape(0)) + " bytes, expected " +
@@ -23,16 +21,10 @@ PackedView packed_view(const py::array& packed, int64_t N, int64_t K, int64_t gr
 
 py::array_t<uint8_t> pack(const py::array& qweight, const py::array& qzeros, const py::array& scales,
                           int64_t group_size) {
-  require_dtype(has_dtype<int32_t>(qweight), qweight, "qweight", "int32");
-  require_dtype(has_dtype<int32_t>(qzeros), qzeros, "qzeros", "int32");
-  require_dtype(is_f16(scales), scales, "scales", "float16");
-  require_ndim(qweight, "qweight", 2);
-  require_ndim(qzeros, "qzeros", 2);
-  require_ndim(scales, "scales", 2);
+  require_array<int32_t>(qweight, "qweight", 2);
+  require_array<int32_t>(qzeros, "qzeros", 2);
+  require_array(scales, "scales", 2, is_f16(scales), "float16");
   require_nonempty(qweight, "qweight");
-  require_contiguous(qweight, "qweight");
-  require_contiguous(qzeros, "qzeros");
-  require_contiguous(scales, "scales");
   const int64_t K = qweight.shape(0), N = qweight.shape(1) * 8;
   if (group_size == -1) group_size = K;
   gemm::check_packed_shape(N, K, group_size);
@@ -71,10 +63,8 @@ py::tuple unpack(const py::array& packed, int64_t N, int64_t K, int64_t group_si
 py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_t group_size, const py::array& x,
                            const py::object& bias, const py::object& out, int path, int activation) {
   const PackedView w = packed_view(packed, N, K, group_size);
-  require_dtype(has_dtype<float>(x), x, "x", "float32");
-  require_ndim(x, "x", 2);
+  require_array<float>(x, "x", 2);
   require_nonempty(x, "x");
-  require_contiguous(x, "x");
   require(x.shape(1) == K, "x has " + std::to_string(x.shape(1)) + " features per row, the layer expects in_features = " +
                                std::to_string(K));
   const int64_t M = x.shape(0);
@@ -82,9 +72,7 @@ py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_
   py::array b;
   if (!bias.is_none()) {
     b = bias.cast<py::array>();
-    require_dtype(has_dtype<float>(b), b, "bias", "float32");
-    require_ndim(b, "bias", 1);
-    require_contiguous(b, "bias");
+    require_array<float>(b, "bias", 1);
     require(b.shape(0) == N, "bias has " + std::to_string(b.shape(0)) + " entries, expected out_features = " +
                                  std::to_string(N));
     bp = static_cast<const float*>(b.data());
@@ -94,9 +82,7 @@ py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_
     y = empty<float>({M, N});
   } else {
     py::array o = out.cast<py::array>();
-    require_dtype(has_dtype<float>(o), o, "out", "float32");
-    require_ndim(o, "out", 2);
-    require_contiguous(o, "out");
+    require_array<float>(o, "out", 2);
     require(o.shape(0) == M && o.shape(1) == N, "out must have shape [M, N] = [" + std::to_string(M) + ", " +
                                                     std::to_string(N) + "]");
     require(o.writeable(), "out is read-only");

@@ -45,16 +45,10 @@ py::tuple quantize(const py::array& w, int bits, int64_t group_size, bool zero_p
 
 py::array_t<float> dequantize(const py::array& codes, const py::array& scales, const py::array& zeros,
                               int64_t group_size, int bits) {
-  require_dtype(has_dtype<uint8_t>(codes), codes, "codes", "uint8");
-  require_dtype(has_dtype<float>(scales), scales, "scales", "float32");
-  require_dtype(has_dtype<uint8_t>(zeros), zeros, "zeros", "uint8");
-  require_ndim(codes, "codes", 2);
-  require_ndim(scales, "scales", 2);
-  require_ndim(zeros, "zeros", 2);
+  require_array<uint8_t>(codes, "codes", 2);
+  require_array<float>(scales, "scales", 2);
+  require_array<uint8_t>(zeros, "zeros", 2);
   require_nonempty(codes, "codes");
-  require_contiguous(codes, "codes");
-  require_contiguous(scales, "scales");
-  require_contiguous(zeros, "zeros");
   const int64_t N = codes.shape(0), K = codes.shape(1);
   const QuantSpec spec = resolve_spec(bits, group_size, true, false, K);
   const int64_t G = K / spec.group_size;
@@ -75,10 +69,8 @@ py::array_t<float> dequantize(const py::array& codes, const py::array& scales, c
 
 // codes [N, R] uint8 -> words [R, N/8] int32 (qweight from codes, qzeros from zeros).
 py::array_t<int32_t> pack_transposed(const py::array& codes) {
-  require_dtype(has_dtype<uint8_t>(codes), codes, "codes", "uint8");
-  require_ndim(codes, "codes", 2);
+  require_array<uint8_t>(codes, "codes", 2);
   require_nonempty(codes, "codes");
-  require_contiguous(codes, "codes");
   const int64_t N = codes.shape(0), R = codes.shape(1);
   require(N % 8 == 0, "the AWQ gemm layout packs 8 output channels per int32: N = " +
                           std::to_string(N) + " is not a multiple of 8");
@@ -93,10 +85,8 @@ py::array_t<int32_t> pack_transposed(const py::array& codes) {
 }
 
 py::array_t<uint8_t> unpack_transposed(const py::array& words) {
-  require_dtype(has_dtype<int32_t>(words), words, "packed words", "int32");
-  require_ndim(words, "packed words", 2);
+  require_array<int32_t>(words, "packed words", 2);
   require_nonempty(words, "packed words");
-  require_contiguous(words, "packed words");
   const int64_t R = words.shape(0), N = words.shape(1) * 8;
   auto out = empty<uint8_t>({N, R});
   const int32_t* src = static_cast<const int32_t*>(words.data());

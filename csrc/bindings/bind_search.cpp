@@ -35,9 +35,7 @@ py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape)
 }
 
 const double* vector_arg(const py::array& a, const char* name, int64_t K) {
-  require_dtype(has_dtype<double>(a), a, name, "float64");
-  require_ndim(a, name, 1);
-  require_contiguous(a, name);
+  require_array<double>(a, name, 1);
   require(a.shape(0) == K, std::string(name) + " must have K = " + std::to_string(K) + " entries, got " +
                                std::to_string(a.shape(0)));
   return static_cast<const double*>(a.data());
@@ -53,9 +51,7 @@ GramPanels panels_from(const py::object& gram, int64_t* K, int64_t* n_tokens) {
     return st.gram_panels();
   }
   py::array a = gram.cast<py::array>();
-  require_dtype(has_dtype<double>(a), a, "gram", "float64");
-  require_ndim(a, "gram", 2);
-  require_contiguous(a, "gram");
+  require_array<double>(a, "gram", 2);
   require(a.shape(0) == a.shape(1), "gram must be square");
   *K = a.shape(0);
   const double* g = static_cast<const double*>(a.data());
@@ -110,9 +106,7 @@ py::array_t<double> scale_losses_py(const std::vector<py::array>& weights, const
   require(K == views[0].cols, "the activations have K = " + std::to_string(K) +
                                   " features but the weights have " + std::to_string(views[0].cols));
   require(n_tokens > 0, "no calibration tokens (empty calibration set)");
-  require_dtype(has_dtype<float>(S), S, "scales", "float32");
-  require_ndim(S, "scales", 2);
-  require_contiguous(S, "scales");
+  require_array<float>(S, "scales", 2);
   require(S.shape(1) == K, "scales must have K = " + std::to_string(K) + " columns");
   const float* s = static_cast<const float*>(S.data());
   const int64_t C = S.shape(0);
