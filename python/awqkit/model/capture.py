@@ -8,14 +8,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["BlockCapture", "BlockInputs", "capture_block", "capture_first_block_inputs", "get_submodule", "run_block"]
+__all__ = ["BlockCapture", "BlockInputs", "capture_block", "capture_first_block_inputs", "get_submodule", "run_block", "set_submodule"]
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    mod = root
-    for part in path.split("."):
-        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
-    return mod
+    """``root``'s submodule at a dotted path (``"layers.3.self_attn"``; ``""`` is root)."""
+    return root.get_submodule(path)
+
+
+def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Replace the submodule at a dotted path."""
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent), leaf, new)
 
 
 class _Stop(Exception):

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import AWQConfig
+from ..footprint import parse_memory
+from .capture import set_submodule
 from .qlinear import AWQLinear, QuantizedLinear
 
 __all__ = ["load_quantized", "save_quantized"]
@@ -28,16 +31,6 @@ log = logging.getLogger(__name__)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                     "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _parse_size(size) -> int:
-    if isinstance(size, int):
-        return size
-    s = str(size).strip().upper()
-    for unit, mul in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mul)
-    return int(s)
 
 
 def _source_dtype(config) -> torch.dtype:
@@ -77,14 +70,15 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
     """Write ``model`` (from ``quantize_model``) as an AutoAWQ gemm checkpoint in ``out_dir``."""
     from safetensors.torch import save_file
 
-    cfg = getattr(model, "_awqkit_config", None)
-    if cfg is None:
+    report = report if report is not None else getattr(model, "_awqkit_report", None)
+    if report is None:
         raise ValueError("save_quantized takes a model returned by awqkit.quantize_model")
+    cfg = AWQConfig.from_dict(report.config)
     if cfg.bits != 4:
         raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, this model is {cfg.bits}-bit")
     os.makedirs(out_dir, exist_ok=True)
     tensors, qnames = _checkpoint_tensors(model)
-    limit = _parse_size(max_shard_size)
+    limit = max_shard_size if isinstance(max_shard_size, int) else parse_memory(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, t in tensors.items():
@@ -106,7 +100,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    not_converted = list(getattr(model, "_awqkit_not_converted", []))
+    not_converted = [e["module"] for e in report.not_converted]
     config = model.config.to_dict()
     config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -119,9 +113,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
             p = os.path.join(src, fname)
             if os.path.isfile(p) and not os.path.exists(os.path.join(out_dir, fname)):
                 shutil.copy2(p, out_dir)
-    report = report if report is not None else getattr(model, "_awqkit_report", None)
-    if report is not None:
-        report.to_json(os.path.join(out_dir, "awq_report.json"))
+    report.to_json(os.path.join(out_dir, "awq_report.json"))
     log.info("saved %d quantized linears in %d shard(s) to %s", len(qnames), len(shards), out_dir)
     return out_dir
 
@@ -166,10 +158,9 @@ def load_quantized(path: str, return_tokenizer: bool = False):
             raise ValueError(f"{name} in the checkpoint is not a Linear in {type(model).__name__}")
         bias = tensors.pop(f"{name}.bias", None)
         mod = AWQLinear(tensors.pop(f"{name}.qweight").numpy(), tensors.pop(f"{name}.qzeros").numpy(),
-                        tensors.pop(f"{name}.scales").numpy(), _group_size(qcfg, lin),
+                        tensors.pop(f"{name}.scales").numpy(), int(qcfg["group_size"]),
                         None if bias is None else bias.to(torch.float32).numpy())
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, mod)
+        set_submodule(model, name, mod)
     missing, unexpected = model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}, strict=False)
     if unexpected:
         raise ValueError(f"unexpected tensors in {path}: {unexpected[:5]}")
@@ -186,7 +177,3 @@ def load_quantized(path: str, return_tokenizer: bool = False):
         return model, AutoTokenizer.from_pretrained(path)
     return model
 
-
-def _group_size(qcfg: dict, lin: nn.Linear) -> int:
-    gs = int(qcfg["group_size"])
-    return lin.in_features if gs == -1 else gs

@@ -23,8 +23,9 @@ from torch import nn
 from ..config import AWQConfig
 from ..packing import pack_awq
 from ..quantizer import quantize
+from ..search import apply_clip, search_clip
 from .calibration import get_calib_blocks
-from .capture import BlockInputs, capture_block, capture_first_block_inputs, get_submodule, run_block
+from .capture import BlockInputs, capture_block, capture_first_block_inputs, get_submodule, run_block, set_submodule
 from .folding import expand_gqa_scales, fold_scales, tie_gqa_scales
 from .mappings import layout_for
 from .qlinear import QuantizedLinear
@@ -83,11 +84,6 @@ def _quantize_linear(lin: nn.Linear, w: torch.Tensor, cfg: AWQConfig) -> Quantiz
     packed = pack_awq(qt) if cfg.bits == 4 else None
     deq = torch.from_numpy(qt.dequantize())
     return QuantizedLinear(deq, lin.bias, cfg.bits, qt.group_size, cfg.zero_point, packed)
-
-
-def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(get_submodule(root, parent) if parent else root, leaf, new)
 
 
 def rtn_quantize_model(model_or_path, config: AWQConfig | None = None):
@@ -157,7 +153,6 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
             block = blocks[i]
             linears = {rel: m for rel, m in block.named_modules() if isinstance(m, nn.Linear)}
             quant_names = [rel for rel in linears if f"{i}.{rel}" not in skip]
-            new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
             if method == "awq":
                 inspect_names = sorted({m.module2inspect for m in layout.mappings
                                         if cfg.inspect == "module" and not isinstance(get_submodule(block, m.module2inspect), nn.Linear)})
@@ -166,18 +161,19 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                 with meter.stage("scale_search"):
                     for m in layout.mappings:
                         entry = _search_and_fold(block, i, m, cap, cfg, skip, head_dim, report)
-                        if entry is not None and entry.get("awq_loss") is not None:
+                        if entry.get("awq_loss") is not None:
                             bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
-                new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
-                if cfg.clip:
-                    with meter.stage("clip_search"):
-                        for rel in quant_names:
-                            if _NO_CLIP.search(rel) or rel not in cap.inputs:
-                                continue
-                            new_weights[rel] = _clip(new_weights[rel], cap.inputs[rel], cfg, report, i, rel)
+            # The weights after folding (AWQ) or as loaded (RTN), clipped below.
+            new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
+            if method == "awq" and cfg.clip:
+                with meter.stage("clip_search"):
+                    for rel in quant_names:
+                        if _NO_CLIP.search(rel) or rel not in cap.inputs:
+                            continue
+                        new_weights[rel] = _clip(new_weights[rel], cap.inputs[rel], cfg, report, i, rel)
             with meter.stage("quantize_pack"):
                 for rel in quant_names:
-                    _set_submodule(block, rel, _quantize_linear(linears[rel], new_weights[rel], cfg))
+                    set_submodule(block, rel, _quantize_linear(linears[rel], new_weights[rel], cfg))
                     report.quantized_layers += 1
             if method == "awq":
                 with meter.stage("propagate"):
@@ -189,14 +185,12 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     report.stages = meter.stages
     report.total_seconds = time.perf_counter() - t_start
     report.peak_rss_mb = max((s["peak_rss_mb"] for s in meter.stages.values()), default=_peak_rss_mb())
-    model._awqkit_report = report
-    model._awqkit_config = cfg
-    model._awqkit_not_converted = [e["module"] for e in report.not_converted]
+    model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
     log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
     return model, report
 
 
-def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -> dict | None:
+def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -> dict:
     entry = {"block": i, "mapping": m.name}
     skipped = [l for l in m.layers if f"{i}.{l}" in skip]
     if skipped:
@@ -250,19 +244,9 @@ def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -
 
 
 def _clip(w: torch.Tensor, x: torch.Tensor, cfg: AWQConfig, report, i, rel) -> torch.Tensor:
-    from .. import apply_clip, search_clip  # the native clip search (issue 3)
-
     wn = np.ascontiguousarray(w.to(torch.float32).numpy())
     res = search_clip(np.ascontiguousarray(x.numpy()), wn, bits=cfg.bits, group_size=cfg.group_size,
                       zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid, max_shrink=cfg.clip_max_shrink,
-                      n_sample_tokens=512)
-    before, after = _clip_losses(res)
-    report.clip.append({"block": i, "layer": rel, "loss_before": before, "loss_after": after})
-    return torch.from_numpy(np.asarray(apply_clip(wn, res.max_val), dtype=np.float32))
-
-
-def _clip_losses(res) -> tuple[float, float]:
-    for b, a in (("loss_before", "loss_after"), ("loss_orig", "loss"), ("rtn_loss", "loss")):
-        if hasattr(res, b) and hasattr(res, a):
-            return float(getattr(res, b)), float(getattr(res, a))
-    raise AttributeError(f"ClipResult without before/after losses: {res!r}")
+                      n_sample_tokens=512)  # AutoAWQ's token subsampling
+    report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after)})
+    return torch.from_numpy(apply_clip(wn, res.max_val))
