@@ -30,6 +30,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'awqkit' has no attribute {name!r}")
 
 
+# The lazily loaded model API (_MODEL_API) is left out so that `from awqkit import *` stays torch-free.
 __all__ = [
     "AWQConfig",
     "AWQ_ORDER",
@@ -45,19 +46,14 @@ __all__ = [
     "dequantize",
     "detected_isa",
     "estimate_footprint",
-    "evaluate_perplexity",
     "fold_scale_into_linear_outputs",
     "fold_scale_into_norm",
     "gemm",
-    "load_quantized",
     "num_threads",
     "pack_awq",
     "pseudo_quantize",
     "quantize",
-    "quantize_model",
     "register_saliency",
-    "rtn_quantize_model",
-    "save_quantized",
     "scale_linear_inputs",
     "scale_loss",
     "search_clip",

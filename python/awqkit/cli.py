@@ -10,18 +10,20 @@ import sys
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on stories260K when torch and the shared data are there; else the
     numpy-only quantizer demo (quantize and pack real or synthetic weights)."""
+    from importlib.util import find_spec
     from pathlib import Path
 
     from .data import data_dir
 
     data = data_dir()
-    have_model = data is not None and (data / "stories260K-hf" / "model.safetensors").is_file()
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        have_model = False
-    if have_model and not args.layers_only:
+    have_model = (
+        not args.layers_only
+        and data is not None
+        and (data / "stories260K-hf" / "model.safetensors").is_file()
+        and find_spec("torch") is not None
+        and find_spec("transformers") is not None
+    )
+    if have_model:
         from .demo_model import run_model_demo
 
         run_model_demo(data, Path(args.out), group_size=args.group_size)

@@ -7,14 +7,13 @@ input channels. Needs only numpy (safetensors is read with a tiny header parser)
 
 from __future__ import annotations
 
-import json
-import struct
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import _isa
+from ._safetensors import read_header
 from .data import data_dir
 from .packing import pack_awq, unpack_awq
 from .quantizer import dequantize, quantize
@@ -24,13 +23,11 @@ _DTYPES = {"F32": np.float32, "F16": np.float16}
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """float32/float16 tensors of a .safetensors file (numpy only; other dtypes skipped)."""
-    raw = path.read_bytes()
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + header_len])
-    body = memoryview(raw)[8 + header_len :]
+    header, data_start = read_header(path)
+    body = memoryview(path.read_bytes())[data_start:]
     out = {}
     for name, meta in header.items():
-        if name == "__metadata__" or meta["dtype"] not in _DTYPES:
+        if meta["dtype"] not in _DTYPES:
             continue
         start, end = meta["data_offsets"]
         out[name] = np.frombuffer(body[start:end], dtype=_DTYPES[meta["dtype"]]).reshape(meta["shape"])

@@ -7,14 +7,12 @@ precision, plain rounding (RTN) and AWQ on held-out TinyStories text.
 
 from __future__ import annotations
 
-import logging
+import copy
 import time
 from pathlib import Path
 
 from .config import AWQConfig
 from .footprint import estimate_footprint
-
-log = logging.getLogger("awqkit.demo")
 
 PROMPT = "Once upon a time"
 
@@ -38,8 +36,8 @@ def run_model_demo(data: Path, out_dir: Path, group_size: int = 32) -> None:
           f"({fp.quantized_params:,} of {fp.params:,} parameters quantizable in the AutoAWQ gemm layout)")
 
     t0 = time.perf_counter()
-    model, tok = load_model(str(model_dir))
-    model, report = quantize_model(model, cfg, calib=str(calib), tokenizer=tok)
+    fp_model, tok = load_model(str(model_dir))
+    model, report = quantize_model(copy.deepcopy(fp_model), cfg, calib=str(calib), tokenizer=tok)
     out = save_quantized(model, str(out_dir), tokenizer=tok, report=report)
     print(f"quantized {report.quantized_layers} linears in {time.perf_counter() - t0:.1f} s "
           f"(calibration: {report.calib_tokens} tokens of C4); kept in full precision: {len(report.not_converted)} "
@@ -53,8 +51,7 @@ def run_model_demo(data: Path, out_dir: Path, group_size: int = 32) -> None:
     text = qtok.decode(qmodel.generate(ids, max_new_tokens=40, do_sample=False)[0], skip_special_tokens=True)
     print(f"\nreloaded from {out} (fused INT4 kernel), greedy continuation:\n  {text!r}\n")
 
-    fp_model, _ = load_model(str(model_dir))
-    rtn_model, _ = rtn_quantize_model(load_model(str(model_dir))[0], cfg)
+    rtn_model, _ = rtn_quantize_model(copy.deepcopy(fp_model), cfg)
     rows = [("full precision (fp32)", fp_model), ("RTN (plain rounding)", rtn_model), ("AWQ (reloaded checkpoint)", qmodel)]
     print(f"perplexity on TinyStories sample ({len(eval_text):,} chars, seqlen 128):")
     ppl = {}

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 from dataclasses import asdict, dataclass
+
+from ._safetensors import read_header
 
 __all__ = ["Footprint", "estimate_footprint", "parse_memory"]
 
@@ -55,20 +56,22 @@ def _quantized_bytes(n: int, k: int, bits: int, group_size: int) -> int:
     return (n * k * bits + 7) // 8 + g * n * 2 + (g * n * bits + 7) // 8
 
 
-def _eligible(n: int, k: int, group_size: int) -> bool:
-    return (group_size == -1 or k % group_size == 0) and n % 8 == 0
+def gemm_layout_exclusion(n: int, k: int, group_size: int) -> str | None:
+    """Why a [n, k] linear cannot be stored in the AutoAWQ gemm layout, or None if it can.
+    The pipeline skips exactly these layers, and the footprint counts exactly the others."""
+    if group_size != -1 and k % group_size:
+        return f"input size K={k} is not divisible by group_size={group_size}"
+    if n % 8:
+        return f"output size N={n} is not a multiple of 8 (the AWQ gemm layout packs 8 outputs per int32)"
+    return None
 
 
 def _shapes_from_safetensors(folder: str) -> list[tuple[str, list[int], int]]:
     files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
     out = []
     for fname in files:
-        with open(os.path.join(folder, fname), "rb") as f:
-            (hlen,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(hlen))
+        header, _ = read_header(os.path.join(folder, fname))
         for name, info in header.items():
-            if name == "__metadata__":
-                continue
             out.append((name, info["shape"], _DTYPE_BYTES.get(info["dtype"], 4)))
     return out
 
@@ -113,7 +116,7 @@ def estimate_footprint(model_or_config: str, bits: int = 4, group_size: int = 12
             numel *= d
         params += numel
         before += numel * nb
-        if len(shape) == 2 and name.endswith(".weight") and _BLOCK.search(name) and _eligible(shape[0], shape[1], group_size):
+        if len(shape) == 2 and name.endswith(".weight") and _BLOCK.search(name) and gemm_layout_exclusion(shape[0], shape[1], group_size) is None:
             qparams += numel
             after += _quantized_bytes(shape[0], shape[1], bits, group_size)
         else:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..config import AWQConfig
+from ..footprint import gemm_layout_exclusion
 from ..packing import pack_awq
 from ..quantizer import quantize
 from ..search import apply_clip, search_clip
@@ -72,11 +73,7 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
         if pat in name:
             return f"matches modules_to_not_convert entry {pat!r}"
     n, k = lin.weight.shape
-    if cfg.group_size != -1 and k % cfg.group_size:
-        return f"input size K={k} is not divisible by group_size={cfg.group_size}"
-    if n % 8:
-        return f"output size N={n} is not a multiple of 8 (the AWQ gemm layout packs 8 outputs per int32)"
-    return None
+    return gemm_layout_exclusion(n, k, cfg.group_size)
 
 
 def _quantize_linear(lin: nn.Linear, w: torch.Tensor, cfg: AWQConfig) -> QuantizedLinear:

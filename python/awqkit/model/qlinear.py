@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import PackedLinear
+
 __all__ = ["AWQLinear", "QuantizedLinear"]
 
 
@@ -42,16 +44,13 @@ class AWQLinear(nn.Module):
     def __init__(self, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int,
                  bias: np.ndarray | None = None):
         super().__init__()
-        from .. import PackedLinear  # the native kernel (issue 4)
-
         self.in_features = int(qweight.shape[0])
         self.out_features = int(scales.shape[1])
-        self.group_size = int(group_size)
-        self.bias_dtype = None
         self.lin = PackedLinear.from_awq(
-            np.ascontiguousarray(qweight), np.ascontiguousarray(qzeros), np.ascontiguousarray(scales), self.group_size,
+            np.ascontiguousarray(qweight), np.ascontiguousarray(qzeros), np.ascontiguousarray(scales), group_size,
             bias=None if bias is None else np.ascontiguousarray(bias, dtype=np.float32),
         )
+        self.group_size = self.lin.group_size  # -1 resolved to K
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
