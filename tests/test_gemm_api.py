@@ -114,3 +114,16 @@ def test_bad_input_errors():
         awqkit.PackedLinear.from_awq(qw, qz, sc, 32, bias=np.zeros(23, np.float32))
     with pytest.raises(TypeError, match="PackedLinear"):
         awqkit.gemm(x, "not a layer")
+
+
+def test_out_sharing_memory_with_x_is_refused():
+    """Threads write y while others still read x: an aliased out would give silently wrong results."""
+    lin, w, _, b = make_layer(64, 64, 32, bias=True)
+    x = make_x(4, 64)
+    with pytest.raises(ValueError, match="share memory"):
+        lin(x, out=x)
+    buf = make_x(5, 64)
+    with pytest.raises(ValueError, match="share memory"):
+        lin(buf[:4], out=buf[1:])  # partial overlap
+    out = np.empty((4, 64), np.float32)  # disjoint memory is fine
+    np.testing.assert_allclose(lin(buf[:4], out=out), buf[:4] @ w.T + b, rtol=1e-4, atol=1e-4)

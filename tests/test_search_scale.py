@@ -208,3 +208,11 @@ def test_amx_path_against_float32_tiles():
     np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-5)
     with awqkit.use_isa("avx2"):
         assert not awqkit.search.amx_active()  # AMX belongs to the avx512 level
+
+
+def test_native_layer_refuses_an_empty_weight_list():
+    stats = awqkit.ActivationStats(64, gram=True)
+    stats.update(np.ones((4, 64), np.float32))
+    with pytest.raises(ValueError, match="weights is empty"):
+        awqkit._core.search_scale([], stats._impl, -1, np.ones(64), 4, 32, True, True, 4, True, False, True)
+

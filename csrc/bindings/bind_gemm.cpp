@@ -87,6 +87,15 @@ py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_
                                                     std::to_string(N) + "]");
     require(o.writeable(), "out is read-only");
     y = o.cast<py::array_t<float>>();
+    // Threads write y while others still read all of x: an aliased out would be silently wrong.
+    const auto bytes_overlap = [](const void* a, int64_t na, const void* b, int64_t nb) {
+      const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
+      return pa < pb + nb && pb < pa + na;
+    };
+    const int64_t ny = M * N * int64_t{sizeof(float)};
+    require(!bytes_overlap(y.data(), ny, x.data(), M * K * int64_t{sizeof(float)}) &&
+                (bp == nullptr || !bytes_overlap(y.data(), ny, bp, N * int64_t{sizeof(float)})),
+            "out must not share memory with x or bias");
   }
   require(path >= 0 && path <= 2, "kernel path must be 0 (auto), 1 (gemv) or 2 (gemm)");
   require(activation == 0 || activation == 1, "activation must be 0 (float) or 1 (int8)");

@@ -59,19 +59,38 @@ GramPanels panels_from(const py::object& gram, int64_t* K, int64_t* n_tokens) {
   return build_gram_panels(g, *K, *K, /*with_amx=*/true);
 }
 
+// Checked weights, quantizer spec and Gram panels: what every search entry point starts from.
+struct SearchInputs {
+  std::vector<MatrixView> views;
+  QuantSpec quant;
+  GramPanels P;
+  int64_t K = 0, n_tokens = 0;
+};
+
+SearchInputs search_inputs(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
+                           int bits, int64_t group_size, bool zero_point, bool fp16_scale) {
+  SearchInputs in;
+  in.views = weight_views(weights);
+  require(!in.views.empty(), "weights is empty: pass the list of linears that share the input");
+  const int64_t k = in.views[0].cols;
+  in.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, k);
+  check_weights(in.views, k);
+  int64_t n_stats = 0;
+  in.P = panels_from(gram, &in.K, &n_stats);
+  in.n_tokens = n_tokens < 0 ? n_stats : n_tokens;
+  require(in.K == k, "the activations have K = " + std::to_string(in.K) + " features but the weights have " +
+                         std::to_string(k));
+  require(in.n_tokens > 0, "no calibration tokens (empty calibration set)");
+  return in;
+}
+
 py::dict search_scale_py(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
                          const py::array& saliency, int bits, int64_t group_size, bool zero_point,
                          bool fp16_scale, int n_grid, bool duo, bool plain, bool identity) {
-  const std::vector<MatrixView> views = weight_views(weights);
-  int64_t K = 0, n_stats = 0;
+  const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale);
+  const int64_t K = in.K;
   ScaleSearchSpec spec;
-  spec.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, views.at(0).cols);
-  check_weights(views, views[0].cols);
-  GramPanels P = panels_from(gram, &K, &n_stats);
-  if (n_tokens < 0) n_tokens = n_stats;
-  require(K == views[0].cols, "the activations have K = " + std::to_string(K) +
-                                  " features but the weights have " + std::to_string(views[0].cols));
-  require(n_tokens > 0, "no calibration tokens (empty calibration set)");
+  spec.quant = in.quant;
   const double* sal = vector_arg(saliency, "saliency", K);
   spec.n_grid = n_grid;
   spec.duo = duo;
@@ -80,7 +99,7 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
   ScaleSearchOutput out;
   {
     py::gil_scoped_release nogil;
-    out = search_scale(views, P, n_tokens, sal, spec);
+    out = search_scale(in.views, in.P, in.n_tokens, sal, spec);
   }
   const py::ssize_t C = static_cast<py::ssize_t>(out.losses.size());
   py::dict d;
@@ -89,6 +108,7 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
   d["duo"] = to_array(out.duo, {C});
   d["identity"] = to_array(out.identity, {C});
   d["candidates"] = to_array(out.candidates, {C, K});
+  d["w_mean"] = to_array(out.w_mean, {K});
   d["best"] = out.best;
   d["rtn_loss"] = out.rtn_loss;
   return d;
@@ -97,15 +117,8 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
 py::array_t<double> scale_losses_py(const std::vector<py::array>& weights, const py::object& gram,
                                     int64_t n_tokens, const py::array& S, int bits, int64_t group_size,
                                     bool zero_point, bool fp16_scale) {
-  const std::vector<MatrixView> views = weight_views(weights);
-  const QuantSpec spec = resolve_spec(bits, group_size, zero_point, fp16_scale, views.at(0).cols);
-  check_weights(views, views[0].cols);
-  int64_t K = 0, n_stats = 0;
-  GramPanels P = panels_from(gram, &K, &n_stats);
-  if (n_tokens < 0) n_tokens = n_stats;
-  require(K == views[0].cols, "the activations have K = " + std::to_string(K) +
-                                  " features but the weights have " + std::to_string(views[0].cols));
-  require(n_tokens > 0, "no calibration tokens (empty calibration set)");
+  const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale);
+  const int64_t K = in.K;
   require_array<float>(S, "scales", 2);
   require(S.shape(1) == K, "scales must have K = " + std::to_string(K) + " columns");
   const float* s = static_cast<const float*>(S.data());
@@ -113,21 +126,9 @@ py::array_t<double> scale_losses_py(const std::vector<py::array>& weights, const
   std::vector<double> losses;
   {
     py::gil_scoped_release nogil;
-    losses = scale_losses(views, P, n_tokens, spec, s, C);
+    losses = scale_losses(in.views, in.P, in.n_tokens, in.quant, s, C);
   }
   return to_array(losses, {static_cast<py::ssize_t>(C)});
-}
-
-py::array_t<double> weight_group_mean_py(const std::vector<py::array>& weights, int64_t group_size) {
-  const std::vector<MatrixView> views = weight_views(weights);
-  const QuantSpec spec = resolve_spec(4, group_size, true, true, views.at(0).cols);
-  check_weights(views, views[0].cols);
-  std::vector<double> m;
-  {
-    py::gil_scoped_release nogil;
-    m = weight_group_mean(views, spec.group_size);
-  }
-  return to_array(m, {static_cast<py::ssize_t>(m.size())});
 }
 
 py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, int64_t group_size) {
@@ -199,7 +200,12 @@ void register_search(py::module_& m) {
              s.update(v);
            },
            py::arg("x"))
-      .def("merge", [](ActivationStats& s, const ActivationStats& o) { s.merge(o); }, py::arg("other"))
+      .def("merge",
+           [](ActivationStats& s, const ActivationStats& o) {
+             py::gil_scoped_release nogil;  // K^2 doubles of Gram at large K
+             s.merge(o);
+           },
+           py::arg("other"))
       .def("set_state",
            [](ActivationStats& s, int64_t n, const py::array& sa, const py::array& ss, const py::array& ma,
               const py::object& g) {
@@ -213,8 +219,11 @@ void register_search(py::module_& m) {
                require(ga.ndim() == 2 && ga.shape(0) == K && ga.shape(1) == K, "gram must be [K, K]");
                gp = static_cast<const double*>(ga.data());
              }
-             s.set_state(n, vector_arg(sa, "sum_abs", K), vector_arg(ss, "sum_sq", K),
-                         vector_arg(ma, "max_abs", K), gp);
+             const double* a = vector_arg(sa, "sum_abs", K);
+             const double* q = vector_arg(ss, "sum_sq", K);
+             const double* m = vector_arg(ma, "max_abs", K);
+             py::gil_scoped_release nogil;
+             s.set_state(n, a, q, m, gp);
            },
            py::arg("n_tokens"), py::arg("sum_abs"), py::arg("sum_sq"), py::arg("max_abs"), py::arg("gram"))
       .def_property_readonly("in_features", &ActivationStats::in_features)
@@ -243,7 +252,6 @@ void register_search(py::module_& m) {
   m.def("scale_losses", &scale_losses_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("scales"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
         py::arg("fp16_scale"));
-  m.def("weight_group_mean", &weight_group_mean_py, py::arg("weights"), py::arg("group_size"));
   m.def("group_gram_blocks", &group_gram_blocks_py, py::arg("x"), py::arg("stride"), py::arg("group_size"));
   m.def("search_clip", &search_clip_py, py::arg("w"), py::arg("blocks"), py::arg("n_tokens"),
         py::arg("bits"), py::arg("group_size"), py::arg("zero_point"), py::arg("fp16_scale"),

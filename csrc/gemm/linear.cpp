@@ -20,7 +20,9 @@ using AlignedBuffer = std::unique_ptr<float, AlignedFree>;
 
 AlignedBuffer aligned_floats(int64_t n) {
   const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
-  return AlignedBuffer(static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64)));
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+  if (!p) throw std::bad_alloc();  // becomes MemoryError, never a null write in a worker
+  return AlignedBuffer(p);
 }
 
 // GEMM scratch kept by each calling thread between calls: fresh pages on every prefill

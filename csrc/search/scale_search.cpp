@@ -20,11 +20,12 @@ namespace {
 
 constexpr int64_t kRowBlock = 2 * kQuadRowMultiple;  // rows of E per work item
 
-// Row r of a weight view as float32 (f16 converted into buf).
-const float* weight_row(const MatrixView& w, int64_t r, float* buf) {
-  if (w.type == FloatType::f32) return static_cast<const float*>(w.data) + r * w.ld;
-  const uint16_t* h = static_cast<const uint16_t*>(w.data) + r * w.ld;
-  for (int64_t k = 0; k < w.cols; ++k) buf[k] = half_to_float(h[k]);
+// Columns [c0, c0 + n) of row r of a weight view as float32 (f16 converted into buf).
+const float* weight_row(const MatrixView& w, int64_t r, float* buf, int64_t c0 = 0, int64_t n = -1) {
+  if (n < 0) n = w.cols - c0;
+  if (w.type == FloatType::f32) return static_cast<const float*>(w.data) + r * w.ld + c0;
+  const uint16_t* h = static_cast<const uint16_t*>(w.data) + r * w.ld + c0;
+  for (int64_t k = 0; k < n; ++k) buf[k] = half_to_float(h[k]);
   return buf;
 }
 
@@ -76,13 +77,12 @@ std::vector<double> weight_group_mean(const std::vector<MatrixView>& weights, in
   // Columns are owned by threads (blocks of whole groups); rows are summed in order.
 #pragma omp parallel
   {
-    std::vector<float> buf(static_cast<size_t>(K));
-    std::vector<double> inv;
+    std::vector<float> buf(static_cast<size_t>(group_size));
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < G; ++g) {
       for (const auto& w : weights)
         for (int64_t r = 0; r < w.rows; ++r) {
-          const float* row = weight_row(w, r, buf.data()) + g * group_size;
+          const float* row = weight_row(w, r, buf.data(), g * group_size, group_size);
           double amax = 0.0;
           for (int64_t i = 0; i < group_size; ++i) amax = std::max(amax, std::fabs(double(row[i])));
           const double d = amax + 1e-6;
@@ -170,8 +170,9 @@ ScaleSearchOutput search_scale(const std::vector<MatrixView>& weights, const Gra
   const int64_t K = P.K;
   require(spec.n_grid >= 1, "n_grid must be >= 1, got " + std::to_string(spec.n_grid));
   require(spec.duo || spec.plain || spec.identity, "no candidates to search");
-  const std::vector<double> w_mean = weight_group_mean(weights, spec.quant.group_size);
   ScaleSearchOutput out;
+  out.w_mean = weight_group_mean(weights, spec.quant.group_size);
+  const std::vector<double>& w_mean = out.w_mean;
   auto add = [&](double ratio, bool duo, bool identity) {
     const size_t at = out.candidates.size();
     out.candidates.resize(at + K);

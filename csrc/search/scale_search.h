@@ -39,6 +39,7 @@ struct ScaleSearchOutput {
   std::vector<double> ratios, losses;
   std::vector<uint8_t> duo, identity;  // per candidate
   std::vector<float> candidates;       // [C, K]
+  std::vector<double> w_mean;          // [K], as weight_group_mean()
   int64_t best = 0;
   double rtn_loss = 0;
 };

@@ -214,7 +214,7 @@ def search_scale(
         identity=out["identity"].astype(bool),
         candidates=out["candidates"],
         saliency=sal,
-        w_mean=_core.weight_group_mean(ws, gs),
+        w_mean=out["w_mean"],
     )
 
 
