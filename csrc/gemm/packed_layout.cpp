@@ -5,21 +5,19 @@
 
 #include "common/errors.h"
 #include "common/half.h"
+#include "quant/pack_awq.h"
 
 namespace awqkit::gemm {
 namespace {
 
-// Column 8j + c of an AWQ word sits at nibble kNibbleOf[c] (inverse of [0,2,4,6,1,3,5,7]).
-constexpr int kNibbleOf[8] = {0, 4, 1, 5, 2, 6, 3, 7};
-
 inline uint8_t awq_code(const int32_t* row, int64_t n) {
   const uint32_t word = static_cast<uint32_t>(row[n / 8]);
-  return static_cast<uint8_t>((word >> (4 * kNibbleOf[n % 8])) & 0xFu);
+  return static_cast<uint8_t>((word >> (4 * kAwqNibbleOf[n % 8])) & 0xFu);
 }
 
 inline void set_awq_code(int32_t* row, int64_t n, uint32_t code) {
   uint32_t word = static_cast<uint32_t>(row[n / 8]);
-  word |= code << (4 * kNibbleOf[n % 8]);
+  word |= code << (4 * kAwqNibbleOf[n % 8]);
   row[n / 8] = static_cast<int32_t>(word);
 }
 

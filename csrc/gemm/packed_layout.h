@@ -25,12 +25,11 @@ namespace awqkit::gemm {
 
 inline constexpr int64_t kBlock = 16;         // output channels per block
 inline constexpr int64_t kGroupHeader = 64;   // scales + zeros of one block-group
-inline constexpr int64_t kAlign = 64;
 inline constexpr int64_t kRun = 8;            // inputs per 64-byte run of codes
 inline constexpr int64_t kTailPad = 64;       // zero bytes after the last block (overlapping loads)
 
 struct PackedView {
-  const uint8_t* data;  // kAlign-aligned
+  const uint8_t* data;  // 64-byte aligned by PackedLinear (the kernels use unaligned loads)
   int64_t N;            // true output features (multiple of 8)
   int64_t K;            // input features
   int64_t group_size;   // divides K, multiple of 8

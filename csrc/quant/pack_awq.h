@@ -9,6 +9,15 @@
 namespace awqkit {
 
 inline constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+// The inverse: column 8j + c sits at nibble kAwqNibbleOf[c].
+inline constexpr int kAwqNibbleOf[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+constexpr bool awq_tables_are_inverse() {
+  for (int i = 0; i < 8; ++i)
+    if (kAwqNibbleOf[kAwqOrder[i]] != i) return false;
+  return true;
+}
+static_assert(awq_tables_are_inverse(), "kAwqNibbleOf must invert kAwqOrder");
 
 // src is [N, R] (row n, column r) codes in torch-Linear layout; out is [R, N/8] words.
 // Throws if N % 8 != 0 or any code > 15.

@@ -42,11 +42,6 @@ void gram_accumulate_upper(const float* Xc, int64_t T, int64_t Kp, int64_t ib_be
   }
 }
 
-void mirror_upper(double* G, int64_t K, int64_t ld) {
-  for (int64_t i = 0; i < K; ++i)
-    for (int64_t j = 0; j < i; ++j) G[i * ld + j] = G[j * ld + i];
-}
-
 GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld, bool with_amx) {
   GramPanels P;
   P.K = K;

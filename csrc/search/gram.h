@@ -24,9 +24,6 @@ inline int64_t gram_padded_width(int64_t K) { return round_up(K, 96); }
 void gram_accumulate_upper(const float* Xc, int64_t T, int64_t Kp, int64_t ib_begin,
                            int64_t ib_end, double* acc);
 
-// Copies the upper triangle of a [K, K] row-major matrix (leading dimension ld) onto the lower.
-void mirror_upper(double* G, int64_t K, int64_t ld);
-
 // The Gram matrix packed for quadratic forms, exploiting symmetry:
 // e^T G e = sum over diagonal 32x32 tiles + 2 * sum over tiles strictly above them, so
 // column tile J keeps only rows k < 32*(J+1) (twice the value above its diagonal tile).
