@@ -42,8 +42,8 @@ def test_n_samples_and_determinism():
     a = get_calib_blocks(WordTokenizer(), docs, n_samples=50, seqlen=8, seed=3)
     b = get_calib_blocks(WordTokenizer(), docs, n_samples=50, seqlen=8, seed=3)
     assert torch.equal(a, b)
-    # 50 documents taken; their total length bounds the block count
-    assert a.numel() <= sum(d % 7 + 1 for d in range(200)) and a.shape[0] >= 50 // 8
+    # 50 documents of 1..7 words taken (all 200 would give ~800 tokens), less a partial last block
+    assert 50 - 7 <= a.numel() <= 50 * 7
 
 
 def test_too_little_text_is_a_clear_error():

@@ -55,11 +55,14 @@ def test_report_and_layers(stories, calib, caplog):
         curve = m["curve"]  # the whole search, for plots: n_grid ratios + the identity
         assert len(curve["losses"]) == len(curve["ratios"]) == 21 and curve["identity"][-1]
         assert min(curve["losses"]) == m["awq_loss"] and curve["losses"][-1] == m["rtn_loss"]
+    # awq <= rtn holds by construction (s = 1 is a candidate); the search must also *find* gains:
+    # 8 of 10 mappings are >1% below plain rounding on this model (measured)
+    assert sum(m["awq_loss"] < 0.99 * m["rtn_loss"] for m in searched) >= 6
     assert all(m["gqa_tied"] for m in searched if m["mapping"].endswith("o_proj"))
     # clip never on q/k; before/after for v and o
     assert {c["layer"] for c in report.clip} == {"self_attn.v_proj", "self_attn.o_proj"}
-    for c in report.clip:
-        assert c["loss_after"] <= c["loss_before"] * (1 + 1e-6)
+    for c in report.clip:  # shrink 0 is a candidate; measured after/before is 0.77-0.87
+        assert c["loss_after"] < 0.95 * c["loss_before"]
     for stage in ("calibration", "capture", "scale_search", "clip_search", "quantize_pack"):
         assert report.stages[stage]["seconds"] >= 0 and report.stages[stage]["peak_rss_mb"] > 0
     assert report.calib_tokens >= 256 * 10
@@ -78,7 +81,7 @@ def test_awq_beats_rtn_at_3_bits(stories, calib, eval_text):
     rtn = evaluate_perplexity(rtn_model, tok, eval_text, seqlen=128)
     awq = evaluate_perplexity(awq_model, tok, eval_text, seqlen=128)
     print(f"stories260K 3-bit g32 perplexity on tinystories: fp {fp:.3f}  rtn {rtn:.3f}  awq {awq:.3f}")
-    assert fp < awq <= rtn
+    assert fp < awq < rtn
 
 
 @pytest.mark.parametrize("kw", [dict(inspect="module"), dict(propagation="quantized"), dict(gqa_tie=False), dict(group_size=-1)])
@@ -88,6 +91,8 @@ def test_variants_run_and_do_not_lose_to_rtn_on_their_objective(stories, calib, 
     assert searched
     for m in searched:
         assert m["awq_loss"] <= m["rtn_loss"] * (1 + 1e-6)
+    # and real gains in most mappings (measured: 8/10, 8/10, 5/5, 13/15 are >1% below RTN)
+    assert sum(m["awq_loss"] < 0.99 * m["rtn_loss"] for m in searched) >= len(searched) // 2
     if kw.get("gqa_tie") is False:
         assert sum("gqa_tie is off" in m.get("skipped", "") for m in report.mappings) == 5
     if kw.get("group_size") == -1:  # per channel: every K divides, only N=172 blocks packing
