@@ -46,6 +46,15 @@ def check_bits(bits: int) -> int:
     return int(bits)
 
 
+def check_int(name: str, v, lo: int) -> int:
+    """An int (not a bool) >= lo: TypeError for the wrong type, ValueError below lo."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    return int(v)
+
+
 def resolve_group_size(group_size: int, k: int) -> int:
     """The effective group size: -1 means one group per row; must divide K."""
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):

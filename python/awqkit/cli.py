@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"awqkit: error: {e}", file=sys.stderr)
+        if args.verbose:  # a bug must not hide behind a one-line message
+            raise
+        print(f"awqkit: error: {e} (run with -v for the traceback)", file=sys.stderr)
         return 2
 
 

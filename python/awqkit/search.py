@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _core
-from ._checks import as_weight, check_bits, check_scale_dtype, resolve_group_size
+from ._checks import as_weight, check_bits, check_int, check_scale_dtype, resolve_group_size
 from .saliency import compute_saliency
 from .stats import ActivationStats, as_activations
 
@@ -152,14 +152,6 @@ def _gram_stats(x, k: int) -> ActivationStats:
     return ActivationStats(k, gram=True).update(np.ascontiguousarray(x))
 
 
-def _check_int(name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    return int(v)
-
-
 def search_scale(
     x,
     weights,
@@ -189,7 +181,7 @@ def search_scale(
     bits = check_bits(bits)
     gs = resolve_group_size(group_size, k)
     fp16 = check_scale_dtype(scale_dtype)
-    n_grid = _check_int("n_grid", n_grid, 1)
+    n_grid = check_int("n_grid", n_grid, 1)
     if duo_scaling == "both":
         duo, plain = True, True
     elif isinstance(duo_scaling, (bool, np.bool_)):
@@ -265,7 +257,7 @@ def search_clip(
     bits = check_bits(bits)
     gs = resolve_group_size(group_size, k)
     fp16 = check_scale_dtype(scale_dtype)
-    n_grid = _check_int("n_grid", n_grid, 1)
+    n_grid = check_int("n_grid", n_grid, 1)
     if not isinstance(max_shrink, (int, float, np.floating)) or isinstance(max_shrink, bool):
         raise TypeError(f"max_shrink must be a number, got {type(max_shrink).__name__}")
     n_shrink = int(max_shrink * n_grid)
@@ -285,7 +277,7 @@ def search_clip(
         if n_sample_tokens is None:
             step = 1
         else:
-            n_sample_tokens = _check_int("n_sample_tokens", n_sample_tokens, 1)
+            n_sample_tokens = check_int("n_sample_tokens", n_sample_tokens, 1)
             step = max(1, t // n_sample_tokens)
         n_used = -(-t // step)
         blocks = _core.group_gram_blocks(x, step, gs)

@@ -13,6 +13,8 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
+from ..search import scale_loss, search_scale
+from ..stats import ActivationStats
 
 __all__ = ["ScaleChoice", "search_linears", "search_module"]
 
@@ -35,11 +37,7 @@ def _pq(w: torch.Tensor, cfg: AWQConfig) -> torch.Tensor:
 def _native_search(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig):
     """Statistics (with Gram) of ``x`` and ``awqkit.search_scale`` over ``weights``: the
     candidate scale vectors (with the configured saliency) and their native losses."""
-    from .. import ActivationStats, search_scale  # the native search engine
-
-    stats = ActivationStats(x.shape[1], gram=True)
-    for i in range(0, x.shape[0], 8192):
-        stats.update(np.ascontiguousarray(x[i : i + 8192].numpy()))
+    stats = ActivationStats(x.shape[1], gram=True).update(np.ascontiguousarray(x.numpy()))
     ws = [np.ascontiguousarray(w.detach().numpy()) for w in weights]
     res = search_scale(stats, ws, n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling, include_identity=True,
                        saliency=cfg.saliency, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point)
@@ -67,8 +65,6 @@ def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig,
     """``awqkit.search_scale`` over the mapping's linears, on streamed statistics with a Gram
     matrix. With ``tie`` (grouped-query attention), every candidate of the search is tied
     and re-scored natively (``awqkit.scale_loss``), so the best *tied* candidate wins."""
-    from .. import scale_loss
-
     stats, ws, res = _native_search(x, weights, cfg)
     if tie is None:
         return _choose(res, res.candidates, np.asarray(res.losses, dtype=np.float64)), res
