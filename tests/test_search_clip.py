@@ -123,3 +123,30 @@ def test_bad_input():
         awqkit.apply_clip(w, np.ones((16, 3), np.float32))
     with pytest.raises(ValueError, match="min_val"):
         awqkit.apply_clip(w, np.ones((16, 2), np.float32), np.ones((16, 1), np.float32))
+
+
+def test_asymmetric_choice_is_optimal_by_brute_force():
+    """Independent of the native path: score every (max shrink, min shrink) pair directly in
+    float64 over all tokens with the numpy quantizer; the native choice must be the optimum
+    and its reported loss must be that pair's loss."""
+    rng = np.random.default_rng(11)
+    n, k, gs, n_grid = 6, 256, 128, 20
+    x = planted_activations(rng, 400, k)
+    w = linear_weights(rng, [n], k)[0] + 0.01
+    res = awqkit.search_clip(x, w, group_size=gs, n_grid=n_grid, n_sample_tokens=None, asymmetric=True)
+    f = (np.float32(1) - np.arange(n_grid // 2) / np.float32(n_grid)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    for r in range(n):
+        for g in range(k // gs):
+            wg = w[r, g * gs:(g + 1) * gs]
+            xg = x64[:, g * gs:(g + 1) * gs]
+            losses = np.empty((f.size, f.size))
+            for a in range(f.size):
+                for b in range(f.size):
+                    cur = np.clip(wg, wg.min() * f[b], wg.max() * f[a])
+                    q = pseudo_quantize_ref(cur[None, :], 4, -1, True)[0]
+                    losses[a, b] = np.mean((xg @ (q - wg).astype(np.float64)) ** 2)
+            chosen = losses[res.shrink[r, g], res.shrink_min[r, g]]
+            assert chosen == pytest.approx(losses.min(), rel=1e-6)
+            assert res.group_loss_after[r, g] == pytest.approx(chosen, rel=1e-4)
+            assert res.group_loss_before[r, g] == pytest.approx(losses[0, 0], rel=1e-4)
