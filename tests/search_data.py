@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import awqkit
+
 
 def planted_activations(rng, tokens: int, k: int, n_salient: int = 4, dtype=np.float32) -> np.ndarray:
     """Gaussian activations where a few input channels are 20-100x larger, as in real LLMs."""
@@ -16,3 +18,14 @@ def planted_activations(rng, tokens: int, k: int, n_salient: int = 4, dtype=np.f
 
 def linear_weights(rng, shapes, k: int, dtype=np.float32) -> list[np.ndarray]:
     return [(0.05 * rng.standard_normal((n, k))).astype(dtype) for n in shapes]
+
+
+def scalar_and_isa_results(fn, isas=None):
+    """(fn() on the scalar reference, [(isa, fn() on isa) for each SIMD isa]) for ISA-vs-reference tests."""
+    with awqkit.use_isa("scalar"):
+        ref = fn()
+    out = []
+    for isa in isas if isas is not None else awqkit.available_isas()[1:]:
+        with awqkit.use_isa(isa):
+            out.append((isa, fn()))
+    return ref, out

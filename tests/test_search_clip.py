@@ -5,7 +5,7 @@ import pytest
 
 import awqkit
 from awqkit.reference import pseudo_quantize_ref, search_clip_ref
-from search_data import linear_weights, planted_activations
+from search_data import linear_weights, planted_activations, scalar_and_isa_results
 
 
 def assert_same_clip(res, ref):
@@ -94,11 +94,8 @@ def test_identical_for_one_and_two_threads_and_every_isa():
             out.append(awqkit.search_clip(x, w, asymmetric=True))
     np.testing.assert_array_equal(out[0].max_val, out[1].max_val)
     np.testing.assert_array_equal(out[0].group_loss_after, out[1].group_loss_after)
-    with awqkit.use_isa("scalar"):
-        ref = awqkit.search_clip(x, w)
-    for isa in awqkit.available_isas():
-        with awqkit.use_isa(isa):
-            got = awqkit.search_clip(x, w)
+    ref, per_isa = scalar_and_isa_results(lambda: awqkit.search_clip(x, w))
+    for _, got in per_isa:
         np.testing.assert_array_equal(got.max_val, ref.max_val)
         np.testing.assert_allclose(got.group_loss_after, ref.group_loss_after, rtol=1e-5)
 
