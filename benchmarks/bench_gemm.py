@@ -107,8 +107,16 @@ def worker(threads: int, quick: bool) -> dict:
         for m in DECODE_MS:
             x = rng.standard_normal((m, k), dtype=np.float32)
             t_awq = rotation_time([(lambda l=l: l(x)) for l in lins])
+            t_gemv = rotation_time([(lambda l=l: l(x, kernel="gemv")) for l in lins])
             t_np = rotation_time([(lambda v=v: x @ v.T) for v in ws])
-            row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "numpy_s": t_np, "packed_bytes": lin.nbytes}
+            row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "gemv_s": t_gemv, "numpy_s": t_np}
+            row["packed_bytes"] = lin.nbytes
+            if threads == 1:  # accuracy does not depend on threads
+                truth = x.astype(np.float64) @ wdq.astype(np.float64).T
+                norm = np.linalg.norm(truth)
+                row["err_auto"] = float(np.linalg.norm(lin(x) - truth) / norm)
+                row["err_gemv"] = float(np.linalg.norm(lin(x, kernel="gemv") - truth) / norm)
+                row["err_numpy"] = float(np.linalg.norm(x @ wdq.T - truth) / norm)
             if torch is not None:
                 xt = torch.from_numpy(x)
                 wts = [torch.from_numpy(v) for v in ws]
@@ -149,8 +157,11 @@ def fmt_table(results: list[dict]) -> str:
     for r in results:
         lines.append(f"| {r['threads']} | {r['isa']} | {r['probe_gbs']:.1f} | {r['fma_gflops']:.0f} |")
     lines.append("\nDecode (weights streamed from DRAM: rotation over >= 1 GiB of copies):\n")
-    lines.append("| N x K | M | thr | awqkit us | GB/s packed | / probe | numpy us | torch us | x numpy | x torch |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append(
+        "| N x K | M | thr | awqkit us | GB/s packed | / probe | numpy us | torch us | x numpy | x torch "
+        "| float GEMV us | float GEMV / probe |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for row in r["rows"]:
             if row["M"] not in DECODE_MS:
@@ -160,7 +171,8 @@ def fmt_table(results: list[dict]) -> str:
             lines.append(
                 f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {row['awq_s'] * 1e6:.1f} | {gbs:.1f} | "
                 f"{gbs / r['probe_gbs']:.2f} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
-                f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} |"
+                f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} | "
+                f"{row['gemv_s'] * 1e6:.1f} | {row['packed_bytes'] / row['gemv_s'] / 1e9 / r['probe_gbs']:.2f} |"
             )
     lines.append("\nPrefill (warm weights), GFLOP/s = 2*M*N*K / time:\n")
     lines.append(
@@ -181,15 +193,18 @@ def fmt_table(results: list[dict]) -> str:
                 f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['int8_s']:.0f} | "
                 f"{row['numpy_s'] / row['int8_s']:.2f} |"
             )
-    lines.append("\nAccuracy at M = 512 (x ~ N(0, 1)), relative Frobenius error against float64 x @ W_deq.T:\n")
-    lines.append("| N x K | group | numpy fp32 | awqkit float | awqkit int8 |")
-    lines.append("|---|---:|---:|---:|---:|")
+    lines.append("\nAccuracy (x ~ N(0, 1)), relative Frobenius error against float64 x @ W_deq.T:\n")
+    lines.append("| N x K | group | M | numpy fp32 | awqkit (auto) | awqkit float GEMV | awqkit int8 |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for row in r["rows"]:
-            if "err_int8" in row:
+            if "err_numpy" in row:
+                auto = row.get("err_auto", row.get("err_float"))
+                gemv = f"{row['err_gemv']:.1e}" if "err_gemv" in row else "-"
+                int8 = f"{row['err_int8']:.1e}" if "err_int8" in row else "-"
                 lines.append(
-                    f"| {row['N']}x{row['K']} | {row['gs']} | {row['err_numpy']:.1e} | {row['err_float']:.1e} | "
-                    f"{row['err_int8']:.1e} |"
+                    f"| {row['N']}x{row['K']} | {row['gs']} | {row['M']} | {row['err_numpy']:.1e} | {auto:.1e} | "
+                    f"{gemv} | {int8} |"
                 )
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ import awqkit
 from gemm_helpers import error_bound, exact, make_layer, make_x
 
 ISAS = awqkit.available_isas()
-KERNELS = ("auto", "gemv", "gemm")
+KERNELS = ("auto", "gemv", "gemm", "digits")
 MS = (1, 2, 3, 7, 8, 16, 64, 129)
 # (N, K, group_size): ragged N (multiples of 8, not of 16 or 32) and K (multiples of the
 # group size that are not multiples of the GEMM's 256-input slice).
@@ -77,14 +77,15 @@ def test_larger_layer_gemm_path():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_gemv_rows_do_not_depend_on_batch(isa):
-    # In the GEMV path a row's result is the same whatever other rows share the call.
+@pytest.mark.parametrize("kernel", ("gemv", "digits"))
+def test_gemv_rows_do_not_depend_on_batch(isa, kernel):
+    # In the decode kernels a row's result is the same whatever other rows share the call.
     lin, _, _, _ = make_layer(40, 256, 64, bias=True)
     x = make_x(7, 256)
     with awqkit.use_isa(isa):
-        y = lin(x, kernel="gemv")
+        y = lin(x, kernel=kernel)
         for m in range(7):
-            np.testing.assert_array_equal(lin(x[m : m + 1], kernel="gemv"), y[m : m + 1])
+            np.testing.assert_array_equal(lin(x[m : m + 1], kernel=kernel), y[m : m + 1])
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -113,3 +114,69 @@ def test_int8_nan_group_poisons_its_row():
     x[2, 40] = np.inf
     y = lin(x, activation="int8")
     assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[:2]))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(layer, isa):
+    # x split into three int8 digits per group, integer dot products, a fixed float
+    # epilogue: every ISA returns the scalar reference's bits, for any rows per pass.
+    lin, _, _, _ = layer
+    for m in (1, 2, 3, 4, 5, 9, 15):
+        x = make_x(m, lin.in_features, seed=m)
+        with awqkit.use_isa("scalar"):
+            y_ref = lin(x, kernel="digits")
+        with awqkit.use_isa(isa):
+            np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref)
+
+
+def _digits_bound(x, w, b, gs):
+    """Float32 dot-product bound plus the digits' own rounding: each input is kept to
+    within absmax(its group) * 2^-24 (1 + 2^-23), times |W|."""
+    k = x.shape[1]
+    amax = np.abs(x.astype(np.float64)).reshape(x.shape[0], k // gs, gs).max(axis=2)
+    per_input = np.repeat(amax, gs, axis=1) * 2.0**-24 * (1 + 2.0**-23)
+    return error_bound(x, w, b) + per_input @ np.abs(w.astype(np.float64)).T
+
+
+def test_digits_kernel_on_adversarial_inputs():
+    # Outliers (1e4 x the rest), a zero group, tiny and huge magnitudes, subnormals, exact
+    # digit boundaries: within the float32 bound plus absmax * 2^-24 per input.
+    gs = 64
+    lin, w, _, b = make_layer(48, 4 * gs, gs, bias=True, seed=11)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 4 * gs)).astype(np.float32)
+    x[0, 3] = 1e4  # an outlier dominates its group
+    x[1, :gs] = 0.0  # an all-zero group
+    x[2] *= np.float32(1e-30)
+    x[3] *= np.float32(1e30)
+    x[4, gs : 2 * gs] = np.float32(1e-42)  # subnormals only
+    x[5, :gs] = np.arange(gs, dtype=np.float32) - 32  # small integers: exact digits
+    truth = exact(x, w, b)
+    for isa in ISAS:
+        with awqkit.use_isa(isa):
+            y = lin(x, kernel="digits")
+        assert np.all(np.isfinite(y))
+        assert np.all(np.abs(y - truth) <= _digits_bound(x, w, b, gs)), isa
+    with awqkit.use_isa("scalar"):
+        np.testing.assert_array_equal(lin(x, kernel="digits"), y)
+
+
+def test_digits_kernel_is_more_exact_than_float32_accumulation():
+    # Integer sums are exact: on Gaussian x the digits kernel's error is below the float GEMV's.
+    lin, w, _, b = make_layer(256, 1024, 128, bias=False, seed=2)
+    x = make_x(4, 1024, seed=9)
+    truth = exact(x, w, b)
+    err_digits = np.linalg.norm(lin(x, kernel="digits") - truth)
+    err_float = np.linalg.norm(lin(x, kernel="gemv") - truth)
+    assert err_digits < err_float
+
+
+def test_digits_nonfinite_group_poisons_its_row():
+    lin, _, _, _ = make_layer(32, 64, 32, bias=False)
+    for bad in (np.nan, np.inf, -np.inf):
+        x = make_x(3, 64)
+        x[2, 40] = bad
+        for isa in ISAS:
+            with awqkit.use_isa(isa):
+                y = lin(x, kernel="digits")
+            assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[:2])), (bad, isa)

@@ -71,7 +71,7 @@ def test_nan_propagates_to_its_row_only():
     x[1, 5] = np.nan
     for isa in awqkit.available_isas():
         with awqkit.use_isa(isa):
-            for kernel in ("gemv", "gemm"):
+            for kernel in ("gemv", "gemm", "digits"):
                 y = lin(x, kernel=kernel)
                 assert np.all(np.isnan(y[1])) and np.all(np.isfinite(y[[0, 2]]))
 

@@ -68,8 +68,11 @@ inline void require_array(const py::array& a, const char* name, py::ssize_t ndim
 
 template <typename T>
 void require_array(const py::array& a, const char* name, py::ssize_t ndim) {
-  const std::string label = py::str(py::dtype::of<T>());  // "float32", "int32", "uint8", ...
-  require_array(a, name, ndim, has_dtype<T>(a), label.c_str());
+  // The dtype's name ("float32", ...) only on failure: str() of a dtype costs microseconds,
+  // as much as a whole decode GEMV of a small layer.
+  if (!has_dtype<T>(a)) require_dtype(false, a, name, std::string(py::str(py::dtype::of<T>())).c_str());
+  require_ndim(a, name, ndim);
+  require_contiguous(a, name);
 }
 
 inline void require_nonempty(const py::array& a, const char* name) {

@@ -97,7 +97,7 @@ py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_
                 (bp == nullptr || !bytes_overlap(y.data(), ny, bp, N * int64_t{sizeof(float)})),
             "out must not share memory with x or bias");
   }
-  require(path >= 0 && path <= 2, "kernel path must be 0 (auto), 1 (gemv) or 2 (gemm)");
+  require(path >= 0 && path <= 3, "kernel path must be 0 (auto), 1 (gemv), 2 (gemm) or 3 (digits)");
   require(activation == 0 || activation == 1, "activation must be 0 (float) or 1 (int8)");
   const float* xp = static_cast<const float*>(x.data());
   float* yp = y.mutable_data();

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "common/cpu_features.h"
+#include "common/errors.h"
+#include "gemm/digits_kernels.h"
 #include "gemm/gemm_kernels.h"
 #include "gemm/int8_kernels.h"
 
@@ -25,14 +27,15 @@ AlignedBuffer aligned_floats(int64_t n) {
   return AlignedBuffer(p);
 }
 
-// GEMM scratch kept by each calling thread between calls: fresh pages on every prefill
-// call cost page faults, which the OpenMP threads then take concurrently (slow in a VM).
-float* gemm_scratch(int64_t n) {
+// Scratch kept by each calling thread between calls: fresh pages on every call cost page
+// faults, which the OpenMP threads then take concurrently (slow in a VM), and decode
+// calls are microseconds long.
+float* thread_scratch(int64_t floats) {
   thread_local AlignedBuffer buf;
   thread_local int64_t capacity = 0;
-  if (n > capacity) {
-    buf = aligned_floats(n);
-    capacity = n;
+  if (floats > capacity) {
+    buf = aligned_floats(floats);
+    capacity = floats;
   }
   return buf.get();
 }
@@ -72,6 +75,26 @@ void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const f
   }
 }
 
+void run_digits(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
+  const SplitDigitsFn split = simd ? avx512::split_digits : scalar::split_digits;
+  const GemvDigitsFn kernel = simd ? avx512::gemv_digits : scalar::gemv_digits;
+  const int64_t K = w.K, G = w.G, gs = w.group_size;
+  const int64_t digit_floats = (M * kDigits * K + 63) / 64 * 16;  // int8 digits, in floats, 64-byte multiple
+  float* scratch = thread_scratch(digit_floats + M * G * (1 + kDigits));
+  int8_t* digits = reinterpret_cast<int8_t*>(scratch);
+  float* step = scratch + digit_floats;
+  float* dsum = step + M * G;
+  const int64_t nb = w.blocks;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);
+    const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t b0 = nb * t / nt, b1 = nb * (t + 1) / nt;
+    if (b0 < b1) kernel(w, digits, step, dsum, M, bias, y, b0, b1);
+  }
+}
+
 void run_int8(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
   const QuantizeActFn quant = simd ? avx512::quantize_act : scalar::quantize_act;
   const GemmInt8Fn kernel = simd ? avx512::gemm_int8 : scalar::gemm_int8;
@@ -103,14 +126,23 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
     run_int8(w, x, M, bias, y, isa == Isa::avx512);
     return;
   }
-  bool use_gemm = isa == Isa::avx512 && (path == Path::gemm || (path == Path::automatic && M >= kGemmMinRows));
-  if (!use_gemm) {
+  const bool avx512 = isa == Isa::avx512;
+  if (path == Path::automatic)
+    path = avx512 && M >= kGemmMinRows                      ? Path::gemm
+           : avx512 && w.group_size <= kDigitsMaxGroup ? Path::digits
+                                                            : Path::gemv;
+  if (path == Path::digits) {
+    require(w.group_size <= kDigitsMaxGroup, "the digits kernel needs group_size <= 2^20");
+    run_digits(w, x, M, bias, y, avx512);
+    return;
+  }
+  if (path == Path::gemv || !avx512) {
     run_gemv(gemv_kernel(isa), w, x, M, bias, y);
     return;
   }
   const int64_t nt = omp_get_max_threads();
   const int64_t apack_floats = gemm_apack_floats(M) * nt;  // a multiple of 16: panels stay aligned
-  float* scratch = gemm_scratch(apack_floats + gemm_panel_floats() * nt);
+  float* scratch = thread_scratch(apack_floats + gemm_panel_floats() * nt);
   avx512::gemm(w, x, M, bias, y, scratch, scratch + apack_floats);
 }
 

@@ -6,7 +6,10 @@
 
 namespace awqkit::gemm {
 
-enum class Path : int { automatic = 0, gemv = 1, gemm = 2 };
+// automatic: M < kGemmMinRows -> digits on AVX-512 (gemv elsewhere), else gemm on AVX-512.
+// gemv: float FMA GEMV. gemm: dequantized panels + FMA micro-kernel (AVX-512; gemv elsewhere).
+// digits: GEMV with x split into three int8 digits (digits_kernels.h; scalar without AVX-512).
+enum class Path : int { automatic = 0, gemv = 1, gemm = 2, digits = 3 };
 // float: exact fp32 products of x and the dequantized weight. int8: x quantized per row
 // and weight group to int8, integer dot products (AVX-512 VNNI; scalar elsewhere).
 enum class Activation : int { f32 = 0, int8 = 1 };

@@ -6,27 +6,34 @@ the 16 fp16 scales and zeros, then the codes as 64-byte runs of 8 inputs x 16 ch
 (one dword per channel, nibble i = input i: the AWQ interleave undone). ``lin(x)`` then
 computes ``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
 
-* M < 16 (decode) runs a GEMV that streams the packed bytes once and turns nibbles into
-  floats in registers (vpermps through the table 0..15), one FMA per 16 weights and row;
-  OpenMP gives each thread a contiguous run of output blocks;
+* M < 16 (decode) on AVX-512 VNNI runs the "digits" GEMV: each row of x is split, per
+  weight group, into three int8 digits (24-bit block floating point: every input kept to
+  within absmax(group) * 2^-24, float32's precision relative to the group's largest
+  input), the 4-bit codes meet the digits in exact int32 ``vpdpbusd`` dot products, and a
+  fixed float epilogue applies zero point, scales and step. 3 + 6 vector ops per 128
+  weights instead of ~20 for nibble -> float + FMA, so the kernel outruns DRAM; its error
+  is below the float GEMV's (integer sums are exact). ``kernel="gemv"`` is the float GEMV
+  (vpermps nibble -> float, one FMA per 16 weights and row), used on AVX2 and scalar;
 * M >= 16 (prefill, AVX-512) dequantizes 256 x 32 tiles into an L1-resident fp32 panel
   (exactly ``dequantize()``'s values) and runs a 12 x 32 register-blocked FMA micro-kernel;
 * ``activation="int8"`` (opt-in) quantizes x per row and group to int8 and multiplies with
   the codes in integers (AVX-512 VNNI ``vpdpbusd``), about 3x faster for prefill at a
   relative error of ~6e-3 (benchmarks/README.md).
 
-Every output is computed by one thread in a fixed order, so results are identical for
-any thread count; in the GEMV path a row's result also does not depend on the other
+OpenMP gives each thread a contiguous run of 16-channel output blocks (the GEMM: of
+32-channel panels). Every output is computed by one thread in a fixed order, so results are identical for
+any thread count; in the decode kernels a row's result also does not depend on the other
 rows. The scalar path (``awqkit.use_isa("scalar")``) is the specification; the SIMD
 float paths agree with it within float32 rounding (the GEMV splits the zero point out of
-the inner loop, and both sum in another order). The int8 path is integer arithmetic plus
-a fixed float epilogue: every ISA returns the scalar reference's bits (without AVX-512 it
-runs that reference, slowly).
+the inner loop, and both sum in another order). The digits and int8 paths are integer
+arithmetic plus a fixed float epilogue: every ISA returns their scalar reference's bits
+(without AVX-512 VNNI, ``kernel="digits"`` and ``activation="int8"`` run that reference,
+slowly).
 
-NaN and Inf are not checked: they propagate as IEEE arithmetic does. A NaN in row m of
-x makes y[m, :] NaN (like numpy's ``x @ W.T``); an Inf gives Inf or NaN there (NaN
-wherever it meets a zero code in the GEMV). With int8 activations a NaN or Inf makes
-its whole row NaN.
+NaN and Inf are not checked: in the float paths they propagate as IEEE arithmetic does. A
+NaN in row m of x makes y[m, :] NaN (like numpy's ``x @ W.T``); an Inf gives Inf or NaN
+there (NaN wherever it meets a zero code in the GEMV). In the digits and int8 paths a NaN
+or Inf makes its whole row NaN.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from . import _core
 
 __all__ = ["PackedLinear", "gemm", "stream_read_bandwidth"]
 
-_PATHS = {"auto": 0, "gemv": 1, "gemm": 2}
+_PATHS = {"auto": 0, "gemv": 1, "gemm": 2, "digits": 3}
 _F32 = np.dtype(np.float32)
 _ACTIVATIONS = {"float": 0, "int8": 1}
 _ALIGN = 64
@@ -169,7 +176,8 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     A C-contiguous float32 ``x`` is used in place (no copy); float16 is converted to a
     float32 copy first. Non-contiguous ``x`` is refused (pass ``np.ascontiguousarray(x)``).
     Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given).
-    ``kernel`` forces ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"`` picks by M).
+    ``kernel`` forces ``"digits"``, ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"``
+    picks by M and ISA: digits below 16 rows, gemm from 16, on AVX-512; gemv elsewhere).
 
     ``activation="int8"`` (opt-in, for prefill): x is quantized per row and per weight
     group to int8 (symmetric, scale absmax/127) and multiplied with the 4-bit codes in

@@ -1,0 +1,54 @@
+// Decode GEMV with x held as three int8 digits per input (24-bit block floating point).
+//
+// Why: the float GEMV spends ~2.5 vector ops per 16 weights (nibble -> float permute,
+// shift, FMA). On a core with two 512-bit ports that unpacks about as fast as DRAM
+// delivers packed weights, so decode tops out near 0.75 of the streaming bandwidth.
+// vpdpbusd does 64 u8 x s8 multiply-adds per op: with the 4-bit codes as the u8 operand
+// and x split into int8 digits, 128 weights cost 3 unpack ops + 2 vpdpbusd per digit,
+// and 24-bit digits keep float32's precision.
+//
+// Splitting x (row m, weight group g of the packed layout):
+//   d   = max(absmax(x_g) / kDigitMax, FLT_MIN)       (NaN if the group holds NaN or Inf)
+//   q_k = clamp(nearbyint(x_k * (1 / d)), -kDigitMax, kDigitMax)      |q_k| < 2^23
+//   q_k = 65536 * b2 + 256 * b1 + b0                  balanced digits b_j in [-128, 127]
+// so each x_k is kept to within d / 2 = absmax * 6e-8: float32 precision relative to its
+// group's largest input, as in a float32 sum where that input dominates.
+// Product (exact integers, then a fixed float epilogue):
+//   A_j = sum_k code_k * b_jk (int32),  u_j = A_j - zero * sum_k b_jk (exact in float
+//   while group_size <= 8192), v = 65536 * u2 + 256 * u1 + u0,  y += v * (scale * d).
+// The scalar functions are the specification; AVX-512 VNNI matches them bit for bit.
+#pragma once
+#include <cstdint>
+
+#include "gemm/packed_layout.h"
+
+namespace awqkit::gemm {
+
+inline constexpr float kDigitMax = 8355711.0f;  // 127 * (65536 + 256 + 1): largest balanced 3-digit value
+inline constexpr int kDigits = 3;
+// int32 sums stay exact while 15 * 128 * group_size < 2^31.
+inline constexpr int64_t kDigitsMaxGroup = int64_t{1} << 20;
+
+// digits [M, 3, K] int8, each digit's K inputs in int8_run_offset order (even inputs of
+// each run of 8 first, as the packed dword's low nibbles hold them); step [M, G];
+// dsum [M, G, 3] = sum over the group of each digit, as float (exact).
+using SplitDigitsFn = void (*)(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits,
+                               float* step, float* dsum);
+// y rows [0, M), output blocks of 16 channels [b0, b1).
+using GemvDigitsFn = void (*)(const PackedView& w, const int8_t* digits, const float* step, const float* dsum,
+                              int64_t M, const float* bias, float* y, int64_t b0, int64_t b1);
+
+namespace scalar {
+void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
+                  float* dsum);
+void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+                 const float* bias, float* y, int64_t b0, int64_t b1);
+}  // namespace scalar
+namespace avx512 {
+void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
+                  float* dsum);
+void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+                 const float* bias, float* y, int64_t b0, int64_t b1);
+}  // namespace avx512
+
+}  // namespace awqkit::gemm
