@@ -52,7 +52,7 @@ def test_matches_numpy_and_scalar(layer, isa, kernel):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_one_and_two_threads_identical(isa, kernel):
     lin, _, _, _ = make_layer(200, 512, 64, bias=True, seed=3)
-    for m in (1, 5, 40):
+    for m in (1, 5, 40, 150):
         x = make_x(m, 512, seed=m)
         with awqkit.use_isa(isa):
             with awqkit.use_threads(1):
@@ -116,17 +116,39 @@ def test_int8_nan_group_poisons_its_row():
     assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[:2]))
 
 
+# The digits product on AMX-INT8 tiles (many rows) where this CPU has them, VNNI anyway.
+AMX_MODES = [False] + ([True] if awqkit._isa.amx_int8_supported() else [])
+
+
 @pytest.mark.parametrize("isa", ISAS)
-def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(layer, isa):
+@pytest.mark.parametrize("amx", AMX_MODES, ids=lambda a: "amx" if a else "no-amx")
+def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(layer, isa, amx):
     # x split into three int8 digits per group, integer dot products, a fixed float
-    # epilogue: every ISA returns the scalar reference's bits, for any rows per pass.
+    # epilogue: every engine (scalar, VNNI rows of 1-4, AMX tiles of 16 rows with a ragged
+    # last tile) returns the scalar reference's bits.
     lin, _, _, _ = layer
-    for m in (1, 2, 3, 4, 5, 9, 15):
+    for m in (1, 2, 3, 4, 5, 6, 9, 15, 16, 17, 40, 129):
         x = make_x(m, lin.in_features, seed=m)
         with awqkit.use_isa("scalar"):
             y_ref = lin(x, kernel="digits")
-        with awqkit.use_isa(isa):
-            np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref)
+        with awqkit.use_isa(isa), awqkit.use_amx(amx):
+            np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref, err_msg=f"M={m}")
+
+
+@pytest.mark.skipif(not awqkit._isa.amx_int8_supported(), reason="this CPU/OS has no AMX-INT8 (VNNI is tested everywhere)")
+def test_amx_runs_the_automatic_prefill_path():
+    lin, w, _, b = make_layer(296, 1152, 128, bias=True, seed=7)
+    x = make_x(37, 1152)
+    assert awqkit._isa.amx_int8_active()
+    with awqkit.use_isa("scalar"):
+        y_ref = lin(x, kernel="digits")
+    np.testing.assert_array_equal(lin(x), y_ref)  # auto = digits on AMX for M >= 16
+    with awqkit.use_amx(False):
+        assert not awqkit._isa.amx_int8_active()
+        y_float = lin(x)  # auto = float GEMM without AMX
+    assert np.all(np.abs(y_float - exact(x, w, b)) <= error_bound(x, w, b))
+    with awqkit.use_isa("avx2"):
+        assert not awqkit._isa.amx_int8_active()  # AMX belongs to the avx512 level
 
 
 def _digits_bound(x, w, b, gs):
@@ -173,10 +195,12 @@ def test_digits_kernel_is_more_exact_than_float32_accumulation():
 
 def test_digits_nonfinite_group_poisons_its_row():
     lin, _, _, _ = make_layer(32, 64, 32, bias=False)
-    for bad in (np.nan, np.inf, -np.inf):
-        x = make_x(3, 64)
-        x[2, 40] = bad
-        for isa in ISAS:
-            with awqkit.use_isa(isa):
-                y = lin(x, kernel="digits")
-            assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[:2])), (bad, isa)
+    for m in (3, 20):  # VNNI rows, AMX tiles
+        for bad in (np.nan, np.inf, -np.inf):
+            x = make_x(m, 64)
+            x[2, 40] = bad
+            for isa in ISAS:
+                with awqkit.use_isa(isa):
+                    y = lin(x, kernel="digits")
+                others = np.delete(y, 2, axis=0)
+                assert np.all(np.isnan(y[2])) and np.all(np.isfinite(others)), (m, bad, isa)

@@ -1,11 +1,18 @@
 #include <omp.h>
 
 #include "bindings/bind_common.h"
+#include "common/amx.h"
 #include "common/cpu_features.h"
 
 namespace awqkit::bind {
 
 void register_isa(py::module_& m) {
+  m.def("amx_supported", &amx_supported);
+  m.def("amx_int8_supported", &amx_int8_supported);
+  m.def("amx_enabled", &amx_enabled);
+  m.def("amx_active", &amx_active);
+  m.def("amx_int8_active", &amx_int8_active);
+  m.def("set_amx", &set_amx_enabled, py::arg("on"));
   m.def("detected_isa", [] { return std::string(isa_name(detected_isa())); });
   m.def("active_isa", [] { return std::string(isa_name(active_isa())); });
   m.def("set_isa", [](const std::string& name) { set_isa(parse_isa(name)); }, py::arg("name"));

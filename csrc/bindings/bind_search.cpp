@@ -242,10 +242,6 @@ void register_search(py::module_& m) {
         }
         return a;
       });
-  m.def("amx_supported", &amx_supported);
-  m.def("amx_enabled", &amx_enabled);
-  m.def("amx_active", &amx_active);
-  m.def("set_amx", &set_amx_enabled, py::arg("on"));
   m.def("search_scale", &search_scale_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("saliency"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
         py::arg("fp16_scale"), py::arg("n_grid"), py::arg("duo"), py::arg("plain"), py::arg("identity"));

@@ -49,6 +49,17 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8
                   float* dsum);
 void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
                  const float* bias, float* y, int64_t b0, int64_t b1);
+// The same product on AMX-INT8 tiles (many rows): tdpbsud multiplies 16 rows x 64 digits
+// by 64 inputs x 16 channels of codes (16384 products per instruction). digits must hold
+// amx_rows(M) rows, the ones past M zero (tiles load 16 rows at a time). scratch:
+// amx_scratch_bytes(group_size) bytes for this thread. Only after amx_int8_active().
+void gemm_digits_amx(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+                     const float* bias, float* y, int64_t b0, int64_t b1, uint8_t* scratch);
 }  // namespace avx512
+
+inline constexpr int64_t kAmxTileRows = 16;
+static inline int64_t amx_rows(int64_t M) { return (M + kAmxTileRows - 1) / kAmxTileRows * kAmxTileRows; }
+// Unpacked codes of one block-group (group_size x 16 bytes) + three 16 x 16 int32 tiles.
+static inline int64_t amx_scratch_bytes(int64_t group_size) { return group_size * 16 + 3 * 1024; }
 
 }  // namespace awqkit::gemm

@@ -3,9 +3,11 @@
 #include <omp.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <vector>
 
+#include "common/amx.h"
 #include "common/cpu_features.h"
 #include "common/errors.h"
 #include "gemm/digits_kernels.h"
@@ -77,21 +79,39 @@ void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const f
 
 void run_digits(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
   const SplitDigitsFn split = simd ? avx512::split_digits : scalar::split_digits;
-  const GemvDigitsFn kernel = simd ? avx512::gemv_digits : scalar::gemv_digits;
+  const bool amx = simd && M >= kAmxMinRows && amx_int8_active();
   const int64_t K = w.K, G = w.G, gs = w.group_size;
-  const int64_t digit_floats = (M * kDigits * K + 63) / 64 * 16;  // int8 digits, in floats, 64-byte multiple
-  float* scratch = thread_scratch(digit_floats + M * G * (1 + kDigits));
+  // AMX tiles read 16 rows at a time: its digit buffer has zero rows up to a multiple of 16.
+  const int64_t rows = amx ? amx_rows(M) : M;
+  const int64_t digit_floats = (rows * kDigits * K + 63) / 64 * 16;  // int8 digits, in floats, 64-byte multiple
+  const int64_t amx_floats = amx ? (amx_scratch_bytes(gs) + 63) / 64 * 16 : 0;
+  const int64_t nt_max = omp_get_max_threads();
+  float* scratch = thread_scratch(digit_floats + M * G * (1 + kDigits) + amx_floats * nt_max);
   int8_t* digits = reinterpret_cast<int8_t*>(scratch);
   float* step = scratch + digit_floats;
   float* dsum = step + M * G;
+  float* amx_scratch = dsum + M * G * kDigits;
   const int64_t nb = w.blocks;
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);
+    for (int64_t m = 0; m < rows; ++m) {
+      if (m < M)
+        split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);
+      else
+        std::memset(digits + m * kDigits * K, 0, static_cast<size_t>(kDigits * K));
+    }
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t b0 = nb * t / nt, b1 = nb * (t + 1) / nt;
-    if (b0 < b1) kernel(w, digits, step, dsum, M, bias, y, b0, b1);
+    if (b0 < b1) {
+      if (amx)
+        avx512::gemm_digits_amx(w, digits, step, dsum, M, bias, y, b0, b1,
+                                reinterpret_cast<uint8_t*>(amx_scratch + t * amx_floats));
+      else if (simd)
+        avx512::gemv_digits(w, digits, step, dsum, M, bias, y, b0, b1);
+      else
+        scalar::gemv_digits(w, digits, step, dsum, M, bias, y, b0, b1);
+    }
   }
 }
 
@@ -127,10 +147,10 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
     return;
   }
   const bool avx512 = isa == Isa::avx512;
-  if (path == Path::automatic)
-    path = avx512 && M >= kGemmMinRows                      ? Path::gemm
-           : avx512 && w.group_size <= kDigitsMaxGroup ? Path::digits
-                                                            : Path::gemv;
+  if (path == Path::automatic) {
+    const bool digits = avx512 && w.group_size <= kDigitsMaxGroup && (M < kGemmMinRows || amx_int8_active());
+    path = digits ? Path::digits : avx512 && M >= kGemmMinRows ? Path::gemm : Path::gemv;
+  }
   if (path == Path::digits) {
     require(w.group_size <= kDigitsMaxGroup, "the digits kernel needs group_size <= 2^20");
     run_digits(w, x, M, bias, y, avx512);

@@ -6,9 +6,11 @@
 
 namespace awqkit::gemm {
 
-// automatic: M < kGemmMinRows -> digits on AVX-512 (gemv elsewhere), else gemm on AVX-512.
+// automatic: on AVX-512, digits for M < kGemmMinRows and, from there, digits where AMX-INT8
+// is active, else gemm; gemv without AVX-512.
 // gemv: float FMA GEMV. gemm: dequantized panels + FMA micro-kernel (AVX-512; gemv elsewhere).
-// digits: GEMV with x split into three int8 digits (digits_kernels.h; scalar without AVX-512).
+// digits: x split into three int8 digits (digits_kernels.h): VNNI GEMV, AMX-INT8 tiles from
+// kAmxMinRows rows, the scalar reference without AVX-512.
 enum class Path : int { automatic = 0, gemv = 1, gemm = 2, digits = 3 };
 // float: exact fp32 products of x and the dequantized weight. int8: x quantized per row
 // and weight group to int8, integer dot products (AVX-512 VNNI; scalar elsewhere).
@@ -16,6 +18,9 @@ enum class Activation : int { f32 = 0, int8 = 1 };
 
 // M at which the automatic choice moves from the GEMV kernel to the panel GEMM.
 inline constexpr int64_t kGemmMinRows = 16;
+// M from which the digits product runs on AMX-INT8 tiles where the CPU has them (below,
+// VNNI is faster: the tiles' fixed cost per block and group is paid whatever M).
+inline constexpr int64_t kAmxMinRows = 6;
 
 // y [M, N] = x [M, K] @ dequantize(W).T (+ bias [N]); all row-major and contiguous.
 // Deterministic: every output is computed by one thread in a fixed order.

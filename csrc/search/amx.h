@@ -7,16 +7,13 @@
 // so losses agree with float32 to ~1e-6 relative (tests hold it to 1e-4 vs the reference).
 // Used only for the scale search (clip decisions stay on the float32 tiles). It runs when
 // the active ISA is avx512, the CPU has AMX-BF16 and the OS grants tile state; AWQKIT_AMX=0
-// or set_amx_enabled(false) turns it off.
+// or set_amx_enabled(false) turns it off (common/amx.h).
 #pragma once
 #include <cstdint>
 
-namespace awqkit {
+#include "common/amx.h"
 
-bool amx_supported();            // CPU has AMX-TILE + AMX-BF16 and the OS granted tile data
-bool amx_active();               // supported, enabled and the active ISA is avx512
-void set_amx_enabled(bool on);   // throws if on and unsupported
-bool amx_enabled();
+namespace awqkit {
 
 inline constexpr int64_t kAmxRows = 32;  // rows of E per AMX block (two 16-row tiles)
 

@@ -4,7 +4,7 @@ The numpy API (quantizer, packing, search, kernels) needs only numpy; the model
 pipeline (``awqkit.quantize_model`` and friends) needs the ``[torch]`` extra.
 """
 
-from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa, use_isa, use_threads
+from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa, use_amx, use_isa, use_threads
 from .config import AWQConfig
 from .folding import fold_scale_into_linear_outputs, fold_scale_into_norm, scale_linear_inputs
 from .footprint import estimate_footprint
@@ -60,6 +60,7 @@ __all__ = [
     "search_scale",
     "set_isa",
     "unpack_awq",
+    "use_amx",
     "use_isa",
     "use_threads",
 ]

@@ -1,8 +1,11 @@
-"""Which SIMD path the native kernels use, and how many threads.
+"""Which SIMD path the native kernels use, whether they use AMX, and how many threads.
 
 The best instruction set the CPU supports is chosen when awqkit is imported; the
 ``AWQKIT_ISA`` environment variable (``scalar``, ``avx2`` or ``avx512``) caps it.
 :func:`use_isa` lowers it for a block of code, which is how the tests run every path.
+Intel AMX tiles (Sapphire Rapids and later) serve two kernels at the avx512 level: the
+scale-search loss (AMX-BF16) and the prefill product (AMX-INT8); ``AWQKIT_AMX=0`` or
+:func:`use_amx` turns both off.
 """
 
 from __future__ import annotations
@@ -12,7 +15,20 @@ from typing import Iterator
 
 from . import _core
 
-__all__ = ["active_isa", "available_isas", "detected_isa", "set_isa", "use_isa", "num_threads", "use_threads"]
+__all__ = [
+    "active_isa",
+    "amx_active",
+    "amx_int8_active",
+    "amx_int8_supported",
+    "amx_supported",
+    "available_isas",
+    "detected_isa",
+    "num_threads",
+    "set_isa",
+    "use_amx",
+    "use_isa",
+    "use_threads",
+]
 
 
 def detected_isa() -> str:
@@ -60,3 +76,40 @@ def use_threads(n: int) -> Iterator[None]:
         yield
     finally:
         _core.set_num_threads(previous)
+
+
+def amx_supported() -> bool:
+    """Whether this CPU/OS can run AMX-BF16 (the scale-search loss)."""
+    return _core.amx_supported()
+
+
+def amx_int8_supported() -> bool:
+    """Whether this CPU/OS can run AMX-INT8 (the prefill product of the fused INT4 kernel)."""
+    return _core.amx_int8_supported()
+
+
+def amx_active() -> bool:
+    """Whether the scale search uses AMX-BF16 now (supported, enabled, active ISA avx512)."""
+    return _core.amx_active()
+
+
+def amx_int8_active() -> bool:
+    """Whether the fused INT4 product uses AMX-INT8 tiles now (supported, enabled, avx512)."""
+    return _core.amx_int8_active()
+
+
+@contextlib.contextmanager
+def use_amx(on: bool) -> Iterator[None]:
+    """Turn every AMX path on or off for a block (``AWQKIT_AMX=0`` turns them off globally).
+
+    The search's AMX-BF16 loss splits every float into two bf16 halves (16 significant
+    bits, losses within ~1e-6 of float32); the INT4 product's AMX-INT8 tiles give the
+    same bits as the VNNI and scalar digits kernels. ``ValueError`` if ``on`` and the
+    CPU/OS has no AMX.
+    """
+    previous = _core.amx_enabled()
+    _core.set_amx(bool(on))
+    try:
+        yield
+    finally:
+        _core.set_amx(previous)

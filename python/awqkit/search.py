@@ -9,13 +9,12 @@ the tests hold this to.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
 from . import _core
+from ._isa import amx_active, amx_supported, use_amx  # re-exported: the search's AMX-BF16 loss
 from ._checks import as_weight, check_bits, check_int, check_scale_dtype, resolve_group_size
 from .saliency import compute_saliency
 from .stats import ActivationStats, as_activations
@@ -31,31 +30,6 @@ __all__ = [
     "search_scale",
     "use_amx",
 ]
-
-
-def amx_supported() -> bool:
-    """Whether this CPU/OS can run the AMX-BF16 path of the scale-search loss."""
-    return _core.amx_supported()
-
-
-def amx_active() -> bool:
-    """Whether the scale search uses AMX now (supported, enabled, active ISA avx512)."""
-    return _core.amx_active()
-
-
-@contextlib.contextmanager
-def use_amx(on: bool) -> Iterator[None]:
-    """Turn the AMX-BF16 loss path on or off for a block (``AWQKIT_AMX=0`` turns it off globally).
-
-    The AMX path splits every float into two bf16 halves (16 significant bits) and is ~3x
-    faster; its losses agree with the float32 path to ~1e-6 relative.
-    """
-    previous = _core.amx_enabled()
-    _core.set_amx(bool(on))
-    try:
-        yield
-    finally:
-        _core.set_amx(previous)
 
 
 @dataclass(frozen=True)

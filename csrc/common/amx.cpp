@@ -1,4 +1,4 @@
-#include "search/amx.h"
+#include "common/amx.h"
 
 #include <cpuid.h>
 #include <sys/syscall.h>
@@ -14,17 +14,26 @@
 namespace awqkit {
 namespace {
 
-bool probe_amx() {
+// CPUID.(7,0):EDX bit 24 AMX-TILE, 22 AMX-BF16, 25 AMX-INT8.
+unsigned amx_cpuid_edx() {
   unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  const bool tile = (d >> 24) & 1u, bf16 = (d >> 22) & 1u;
-  if (!tile || !bf16 || detected_isa() != Isa::avx512) return false;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+  return d;
+}
+
+bool probe_tiles() {
+  if (!((amx_cpuid_edx() >> 24) & 1u) || detected_isa() != Isa::avx512) return false;
 #if defined(__linux__) && defined(SYS_arch_prctl)
   // Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
   return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #else
   return false;
 #endif
+}
+
+bool tiles_granted() {
+  static const bool ok = probe_tiles();
+  return ok;
 }
 
 std::atomic<bool>& enabled_flag() {
@@ -38,17 +47,24 @@ std::atomic<bool>& enabled_flag() {
 }  // namespace
 
 bool amx_supported() {
-  static const bool ok = probe_amx();
+  static const bool ok = ((amx_cpuid_edx() >> 22) & 1u) && tiles_granted();
+  return ok;
+}
+
+bool amx_int8_supported() {
+  static const bool ok = ((amx_cpuid_edx() >> 25) & 1u) && tiles_granted();
   return ok;
 }
 
 bool amx_enabled() { return enabled_flag().load(std::memory_order_relaxed); }
 
 void set_amx_enabled(bool on) {
-  require(!on || amx_supported(), "AMX-BF16 is not available on this CPU/OS");
+  require(!on || amx_supported() || amx_int8_supported(), "AMX is not available on this CPU/OS");
   enabled_flag().store(on, std::memory_order_relaxed);
 }
 
 bool amx_active() { return amx_enabled() && amx_supported() && active_isa() == Isa::avx512; }
+
+bool amx_int8_active() { return amx_enabled() && amx_int8_supported() && active_isa() == Isa::avx512; }
 
 }  // namespace awqkit

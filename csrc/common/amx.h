@@ -1,0 +1,18 @@
+// Intel AMX (Sapphire Rapids and later): detection and the one switch for every AMX path.
+//
+// Two kernels use the tiles: the scale-search loss (AMX-BF16, search/amx.h) and the
+// prefill GEMM of the digits algorithm (AMX-INT8, gemm/digits_kernels.h). Both run only
+// when the active ISA is avx512, the CPU has the instructions and the OS granted the
+// tile state; AWQKIT_AMX=0 or set_amx_enabled(false) turns both off.
+#pragma once
+
+namespace awqkit {
+
+bool amx_supported();       // AMX-TILE + AMX-BF16 and the OS granted tile data
+bool amx_int8_supported();  // AMX-TILE + AMX-INT8 and the OS granted tile data
+bool amx_active();          // BF16 supported, enabled and the active ISA is avx512
+bool amx_int8_active();     // INT8 supported, enabled and the active ISA is avx512
+void set_amx_enabled(bool on);  // throws if on and the CPU/OS has no AMX at all
+bool amx_enabled();
+
+}  // namespace awqkit
