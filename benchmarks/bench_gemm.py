@@ -14,6 +14,9 @@ measured in the same run: a native AVX-512 streaming-read probe over a 1 GiB buf
   480 MB). GB/s counts the bytes the kernel must read (packed codes, scales, zeros).
 * prefill (M = 64, 512): warm weights, GFLOP/s = 2*M*N*K / time; "out=" writes into a
   preallocated output (no fresh pages per call, which a model's forward can arrange).
+  "awqkit" is the automatic path (the digits product: VNNI GEMV below 6 rows, AMX-INT8
+  tiles from there where the CPU has them); "float GEMV" / "float GEMM" are the FMA
+  kernels (``kernel="gemv"`` / ``"gemm"``) that run where AMX / VNNI are missing.
 Medians over repetitions; ratios are computed within one run.
 """
 
@@ -134,10 +137,12 @@ def worker(threads: int, quick: bool) -> dict:
             o = np.empty((m, n), np.float32)
             row["awq_out_s"] = median_time(lambda: lin(x, out=o), **reps)
             row["int8_s"] = median_time(lambda: lin(x, activation="int8"), **reps)
+            row["float_gemm_s"] = median_time(lambda: lin(x, kernel="gemm"), **reps)
             if m == PREFILL_MS[-1] and threads == 1:  # accuracy does not depend on threads
                 truth = x.astype(np.float64) @ wdq.astype(np.float64).T
                 norm = np.linalg.norm(truth)
-                row["err_float"] = float(np.linalg.norm(lin(x) - truth) / norm)
+                row["err_auto"] = float(np.linalg.norm(lin(x) - truth) / norm)
+                row["err_gemm"] = float(np.linalg.norm(lin(x, kernel="gemm") - truth) / norm)
                 row["err_int8"] = float(np.linalg.norm(lin(x, activation="int8") - truth) / norm)
                 row["err_numpy"] = float(np.linalg.norm(x @ wdq.T - truth) / norm)
             row["numpy_s"] = median_time(lambda: x @ wdq.T, **reps)
@@ -177,9 +182,9 @@ def fmt_table(results: list[dict]) -> str:
     lines.append("\nPrefill (warm weights), GFLOP/s = 2*M*N*K / time:\n")
     lines.append(
         "| N x K | M | thr | awqkit | awqkit out= | numpy fp32 | torch fp32 | x numpy | x torch | / FMA peak "
-        "| awqkit int8 | int8 x numpy |"
+        "| float GEMM | float GEMM x numpy | awqkit int8 | int8 x numpy |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for row in r["rows"]:
             if row["M"] not in PREFILL_MS:
@@ -190,17 +195,19 @@ def fmt_table(results: list[dict]) -> str:
             lines.append(
                 f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {a:.0f} | {fl / row['awq_out_s']:.0f} | "
                 f"{nps:.0f} | {tg:.0f} | "
-                f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['int8_s']:.0f} | "
+                f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['float_gemm_s']:.0f} | "
+                f"{row['numpy_s'] / row['float_gemm_s']:.2f} | {fl / row['int8_s']:.0f} | "
                 f"{row['numpy_s'] / row['int8_s']:.2f} |"
             )
     lines.append("\nAccuracy (x ~ N(0, 1)), relative Frobenius error against float64 x @ W_deq.T:\n")
-    lines.append("| N x K | group | M | numpy fp32 | awqkit (auto) | awqkit float GEMV | awqkit int8 |")
+    lines.append("| N x K | group | M | numpy fp32 | awqkit (auto) | awqkit float GEMV / GEMM | awqkit int8 |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for row in r["rows"]:
             if "err_numpy" in row:
-                auto = row.get("err_auto", row.get("err_float"))
-                gemv = f"{row['err_gemv']:.1e}" if "err_gemv" in row else "-"
+                auto = row["err_auto"]
+                flt = row.get("err_gemv", row.get("err_gemm"))
+                gemv = f"{flt:.1e}" if flt is not None else "-"
                 int8 = f"{row['err_int8']:.1e}" if "err_int8" in row else "-"
                 lines.append(
                     f"| {row['N']}x{row['K']} | {row['gs']} | {row['M']} | {row['err_numpy']:.1e} | {auto:.1e} | "

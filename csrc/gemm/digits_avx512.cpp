@@ -36,7 +36,7 @@ inline __m512i low_digit(__m512i v) {
 }
 
 template <int R>
-inline void block_rows(const PackedView& w, const int8_t* digits, const float* step, const float* dsum,
+inline void block_rows(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum,
                        const float* bias, float* y, int64_t b) {
   const int64_t K = w.K, N = w.N, G = w.G, gs = w.group_size;
   // One row has only 3 digit sums: split even and odd inputs into separate accumulators
@@ -70,13 +70,13 @@ inline void block_rows(const PackedView& w, const int8_t* digits, const float* s
         }
     }
     const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr)));
-    const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr + 32)));
+    const __m512i z = _mm512_cvttps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr + 32))));
     for (int r = 0; r < R; ++r) {
-      const float* ds = dsum + (r * G + g) * kDigits;
+      const int32_t* ds = dsum + (r * G + g) * kDigits;
       __m512 u[kDigits];
       for (int i = 0; i < kDigits; ++i) {
         const __m512i a = S == 2 ? _mm512_add_epi32(acc[r][i][0], acc[r][i][S - 1]) : acc[r][i][0];
-        u[i] = _mm512_fnmadd_ps(z, _mm512_set1_ps(ds[i]), _mm512_cvtepi32_ps(a));
+        u[i] = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, _mm512_mullo_epi32(z, _mm512_set1_epi32(ds[i]))));
       }
       const __m512 v = _mm512_fmadd_ps(u[2], _mm512_set1_ps(65536.0f),
                                        _mm512_fmadd_ps(u[1], _mm512_set1_ps(256.0f), u[0]));
@@ -92,12 +92,12 @@ inline void block_rows(const PackedView& w, const int8_t* digits, const float* s
   }
 }
 
-using BlockFn = void (*)(const PackedView&, const int8_t*, const float*, const float*, const float*, float*, int64_t);
+using BlockFn = void (*)(const PackedView&, const int8_t*, const float*, const int32_t*, const float*, float*, int64_t);
 constexpr BlockFn kBlockRows[kMaxRows + 1] = {nullptr, block_rows<1>, block_rows<2>, block_rows<3>, block_rows<4>};
 
 }  // namespace
 
-void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digits, float* step, float* dsum) {
+void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digits, float* step, int32_t* dsum) {
   const int64_t G = K / gs;
   // Within each 8 inputs: even ones first, then odd ones (int8_run_offset).
   const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
@@ -141,7 +141,7 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
     }
 }
 
-void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum, int64_t M,
                  const float* bias, float* y, int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G;
   for (int64_t b = b0; b < b1; ++b)

@@ -14,8 +14,9 @@
 // so each x_k is kept to within d / 2 = absmax * 6e-8: float32 precision relative to its
 // group's largest input, as in a float32 sum where that input dominates.
 // Product (exact integers, then a fixed float epilogue):
-//   A_j = sum_k code_k * b_jk (int32),  u_j = A_j - zero * sum_k b_jk (exact in float
-//   while group_size <= 8192), v = 65536 * u2 + 256 * u1 + u0,  y += v * (scale * d).
+//   u_j = sum_k (code_k - zero) * b_jk   (int32, exact; VNNI forms it as
+//         sum_k code_k * b_jk - zero * dsum_j, AMX multiplies signed code - zero)
+//   v = 65536 * float(u2) + 256 * float(u1) + float(u0),  y += v * (scale * d)   (fma order).
 // The scalar functions are the specification; AVX-512 VNNI matches them bit for bit.
 #pragma once
 #include <cstdint>
@@ -31,30 +32,35 @@ inline constexpr int64_t kDigitsMaxGroup = int64_t{1} << 20;
 
 // digits [M, 3, K] int8, each digit's K inputs in int8_run_offset order (even inputs of
 // each run of 8 first, as the packed dword's low nibbles hold them); step [M, G];
-// dsum [M, G, 3] = sum over the group of each digit, as float (exact).
+// dsum [M, G, 3] = sum over the group of each digit.
 using SplitDigitsFn = void (*)(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits,
-                               float* step, float* dsum);
-// y rows [0, M), output blocks of 16 channels [b0, b1).
-using GemvDigitsFn = void (*)(const PackedView& w, const int8_t* digits, const float* step, const float* dsum,
+                               float* step, int32_t* dsum);
+// y rows [0, M), output blocks of 16 channels [b0, b1). dsum serves kernels that multiply
+// unsigned codes and subtract zero * dsum; the scalar reference multiplies code - zero.
+using GemvDigitsFn = void (*)(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum,
                               int64_t M, const float* bias, float* y, int64_t b0, int64_t b1);
 
 namespace scalar {
 void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
-                  float* dsum);
-void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+                  int32_t* dsum);
+void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum, int64_t M,
                  const float* bias, float* y, int64_t b0, int64_t b1);
 }  // namespace scalar
 namespace avx512 {
 void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
-                  float* dsum);
-void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+                  int32_t* dsum);
+void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum, int64_t M,
                  const float* bias, float* y, int64_t b0, int64_t b1);
 // The same product on AMX-INT8 tiles (many rows): tdpbsud multiplies 16 rows x 64 digits
-// by 64 inputs x 16 channels of codes (16384 products per instruction). digits must hold
-// amx_rows(M) rows, the ones past M zero (tiles load 16 rows at a time). scratch:
-// amx_scratch_bytes(group_size) bytes for this thread. Only after amx_int8_active().
-void gemm_digits_amx(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
-                     const float* bias, float* y, int64_t b0, int64_t b1, uint8_t* scratch);
+// by 64 inputs x 16 channels of codes (16384 products per instruction). digits here are in
+// tile order (digits_to_amx_tiles) for amx_rows(M) rows. scratch: amx_scratch_bytes(group_size)
+// bytes for this thread. Only after amx_int8_active().
+void gemm_digits_amx(const PackedView& w, const int8_t* digits, const float* step, int64_t M, const float* bias,
+                     float* y, int64_t b0, int64_t b1, uint8_t* scratch);
+// Up to 16 rows of split digits ([rows, 3, K], n_rows valid, the rest written as zeros)
+// -> one row tile in tile order: per group, digit and tile depth kc (64, 32, 16 or 8 dividing
+// the group) a contiguous 16 x kc block, so each A tile is one 16 * kc byte load.
+void digits_to_amx_tiles(const int8_t* rows, int64_t n_rows, int64_t K, int64_t group_size, int8_t* tiles);
 }  // namespace avx512
 
 inline constexpr int64_t kAmxTileRows = 16;

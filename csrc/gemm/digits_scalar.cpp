@@ -8,7 +8,7 @@
 
 namespace awqkit::gemm::scalar {
 
-void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digits, float* step, float* dsum) {
+void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digits, float* step, int32_t* dsum) {
   const int64_t G = K / gs;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
@@ -40,11 +40,11 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
         }
       }
       step[m * G + g] = bad ? NAN : d;
-      for (int i = 0; i < kDigits; ++i) dsum[(m * G + g) * kDigits + i] = static_cast<float>(sums[i]);
+      for (int i = 0; i < kDigits; ++i) dsum[(m * G + g) * kDigits + i] = sums[i];
     }
 }
 
-void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const float* dsum, int64_t M,
+void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* /*dsum*/, int64_t M,
                  const float* bias, float* y, int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G, gs = w.group_size;
   for (int64_t b = b0; b < b1; ++b)
@@ -55,14 +55,15 @@ void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, c
         for (int64_t g = 0; g < G; ++g) {
           const uint8_t* hdr = block_group(w, b, g);
           const float s = half_to_float(reinterpret_cast<const uint16_t*>(hdr)[c]);
-          const float z = half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]);
+          const int32_t z = static_cast<int32_t>(half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]));
           float u[kDigits];
           for (int i = 0; i < kDigits; ++i) {
             const int8_t* xd = digits + (m * kDigits + i) * K + g * gs;
             int32_t dot = 0;
             for (int64_t j = 0; j < gs; ++j)
-              dot += static_cast<int32_t>(packed_code(hdr + kGroupHeader, j, c)) * xd[(j / 8) * 8 + int8_run_offset(j % 8)];
-            u[i] = std::fma(-z, dsum[(m * G + g) * kDigits + i], static_cast<float>(dot));
+              dot += (static_cast<int32_t>(packed_code(hdr + kGroupHeader, j, c)) - z) *
+                     xd[(j / 8) * 8 + int8_run_offset(j % 8)];
+            u[i] = static_cast<float>(dot);
           }
           const float v = std::fma(u[2], 65536.0f, std::fma(u[1], 256.0f, u[0]));
           acc = std::fma(v, s * step[m * G + g], acc);

@@ -81,32 +81,42 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
   const SplitDigitsFn split = simd ? avx512::split_digits : scalar::split_digits;
   const bool amx = simd && M >= kAmxMinRows && amx_int8_active();
   const int64_t K = w.K, G = w.G, gs = w.group_size;
-  // AMX tiles read 16 rows at a time: its digit buffer has zero rows up to a multiple of 16.
-  const int64_t rows = amx ? amx_rows(M) : M;
-  const int64_t digit_floats = (rows * kDigits * K + 63) / 64 * 16;  // int8 digits, in floats, 64-byte multiple
-  const int64_t amx_floats = amx ? (amx_scratch_bytes(gs) + 63) / 64 * 16 : 0;
   const int64_t nt_max = omp_get_max_threads();
-  float* scratch = thread_scratch(digit_floats + M * G * (1 + kDigits) + amx_floats * nt_max);
+  // AMX tiles read 16 rows at a time: its digits are in tile order, zero rows up to a
+  // multiple of 16, staged per thread one row tile at a time.
+  const int64_t rows = amx ? amx_rows(M) : M;
+  const auto floats = [](int64_t bytes) { return (bytes + 63) / 64 * 16; };  // 64-byte multiples
+  const int64_t digit_floats = floats(rows * kDigits * K);
+  const int64_t stage_floats = amx ? floats(kAmxTileRows * kDigits * K) : 0;
+  const int64_t amx_floats = amx ? floats(amx_scratch_bytes(gs)) : 0;
+  float* scratch = thread_scratch(digit_floats + M * G * (1 + kDigits) + (stage_floats + amx_floats) * nt_max);
   int8_t* digits = reinterpret_cast<int8_t*>(scratch);
   float* step = scratch + digit_floats;
-  float* dsum = step + M * G;
-  float* amx_scratch = dsum + M * G * kDigits;
+  int32_t* dsum = reinterpret_cast<int32_t*>(step + M * G);
+  float* per_thread = reinterpret_cast<float*>(dsum + M * G * kDigits);
   const int64_t nb = w.blocks;
 #pragma omp parallel
   {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < rows; ++m) {
-      if (m < M)
-        split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);
-      else
-        std::memset(digits + m * kDigits * K, 0, static_cast<size_t>(kDigits * K));
-    }
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+    float* mine = per_thread + t * (stage_floats + amx_floats);
+    if (amx) {
+      int8_t* stage = reinterpret_cast<int8_t*>(mine);
+#pragma omp for schedule(static)
+      for (int64_t rt = 0; rt < rows / kAmxTileRows; ++rt) {
+        const int64_t m0 = rt * kAmxTileRows, n = M - m0 < kAmxTileRows ? M - m0 : kAmxTileRows;
+        split(x + m0 * K, n, K, gs, stage, step + m0 * G, dsum + m0 * G * kDigits);
+        avx512::digits_to_amx_tiles(stage, n, K, gs, digits + m0 * kDigits * K);
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m)
+        split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);
+    }
     const int64_t b0 = nb * t / nt, b1 = nb * (t + 1) / nt;
     if (b0 < b1) {
       if (amx)
-        avx512::gemm_digits_amx(w, digits, step, dsum, M, bias, y, b0, b1,
-                                reinterpret_cast<uint8_t*>(amx_scratch + t * amx_floats));
+        avx512::gemm_digits_amx(w, digits, step, M, bias, y, b0, b1,
+                                reinterpret_cast<uint8_t*>(mine + stage_floats));
       else if (simd)
         avx512::gemv_digits(w, digits, step, dsum, M, bias, y, b0, b1);
       else
