@@ -131,7 +131,7 @@ def worker(threads: int, quick: bool) -> dict:
         for m in PREFILL_MS:
             x = rng.standard_normal((m, k), dtype=np.float32)
             big = 2.0 * m * n * k > 2e10
-            reps = dict(min_reps=2 if big else 3, max_reps=5, budget_s=0.5)
+            reps = dict(min_reps=2 if big else 3, max_reps=5 if big else 25, budget_s=0.5)
             row = {"N": n, "K": k, "gs": gs, "M": m, "packed_bytes": lin.nbytes}
             row["awq_s"] = median_time(lambda: lin(x), **reps)
             o = np.empty((m, n), np.float32)

@@ -6,7 +6,7 @@ the 16 fp16 scales and zeros, then the codes as 64-byte runs of 8 inputs x 16 ch
 (one dword per channel, nibble i = input i: the AWQ interleave undone). ``lin(x)`` then
 computes ``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
 
-* M < 16 (decode) on AVX-512 VNNI runs the "digits" GEMV: each row of x is split, per
+* on AVX-512 VNNI, M < 16 (decode) runs the "digits" GEMV: each row of x is split, per
   weight group, into three int8 digits (24-bit block floating point: every input kept to
   within absmax(group) * 2^-24, float32's precision relative to the group's largest
   input), the 4-bit codes meet the digits in exact int32 ``vpdpbusd`` dot products, and a
@@ -14,16 +14,20 @@ computes ``x @ dequantize(W).T + bias`` without materialising the dequantized we
   weights instead of ~20 for nibble -> float + FMA, so the kernel outruns DRAM; its error
   is below the float GEMV's (integer sums are exact). ``kernel="gemv"`` is the float GEMV
   (vpermps nibble -> float, one FMA per 16 weights and row), used on AVX2 and scalar;
-* M >= 16 (prefill, AVX-512) dequantizes 256 x 32 tiles into an L1-resident fp32 panel
-  (exactly ``dequantize()``'s values) and runs a 12 x 32 register-blocked FMA micro-kernel;
-* ``activation="int8"`` (opt-in) quantizes x per row and group to int8 and multiplies with
-  the codes in integers (AVX-512 VNNI ``vpdpbusd``), about 3x faster for prefill at a
-  relative error of ~6e-3 (benchmarks/README.md).
+* from 6 rows (prefill) the same digits product runs on AMX-INT8 tiles where the CPU has
+  them (``tdpbssd``: 16 rows x 64 digits times 64 inputs x 16 channels of code - zero per
+  instruction), with the same bits; ``awqkit.use_amx(False)`` / ``AWQKIT_AMX=0`` turns it off;
+* without AMX, M >= 16 on AVX-512 runs the float GEMM (``kernel="gemm"``): 256 x 32 tiles
+  dequantized into an L1-resident fp32 panel (exactly ``dequantize()``'s values) and a
+  12 x 32 register-blocked FMA micro-kernel;
+* ``activation="int8"`` (opt-in) quantizes x per row and group to a single int8 and
+  multiplies with the codes in integers (AVX-512 VNNI ``vpdpbusd``) at a relative error
+  of ~6e-3 (benchmarks/README.md).
 
 OpenMP gives each thread a contiguous run of 16-channel output blocks (the GEMM: of
 32-channel panels). Every output is computed by one thread in a fixed order, so results are identical for
-any thread count; in the decode kernels a row's result also does not depend on the other
-rows. The scalar path (``awqkit.use_isa("scalar")``) is the specification; the SIMD
+any thread count; in the GEMV and digits kernels a row's result also does not depend on
+the other rows. The scalar path (``awqkit.use_isa("scalar")``) is the specification; the SIMD
 float paths agree with it within float32 rounding (the GEMV splits the zero point out of
 the inner loop, and both sum in another order). The digits and int8 paths are integer
 arithmetic plus a fixed float epilogue: every ISA returns their scalar reference's bits
@@ -177,7 +181,8 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     float32 copy first. Non-contiguous ``x`` is refused (pass ``np.ascontiguousarray(x)``).
     Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given).
     ``kernel`` forces ``"digits"``, ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"``
-    picks by M and ISA: digits below 16 rows, gemm from 16, on AVX-512; gemv elsewhere).
+    picks by M and ISA: on AVX-512 digits below 16 rows and, where AMX-INT8 is active, from 16
+    too, else gemm; gemv elsewhere).
 
     ``activation="int8"`` (opt-in, for prefill): x is quantized per row and per weight
     group to int8 (symmetric, scale absmax/127) and multiplied with the 4-bit codes in
