@@ -118,31 +118,64 @@ def test_int8_nan_group_poisons_its_row():
 
 # The digits product on AMX-INT8 tiles (many rows) where this CPU has them, VNNI anyway.
 AMX_MODES = [False] + ([True] if awqkit._isa.amx_int8_supported() else [])
+HAS_AVX512 = "avx512" in ISAS
+# Beyond SHAPES: tile depths 32 / 8 (group 96, 24, 8), groups larger than the two resident
+# code tiles (96, 1024 = per-channel), group sizes with a masked half vector in the split (24, 40).
+DIGIT_SHAPES = SHAPES + [(40, 288, 96), (24, 240, 24), (16, 80, 8), (24, 200, 40), (16, 1024, 1024)]
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.skipif(not HAS_AVX512, reason="the digits kernels have SIMD engines on AVX-512 only")
+@pytest.mark.parametrize("shape", DIGIT_SHAPES, ids=lambda s: f"N{s[0]}-K{s[1]}-gs{s[2]}")
 @pytest.mark.parametrize("amx", AMX_MODES, ids=lambda a: "amx" if a else "no-amx")
-def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(layer, isa, amx):
+def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(shape, amx):
     # x split into three int8 digits per group, integer dot products, a fixed float
-    # epilogue: every engine (scalar, VNNI rows of 1-4, AMX tiles of 16 rows with a ragged
-    # last tile) returns the scalar reference's bits.
-    lin, _, _, _ = layer
+    # epilogue: every engine (VNNI rows of 1-4, AMX tiles of 16 rows with a ragged last
+    # tile) returns the scalar reference's bits. (On scalar/avx2 the reference runs itself.)
+    n, k, gs = shape
+    lin, _, _, _ = make_layer(n, k, gs, bias=(n % 16 == 8), seed=n + k)
     for m in (1, 2, 3, 4, 5, 6, 9, 15, 16, 17, 40, 129):
-        x = make_x(m, lin.in_features, seed=m)
+        x = make_x(m, k, seed=m)
         with awqkit.use_isa("scalar"):
             y_ref = lin(x, kernel="digits")
-        with awqkit.use_isa(isa), awqkit.use_amx(amx):
+        with awqkit.use_amx(amx):
             np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref, err_msg=f"M={m}")
+
+
+@pytest.mark.skipif(not HAS_AVX512, reason="the digits kernels have SIMD engines on AVX-512 only")
+@pytest.mark.parametrize("amx", AMX_MODES, ids=lambda a: "amx" if a else "no-amx")
+def test_digits_kernel_many_blocks_one_thread(amx):
+    # One thread walks all 37 blocks: more than one 32-block chunk of the AMX loop.
+    lin, _, _, _ = make_layer(592, 256, 64, bias=True, seed=4)
+    x = make_x(20, 256, seed=3)
+    with awqkit.use_isa("scalar"):
+        y_ref = lin(x, kernel="digits")
+    with awqkit.use_amx(amx), awqkit.use_threads(1):
+        np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref)
+
+
+@pytest.mark.skipif(not HAS_AVX512, reason="the digits kernels have SIMD engines on AVX-512 only")
+def test_digits_kernel_exact_for_a_huge_group():
+    # group_size 2^18: x = 6291583 * 2^-23 has the digits (96, 0, 127) at step 2^-23, so the
+    # lowest digit's group sum 127 * (2^18 - 1) is odd and above 2^24, not a float; the
+    # VNNI zero-point term must use it as an integer to match the reference.
+    k = 1 << 18
+    lin, _, _, _ = make_layer(16, k, k, bias=False, seed=1)
+    x = np.full((1, k), np.float32(6291583 * 2.0**-23), np.float32)
+    x[0, 7] = 0.0
+    with awqkit.use_isa("scalar"):
+        y_ref = lin(x, kernel="digits")
+    np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref)
 
 
 @pytest.mark.skipif(not awqkit._isa.amx_int8_supported(), reason="this CPU/OS has no AMX-INT8 (VNNI is tested everywhere)")
 def test_amx_runs_the_automatic_prefill_path():
     lin, w, _, b = make_layer(296, 1152, 128, bias=True, seed=7)
     x = make_x(37, 1152)
-    assert awqkit._isa.amx_int8_active()
     with awqkit.use_isa("scalar"):
         y_ref = lin(x, kernel="digits")
-    np.testing.assert_array_equal(lin(x), y_ref)  # auto = digits on AMX for M >= 16
+    with awqkit.use_amx(True):  # on even where AWQKIT_AMX=0 is set
+        assert awqkit._isa.amx_int8_active()
+        np.testing.assert_array_equal(lin(x), y_ref)  # auto = digits on AMX for M >= 16
     with awqkit.use_amx(False):
         assert not awqkit._isa.amx_int8_active()
         y_float = lin(x)  # auto = float GEMM without AMX
@@ -152,11 +185,13 @@ def test_amx_runs_the_automatic_prefill_path():
 
 
 def _digits_bound(x, w, b, gs):
-    """Float32 dot-product bound plus the digits' own rounding: each input is kept to
-    within absmax(its group) * 2^-24 (1 + 2^-23), times |W|."""
+    """Float32 dot-product bound plus the digits' own rounding: each input is kept to within
+    d / 2 of its group, d the smallest power of two >= absmax / 8355711 (at least 2^-126)."""
     k = x.shape[1]
-    amax = np.abs(x.astype(np.float64)).reshape(x.shape[0], k // gs, gs).max(axis=2)
-    per_input = np.repeat(amax, gs, axis=1) * 2.0**-24 * (1 + 2.0**-23)
+    amax = np.abs(x).reshape(x.shape[0], k // gs, gs).max(axis=2)
+    t = np.maximum(amax / np.float32(8355711.0), np.float32(2.0**-126)).astype(np.float64)
+    d = 2.0 ** np.ceil(np.log2(t))
+    per_input = np.repeat(d / 2, gs, axis=1)
     return error_bound(x, w, b) + per_input @ np.abs(w.astype(np.float64)).T
 
 
@@ -174,11 +209,13 @@ def test_digits_kernel_on_adversarial_inputs():
     x[4, gs : 2 * gs] = np.float32(1e-42)  # subnormals only
     x[5, :gs] = np.arange(gs, dtype=np.float32) - 32  # small integers: exact digits
     truth = exact(x, w, b)
+    bound = _digits_bound(x, w, b, gs)
     for isa in ISAS:
         with awqkit.use_isa(isa):
             y = lin(x, kernel="digits")
         assert np.all(np.isfinite(y))
-        assert np.all(np.abs(y - truth) <= _digits_bound(x, w, b, gs)), isa
+        assert np.all(np.abs(y - truth) <= bound), isa
+
     with awqkit.use_isa("scalar"):
         np.testing.assert_array_equal(lin(x, kernel="digits"), y)
 

@@ -114,14 +114,13 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
         bad |= _mm512_mask_cmp_ps_mask(mk, a, fmax, _CMP_NLE_UQ);
         amax = _mm512_max_ps(amax, a);
       }
-      float d = _mm512_reduce_max_ps(amax) / kDigitMax;
-      if (d < FLT_MIN) d = FLT_MIN;
+      const float d = digit_step(_mm512_reduce_max_ps(amax));
       const __m512 inv = _mm512_set1_ps(1.0f / d);
       __m512i sums[kDigits] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
       for (int64_t j = 0; j < gs; j += 16) {
         const __mmask16 mk = lane_mask(gs - j);
         __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, p + j), inv),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                                        _MM_FROUND_CUR_DIRECTION);  // as nearbyint
         t = _mm512_min_ps(_mm512_max_ps(t, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
         __m512i q = bad ? _mm512_setzero_si512() : _mm512_maskz_mov_epi32(mk, _mm512_cvttps_epi32(t));
         __m512i b[kDigits];
@@ -137,7 +136,7 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
       }
       step[m * G + g] = bad ? NAN : d;
       for (int i = 0; i < kDigits; ++i)
-        dsum[(m * G + g) * kDigits + i] = static_cast<float>(_mm512_reduce_add_epi32(sums[i]));
+        dsum[(m * G + g) * kDigits + i] = _mm512_reduce_add_epi32(sums[i]);
     }
 }
 

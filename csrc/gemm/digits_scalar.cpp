@@ -20,9 +20,8 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
         bad |= !(a <= FLT_MAX);
         amax = a > amax ? a : amax;
       }
-      float d = amax / kDigitMax;
-      if (d < FLT_MIN) d = FLT_MIN;  // 1 / d stays finite; all-zero groups get zero digits
-      const float inv = 1.0f / d;
+      const float d = digit_step(amax);
+      const float inv = 1.0f / d;  // exact: d is a power of two
       int32_t sums[kDigits] = {0, 0, 0};
       for (int64_t j = 0; j < gs; ++j) {
         float t = std::nearbyint(p[j] * inv);

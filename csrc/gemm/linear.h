@@ -6,8 +6,8 @@
 
 namespace awqkit::gemm {
 
-// automatic: on AVX-512, digits for M < kGemmMinRows and, from there, digits where AMX-INT8
-// is active, else gemm; gemv without AVX-512.
+// automatic: on AVX-512 with group_size <= kDigitsMaxGroup, digits for M < kGemmMinRows and,
+// from there, digits where AMX-INT8 is active, else gemm; gemv without AVX-512.
 // gemv: float FMA GEMV. gemm: dequantized panels + FMA micro-kernel (AVX-512; gemv elsewhere).
 // digits: x split into three int8 digits (digits_kernels.h): VNNI GEMV, AMX-INT8 tiles from
 // kAmxMinRows rows, the scalar reference without AVX-512.

@@ -7,17 +7,20 @@ the 16 fp16 scales and zeros, then the codes as 64-byte runs of 8 inputs x 16 ch
 computes ``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
 
 * on AVX-512 VNNI, M < 16 (decode) runs the "digits" GEMV: each row of x is split, per
-  weight group, into three int8 digits (24-bit block floating point: every input kept to
-  within absmax(group) * 2^-24, float32's precision relative to the group's largest
-  input), the 4-bit codes meet the digits in exact int32 ``vpdpbusd`` dot products, and a
-  fixed float epilogue applies zero point, scales and step. 3 + 6 vector ops per 128
-  weights instead of ~20 for nibble -> float + FMA, so the kernel outruns DRAM; its error
-  is below the float GEMV's (integer sums are exact). ``kernel="gemv"`` is the float GEMV
-  (vpermps nibble -> float, one FMA per 16 weights and row), used on AVX2 and scalar;
-* from 6 rows (prefill) the same digits product runs on AMX-INT8 tiles where the CPU has
-  them (``tdpbssd``: 16 rows x 64 digits times 64 inputs x 16 channels of code - zero per
-  instruction), with the same bits; ``awqkit.use_amx(False)`` / ``AWQKIT_AMX=0`` turns it off;
-* without AMX, M >= 16 on AVX-512 runs the float GEMM (``kernel="gemm"``): 256 x 32 tiles
+  weight group, into three int8 digits (24-bit block floating point with a power-of-two
+  step: every input kept to within absmax(group) * 2^-23, float32's precision relative to
+  the group's largest input; groups below ~1e-31 get the step 2^-126), the 4-bit codes meet
+  the digits in exact int32 ``vpdpbusd`` dot products, the zero point is removed in int32,
+  and a fixed float epilogue applies scales and step. 3 + 6 vector ops per 128 weights
+  instead of ~20 for nibble -> float + FMA, so the kernel outruns DRAM; on Gaussian x its
+  error is below the float GEMV's and numpy's (integer sums are exact). ``kernel="gemv"``
+  is the float GEMV (vpermps nibble -> float, one FMA per 16 weights and row), used on AVX2
+  and scalar;
+* where the CPU has AMX-INT8, from 6 rows (prefill) the same digits product runs on tiles
+  (``tdpbssd``: 16 rows x 64 digits times 64 inputs x 16 channels of code - zero per
+  instruction, 32/16/8 inputs for group sizes that are not multiples of 64), with the same
+  bits; ``awqkit.use_amx(False)`` / ``AWQKIT_AMX=0`` turns it off;
+* without AMX (or for group sizes above 2^20), M >= 16 on AVX-512 runs the float GEMM (``kernel="gemm"``): 256 x 32 tiles
   dequantized into an L1-resident fp32 panel (exactly ``dequantize()``'s values) and a
   12 x 32 register-blocked FMA micro-kernel;
 * ``activation="int8"`` (opt-in) quantizes x per row and group to a single int8 and
