@@ -5,8 +5,16 @@
 // when the active ISA is avx512, the CPU has the instructions and the OS granted the
 // tile state; AWQKIT_AMX=0 or set_amx_enabled(false) turns both off.
 #pragma once
+#include <cstdint>
 
 namespace awqkit {
+
+// The 64-byte operand of ldtilecfg (palette 1: up to 8 tiles of rows x colsb bytes).
+struct __attribute__((packed)) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
 
 bool amx_supported();       // AMX-TILE + AMX-BF16 and the OS granted tile data
 bool amx_int8_supported();  // AMX-TILE + AMX-INT8 and the OS granted tile data

@@ -13,7 +13,9 @@
 #include <cstring>
 #include <initializer_list>
 
+#include "common/amx.h"
 #include "gemm/digits_kernels.h"
+#include "gemm/avx512_helpers.h"
 
 namespace awqkit::gemm::avx512 {
 namespace {
@@ -23,11 +25,6 @@ namespace {
 constexpr int64_t kRowTilesPerChunk = 8;  // 128 rows: digits per group 48 KB at group 128
 constexpr int64_t kBlocksPerChunk = 32;   // 512 channels: y of a row chunk 256 KB
 
-struct __attribute__((packed)) TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
 
 // Tiles: 0-2 C (int32 16 x 16, one per digit), 3, 5, 6 A (16 rows x kc digit bytes, one
 // per digit so that loads overlap the products), 4 and 7 B (kc / 4 rows x 64 code bytes:
@@ -72,9 +69,19 @@ inline void unpack_codes(const uint8_t* hdr, int64_t gs, uint8_t* bbuf) {
   }
 }
 
-inline __mmask16 lane_mask(int64_t n) {
-  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
-}
+
+// C_i += A_i * B for the three digits i: A_i = the 16 x kc digit tile at a + i * dstride, B
+// the code tile already in tile register BT. A macro: GCC's tile intrinsics paste the tile
+// numbers into the instruction text, so they must be literal tokens.
+#define AWQKIT_DIGIT_PRODUCTS(a, dstride, kc, BT) \
+  do {                                            \
+    _tile_loadd(3, (a), (kc));                    \
+    _tile_loadd(5, (a) + (dstride), (kc));        \
+    _tile_loadd(6, (a) + 2 * (dstride), (kc));    \
+    _tile_dpbssd(0, 3, BT);                       \
+    _tile_dpbssd(1, 5, BT);                       \
+    _tile_dpbssd(2, 6, BT);                       \
+  } while (0)
 
 }  // namespace
 
@@ -123,29 +130,12 @@ AWQKIT_AMX_INT8_TARGET void gemm_digits_amx(const PackedView& w, const int8_t* d
             _tile_zero(1);
             _tile_zero(2);
             if (b_resident) {  // one or two tiles of codes, loaded once per block-group
-              _tile_loadd(3, a, kc);
-              _tile_loadd(5, a + dstride, kc);
-              _tile_loadd(6, a + 2 * dstride, kc);
-              _tile_dpbssd(0, 3, 4);
-              _tile_dpbssd(1, 5, 4);
-              _tile_dpbssd(2, 6, 4);
-              if (gs == 2 * kc) {
-                _tile_loadd(3, a + kc * 16, kc);
-                _tile_loadd(5, a + dstride + kc * 16, kc);
-                _tile_loadd(6, a + 2 * dstride + kc * 16, kc);
-                _tile_dpbssd(0, 3, 7);
-                _tile_dpbssd(1, 5, 7);
-                _tile_dpbssd(2, 6, 7);
-              }
+              AWQKIT_DIGIT_PRODUCTS(a, dstride, kc, 4);
+              if (gs == 2 * kc) AWQKIT_DIGIT_PRODUCTS(a + kc * 16, dstride, kc, 7);
             } else {
               for (int64_t k0 = 0; k0 < gs; k0 += kc) {
                 _tile_loadd(4, bbuf + k0 * 16, 64);
-                _tile_loadd(3, a + k0 * 16, kc);
-                _tile_loadd(5, a + dstride + k0 * 16, kc);
-                _tile_loadd(6, a + 2 * dstride + k0 * 16, kc);
-                _tile_dpbssd(0, 3, 4);
-                _tile_dpbssd(1, 5, 4);
-                _tile_dpbssd(2, 6, 4);
+                AWQKIT_DIGIT_PRODUCTS(a + k0 * 16, dstride, kc, 4);
               }
             }
             _tile_stored(0, cbuf, 64);

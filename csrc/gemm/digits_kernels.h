@@ -51,11 +51,8 @@ static inline float digit_step(float absmax) {
 // dsum [M, G, 3] = sum over the group of each digit.
 using SplitDigitsFn = void (*)(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits,
                                float* step, int32_t* dsum);
-// y rows [0, M), output blocks of 16 channels [b0, b1). dsum serves kernels that multiply
+// gemv_digits: y rows [0, M), output blocks of 16 channels [b0, b1). dsum serves kernels that multiply
 // unsigned codes and subtract zero * dsum; the scalar reference multiplies code - zero.
-using GemvDigitsFn = void (*)(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum,
-                              int64_t M, const float* bias, float* y, int64_t b0, int64_t b1);
-
 namespace scalar {
 void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
                   int32_t* dsum);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/half.h"
+#include "gemm/act_groups.h"
 #include "gemm/digits_kernels.h"
 #include "gemm/int8_kernels.h"
 
@@ -13,13 +14,8 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       const float* p = x + m * K + g * gs;
-      float amax = 0.0f;
-      bool bad = false;
-      for (int64_t j = 0; j < gs; ++j) {
-        const float a = std::fabs(p[j]);
-        bad |= !(a <= FLT_MAX);
-        amax = a > amax ? a : amax;
-      }
+      bool bad;
+      const float amax = group_absmax(p, gs, &bad);
       const float d = digit_step(amax);
       const float inv = 1.0f / d;  // exact: d is a power of two
       int32_t sums[kDigits] = {0, 0, 0};

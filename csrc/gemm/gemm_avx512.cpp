@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include "gemm/gemm_kernels.h"
+#include "gemm/avx512_helpers.h"
 
 namespace awqkit::gemm::avx512 {
 namespace {
@@ -85,9 +86,6 @@ using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t, _
 constexpr MicroFn kMicro[MR + 1] = {nullptr,    micro<1>, micro<2>, micro<3>,  micro<4>,  micro<5>, micro<6>,
                                     micro<7>,   micro<8>, micro<9>, micro<10>, micro<11>, micro<12>};
 
-inline __mmask16 lane_mask(int64_t n) {
-  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
-}
 
 }  // namespace
 

@@ -8,15 +8,13 @@
 #include <cmath>
 
 #include "gemm/int8_kernels.h"
+#include "gemm/avx512_helpers.h"
 
 namespace awqkit::gemm::avx512 {
 namespace {
 
 constexpr int MR = 8;
 
-inline __mmask16 lane_mask(int64_t n) {
-  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
-}
 
 inline int32_t load_i32(const int8_t* p) {
   int32_t v;
@@ -89,19 +87,11 @@ void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, 
   const int64_t G = K / gs;
   // Within each 8 inputs: even ones first, then odd ones (see int8_kernels.h).
   const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       const float* p = x + m * K + g * gs;
-      __m512 amax = _mm512_setzero_ps();
-      __mmask16 bad = 0;
-      for (int64_t j = 0; j < gs; j += 16) {
-        const __mmask16 mk = lane_mask(gs - j);
-        const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, p + j));
-        bad |= _mm512_mask_cmp_ps_mask(mk, a, fmax, _CMP_NLE_UQ);
-        amax = _mm512_max_ps(amax, a);
-      }
-      const float am = _mm512_reduce_max_ps(amax);
+      bool bad;
+      const float am = group_absmax(p, gs, &bad);
       const float s = bad ? NAN : am > 0.0f ? am / 127.0f : 1.0f;
       const __m512 sv = _mm512_set1_ps(s);
       __m512i sum = _mm512_setzero_si512();

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/half.h"
+#include "gemm/act_groups.h"
 #include "gemm/int8_kernels.h"
 
 namespace awqkit::gemm::scalar {
@@ -12,13 +13,8 @@ void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, 
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       const float* p = x + m * K + g * gs;
-      float amax = 0.0f;
-      bool bad = false;
-      for (int64_t j = 0; j < gs; ++j) {
-        const float a = std::fabs(p[j]);
-        bad |= !(a <= FLT_MAX);
-        amax = a > amax ? a : amax;
-      }
+      bool bad;
+      const float amax = group_absmax(p, gs, &bad);
       const float s = bad ? NAN : amax > 0.0f ? amax / 127.0f : 1.0f;
       int32_t sum = 0;
       int8_t* q = xq + m * K + g * gs;

@@ -12,11 +12,6 @@ namespace {
 
 #define AWQKIT_AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
 
-struct __attribute__((packed)) TileConfig {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
 
 static inline uint16_t bf16_rne(float f) {
   uint32_t u;

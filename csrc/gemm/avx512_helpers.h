@@ -1,0 +1,31 @@
+// AVX-512 helpers of the gemm kernels. Include only from *_avx512.cpp files (they are the
+// ones compiled with AVX-512 flags); static inline, so no ISA-flagged copy can be shared.
+#pragma once
+#include <immintrin.h>
+
+#include <cfloat>
+#include <cstdint>
+
+namespace awqkit::gemm::avx512 {
+
+// The first n of 16 lanes (none for n <= 0, all for n >= 16).
+static inline __mmask16 lane_mask(int64_t n) {
+  return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// group_absmax (act_groups.h) 16 lanes at a time: the same value and the same *bad.
+static inline float group_absmax(const float* p, int64_t n, bool* bad) {
+  const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+  __m512 amax = _mm512_setzero_ps();
+  __mmask16 nonfinite = 0;
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 mk = lane_mask(n - j);
+    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, p + j));
+    nonfinite |= _mm512_mask_cmp_ps_mask(mk, a, fmax, _CMP_NLE_UQ);
+    amax = _mm512_max_ps(amax, a);
+  }
+  *bad = nonfinite != 0;
+  return _mm512_reduce_max_ps(amax);
+}
+
+}  // namespace awqkit::gemm::avx512
