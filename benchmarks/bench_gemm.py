@@ -89,6 +89,11 @@ def worker(threads: int, quick: bool) -> dict:
     del buf
     iters = 2_000_000
     out["fma_gflops"] = _core.probe_fma_peak(iters) / median_time(lambda: _core.probe_fma_peak(iters), 3, 5, 1.0) / 1e9
+    # Fixed cost of one call (Python, pybind11, OpenMP fork/join): a 64x64 layer, M = 1, warm.
+    tiny = awqkit.pack_awq(awqkit.quantize(rng.standard_normal((64, 64), dtype=np.float32), bits=4, group_size=64))
+    tiny_lin = awqkit.PackedLinear.from_awq(tiny["qweight"], tiny["qzeros"], tiny["scales"], 64)
+    x_tiny = rng.standard_normal((1, 64), dtype=np.float32)
+    out["call_us"] = median_time(lambda: [tiny_lin(x_tiny) for _ in range(1000)], 3, 7, 1.0) / 1000 * 1e6
 
     shapes = SHAPES[:4] if quick else SHAPES
     rotate = ROTATE_BYTES // 4 if quick else ROTATE_BYTES
@@ -157,10 +162,11 @@ def worker(threads: int, quick: bool) -> dict:
 def fmt_table(results: list[dict]) -> str:
     lines = []
     lines.append("Machine limits (native probes, same run):\n")
-    lines.append("| threads | ISA | stream-read GB/s (1 GiB) | fp32 FMA peak GFLOP/s |")
-    lines.append("|---:|---|---:|---:|")
+    lines.append("| threads | ISA | stream-read GB/s (1 GiB) | fp32 FMA peak GFLOP/s | call overhead us (64x64, M=1) |")
+    lines.append("|---:|---|---:|---:|---:|")
     for r in results:
-        lines.append(f"| {r['threads']} | {r['isa']} | {r['probe_gbs']:.1f} | {r['fma_gflops']:.0f} |")
+        call = f"{r['call_us']:.1f}" if "call_us" in r else "-"
+        lines.append(f"| {r['threads']} | {r['isa']} | {r['probe_gbs']:.1f} | {r['fma_gflops']:.0f} | {call} |")
     lines.append("\nDecode (weights streamed from DRAM: rotation over >= 1 GiB of copies):\n")
     lines.append(
         "| N x K | M | thr | awqkit us | GB/s packed | / probe | numpy us | torch us | x numpy | x torch "

@@ -248,7 +248,9 @@ def main() -> int:
     for m in args.models.split(","):
         models[m] = data_dir() / "stories260K-hf" if m == "stories260K" else prepare_smollm2(args.smollm2_wheel, args.work)
     sections = args.sections.split(",")
-    results = {"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}
+    # Each run records its own arguments: "args" for the quality run, "<sections>_args" else.
+    args_key = "args" if "quality" in sections else f"{args.sections.replace(',', '_')}_args"
+    results = {args_key: {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}
     if os.path.isfile(args.out):
         results = {**json.load(open(args.out)), **results}
     def save():

@@ -13,7 +13,7 @@ computes ``x @ dequantize(W).T + bias`` without materialising the dequantized we
   the digits in exact int32 ``vpdpbusd`` dot products, the zero point is removed in int32,
   and a fixed float epilogue applies scales and step. 3 + 6 vector ops per 128 weights
   instead of ~20 for nibble -> float + FMA, so the kernel outruns DRAM; on Gaussian x its
-  error is below the float GEMV's and at or below numpy's (integer sums are exact). ``kernel="gemv"``
+  error is below the float GEMV's and about numpy's (integer sums are exact). ``kernel="gemv"``
   is the float GEMV (vpermps nibble -> float, one FMA per 16 weights and row), used on AVX2
   and scalar;
 * where the CPU has AMX-INT8, from 6 rows (prefill) the same digits product runs on tiles
