@@ -12,6 +12,10 @@ measured in the same run: a native AVX-512 streaming-read probe over a 1 GiB buf
   stream >= 1 GiB (awqkit packed bytes; numpy/torch fp32 bytes), so weights come from
   DRAM as in a real decode step over all layers (the L3 here is reported as up to
   480 MB). GB/s counts the bytes the kernel must read (packed codes, scales, zeros).
+  The copies sit back to back in call order, as ``load_quantized`` places a model's
+  layers (``awqkit.contiguous_layers``; numpy/torch: one [copies, N, K] array);
+  "scattered" times copies allocated one by one, "native loop" the same calls made from
+  C++ (no Python between layers, as ggml's C graph runs them).
 * prefill (M = 64, 512): warm weights, GFLOP/s = 2*M*N*K / time; "out=" writes into a
   preallocated output (no fresh pages per call, which a model's forward can arrange).
   "awqkit" is the automatic path (the digits product: VNNI GEMV below 6 rows, AMX-INT8
@@ -107,17 +111,25 @@ def worker(threads: int, quick: bool) -> dict:
         del w, qt
         wt = torch.from_numpy(wdq) if torch is not None else None
 
-        # Decode: rotate through copies so the weights stream from DRAM.
-        lins = [lin] + [
-            awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(math.ceil(rotate / lin.nbytes) - 1)
-        ]
-        ws = [wdq] + [wdq.copy() for _ in range(math.ceil(rotate / wdq.nbytes) - 1)]
+        # Decode: rotate through copies so the weights stream from DRAM. As load_quantized
+        # places a model's layers, the copies sit back to back in call order (one arena);
+        # "scattered" repeats the run on copies allocated one by one.
+        copies = math.ceil(rotate / lin.nbytes)
+        lins = [lin] + [awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(copies - 1)]
+        scattered = [awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(copies)]
+        awqkit.contiguous_layers(lins)
+        ws = list(np.broadcast_to(wdq, (math.ceil(rotate / wdq.nbytes),) + wdq.shape).copy())  # one array, in order
         for m in DECODE_MS:
             x = rng.standard_normal((m, k), dtype=np.float32)
             t_awq = rotation_time([(lambda l=l: l(x)) for l in lins])
+            t_scattered = rotation_time([(lambda l=l: l(x)) for l in scattered])
+            # The same calls from a C++ loop: the kernel without Python between layers.
+            t_native = _core.probe_decode_rotation([l._layer for l in lins], x, 5)
             t_gemv = rotation_time([(lambda l=l: l(x, kernel="gemv")) for l in lins])
             t_np = rotation_time([(lambda v=v: x @ v.T) for v in ws])
-            row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "gemv_s": t_gemv, "numpy_s": t_np}
+            row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "scattered_s": t_scattered, "native_s": t_native,
+                   "gemv_s": t_gemv,
+                   "numpy_s": t_np}
             row["packed_bytes"] = lin.nbytes
             if threads == 1:  # accuracy does not depend on threads
                 truth = x.astype(np.float64) @ wdq.astype(np.float64).T
@@ -131,7 +143,7 @@ def worker(threads: int, quick: bool) -> dict:
                 with torch.inference_mode():
                     row["torch_s"] = rotation_time([(lambda v=v: F.linear(xt, v)) for v in wts])
             out["rows"].append(row)
-        del lins, ws
+        del lins, scattered, ws
 
         for m in PREFILL_MS:
             x = rng.standard_normal((m, k), dtype=np.float32)
@@ -167,21 +179,27 @@ def fmt_table(results: list[dict]) -> str:
     for r in results:
         call = f"{r['call_us']:.1f}" if "call_us" in r else "-"
         lines.append(f"| {r['threads']} | {r['isa']} | {r['probe_gbs']:.1f} | {r['fma_gflops']:.0f} | {call} |")
-    lines.append("\nDecode (weights streamed from DRAM: rotation over >= 1 GiB of copies):\n")
+    lines.append("\nDecode (weights streamed from DRAM: rotation over >= 1 GiB of copies, back to back in call order;"
+                 " 'scattered': copies allocated one by one):\n")
     lines.append(
-        "| N x K | M | thr | awqkit us | GB/s packed | / probe | numpy us | torch us | x numpy | x torch "
-        "| float GEMV us | float GEMV / probe |"
+        "| N x K | M | thr | awqkit us | GB/s packed | / probe | scattered / probe | native loop / probe | numpy us "
+        "| torch us | x numpy "
+        "| x torch | float GEMV us | float GEMV / probe |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for row in r["rows"]:
             if row["M"] not in DECODE_MS:
                 continue
             gbs = row["packed_bytes"] / row["awq_s"] / 1e9
             ts = row.get("torch_s")
+            scat, native = (
+                f"{row['packed_bytes'] / row[key] / 1e9 / r['probe_gbs']:.2f}" if key in row else "-"
+                for key in ("scattered_s", "native_s")
+            )
             lines.append(
                 f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {row['awq_s'] * 1e6:.1f} | {gbs:.1f} | "
-                f"{gbs / r['probe_gbs']:.2f} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
+                f"{gbs / r['probe_gbs']:.2f} | {scat} | {native} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
                 f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} | "
                 f"{row['gemv_s'] * 1e6:.1f} | {row['packed_bytes'] / row['gemv_s'] / 1e9 / r['probe_gbs']:.2f} |"
             )

@@ -127,3 +127,46 @@ def test_out_sharing_memory_with_x_is_refused():
         lin(buf[:4], out=buf[1:])  # partial overlap
     out = np.empty((4, 64), np.float32)  # disjoint memory is fine
     np.testing.assert_allclose(lin(buf[:4], out=out), buf[:4] @ w.T + b, rtol=1e-4, atol=1e-4)
+
+
+def test_unpickled_float32_input_takes_the_checked_path():
+    # An unpickled float32 array carries an equal but distinct dtype object.
+    lin, _, _, _ = make_layer(24, 64, 32, bias=True)
+    x = make_x(2, 64)
+    x2 = pickle.loads(pickle.dumps(x))
+    np.testing.assert_array_equal(lin(x2), lin(x))
+
+
+def test_contiguous_layers_share_one_buffer_and_keep_results():
+    layers = [make_layer(n, k, gs, bias=bool(i % 2), seed=i)[0] for i, (n, k, gs) in
+              enumerate([(24, 96, 32), (40, 320, 64), (72, 256, 128), (8, 32, 32)])]
+    xs = [make_x(3, lin.in_features, seed=i) for i, lin in enumerate(layers)]
+    before = [lin(x) for lin, x in zip(layers, xs)]
+    before_gemv = [lin(x, kernel="gemv") for lin, x in zip(layers, xs)]
+    awq_before = [lin.to_awq() for lin in layers]
+    arena = awqkit.contiguous_layers(layers + layers[:1])  # a repeated layer is placed once
+    assert arena.nbytes == sum(lin.packed.nbytes for lin in layers)
+    offset = 0
+    for lin, x, y, y_gemv, awq in zip(layers, xs, before, before_gemv, awq_before):
+        assert lin.packed.ctypes.data == arena.ctypes.data + offset and lin.packed.ctypes.data % 64 == 0
+        offset += lin.packed.nbytes
+        np.testing.assert_array_equal(lin(x), y)
+        np.testing.assert_array_equal(lin(x, kernel="gemv"), y_gemv)
+        for name in awq:
+            np.testing.assert_array_equal(lin.to_awq()[name], awq[name])
+    clone = pickle.loads(pickle.dumps(layers[1]))
+    np.testing.assert_array_equal(clone(xs[1]), before[1])
+    with pytest.raises(TypeError, match="PackedLinear"):
+        awqkit.contiguous_layers([layers[0], np.zeros(3)])
+
+
+def test_decode_rotation_probe_checks_its_layers():
+    from awqkit import _core
+
+    a, _, _, _ = make_layer(24, 64, 32, bias=True)
+    b, _, _, _ = make_layer(40, 64, 32, bias=False)
+    assert _core.probe_decode_rotation([a._layer, b._layer], make_x(2, 64), 2) > 0
+    with pytest.raises(ValueError, match="in_features"):
+        _core.probe_decode_rotation([a._layer, make_layer(8, 96, 32, bias=False)[0]._layer], make_x(1, 64), 1)
+    with pytest.raises(ValueError, match="at least one layer"):
+        _core.probe_decode_rotation([], make_x(1, 64), 1)

@@ -1,4 +1,7 @@
 #include "bindings/bind_common.h"
+
+#include <algorithm>
+#include <chrono>
 #include "gemm/linear.h"
 #include "gemm/packed_layout.h"
 #include "gemm/probes/probes.h"
@@ -12,10 +15,9 @@ using gemm::PackedView;
 PackedView packed_view(const py::array& packed, int64_t N, int64_t K, int64_t group_size) {
   require_array<uint8_t>(packed, "packed", 1);
   gemm::check_packed_shape(N, K, group_size);
-  require(packed.shape(0) == gemm::packed_nbytes(N, K, group_size),
-          "packed buffer has " + std::to_string(packed.shape(0)) + " bytes, expected " +
-              std::to_string(gemm::packed_nbytes(N, K, group_size)) + " for N, K, group_size = " +
-              std::to_string(N) + ", " + std::to_string(K) + ", " + std::to_string(group_size));
+  require(packed.shape(0) == gemm::packed_nbytes(N, K, group_size), "packed buffer has ", packed.shape(0),
+          " bytes, expected ", gemm::packed_nbytes(N, K, group_size), " for N, K, group_size = ", N, ", ", K, ", ",
+          group_size);
   return gemm::make_view(static_cast<const uint8_t*>(packed.data()), N, K, group_size);
 }
 
@@ -60,61 +62,76 @@ py::tuple unpack(const py::array& packed, int64_t N, int64_t K, int64_t group_si
   return py::make_tuple(qweight, qzeros, scales);
 }
 
-py::array_t<float> forward(const py::array& packed, int64_t N, int64_t K, int64_t group_size, const py::array& x,
-                           const py::object& bias, const py::object& out, int path, int activation) {
-  const PackedView w = packed_view(packed, N, K, group_size);
-  require_array<float>(x, "x", 2);
-  require_nonempty(x, "x");
-  require(x.shape(1) == K, "x has " + std::to_string(x.shape(1)) + " features per row, the layer expects in_features = " +
-                               std::to_string(K));
-  const int64_t M = x.shape(0);
-  const float* bp = nullptr;
-  py::array b;
-  if (!bias.is_none()) {
-    b = bias.cast<py::array>();
-    require_array<float>(b, "bias", 1);
-    require(b.shape(0) == N, "bias has " + std::to_string(b.shape(0)) + " entries, expected out_features = " +
-                                 std::to_string(N));
-    bp = static_cast<const float*>(b.data());
+// One packed layer and its bias, checked once: PackedLinear keeps it, so a decode call (a few
+// microseconds of work on small layers) pays only for checking x.
+class GemmLayer {
+ public:
+  GemmLayer(py::array packed, int64_t N, int64_t K, int64_t group_size, py::object bias)
+      : w_(packed_view(packed, N, K, group_size)), packed_(std::move(packed)), bias_(std::move(bias)) {
+    if (!bias_.is_none()) {
+      const py::array b = bias_.cast<py::array>();
+      require_array<float>(b, "bias", 1);
+      require(b.shape(0) == N, "bias has ", b.shape(0), " entries, expected out_features = ", N);
+      bias_ptr_ = static_cast<const float*>(b.data());
+      bias_ = b;  // keeps the array the pointer is into
+    }
   }
-  py::array_t<float> y;
-  if (out.is_none()) {
-    y = empty<float>({M, N});
-  } else {
-    py::array o = out.cast<py::array>();
+
+  py::array_t<float> forward(const py::array& x, const py::object& out, int path, int activation) const {
+    require_array<float>(x, "x", 2);
+    require_nonempty(x, "x");
+    require(x.shape(1) == w_.K, "x has ", x.shape(1), " features per row, the layer expects in_features = ", w_.K);
+    require(path >= 0 && path <= 3, "kernel path must be 0 (auto), 1 (gemv), 2 (gemm) or 3 (digits)");
+    require(activation == 0 || activation == 1, "activation must be 0 (float) or 1 (int8)");
+    const int64_t M = x.shape(0), N = w_.N;
+    py::array_t<float> y = out.is_none() ? empty<float>({M, N}) : checked_out(out.cast<py::array>(), x, M);
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = y.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      gemm::linear_forward(w_, xp, M, bias_ptr_, yp, static_cast<gemm::Path>(path),
+                           static_cast<gemm::Activation>(activation));
+    }
+    return y;
+  }
+
+  const PackedView& view() const { return w_; }
+  const float* bias_ptr() const { return bias_ptr_; }
+
+ private:
+  py::array_t<float> checked_out(const py::array& o, const py::array& x, int64_t M) const {
+    const int64_t N = w_.N;
     require_array<float>(o, "out", 2);
-    require(o.shape(0) == M && o.shape(1) == N, "out must have shape [M, N] = [" + std::to_string(M) + ", " +
-                                                    std::to_string(N) + "]");
+    require(o.shape(0) == M && o.shape(1) == N, "out must have shape [M, N] = [", M, ", ", N, "]");
     require(o.writeable(), "out is read-only");
-    y = o.cast<py::array_t<float>>();
     // Threads write y while others still read all of x: an aliased out would be silently wrong.
     const auto bytes_overlap = [](const void* a, int64_t na, const void* b, int64_t nb) {
       const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
       return pa < pb + nb && pb < pa + na;
     };
     const int64_t ny = M * N * int64_t{sizeof(float)};
-    require(!bytes_overlap(y.data(), ny, x.data(), M * K * int64_t{sizeof(float)}) &&
-                (bp == nullptr || !bytes_overlap(y.data(), ny, bp, N * int64_t{sizeof(float)})),
+    require(!bytes_overlap(o.data(), ny, x.data(), M * w_.K * int64_t{sizeof(float)}) &&
+                (bias_ptr_ == nullptr || !bytes_overlap(o.data(), ny, bias_ptr_, N * int64_t{sizeof(float)})),
             "out must not share memory with x or bias");
+    return o.cast<py::array_t<float>>();
   }
-  require(path >= 0 && path <= 3, "kernel path must be 0 (auto), 1 (gemv), 2 (gemm) or 3 (digits)");
-  require(activation == 0 || activation == 1, "activation must be 0 (float) or 1 (int8)");
-  const float* xp = static_cast<const float*>(x.data());
-  float* yp = y.mutable_data();
-  {
-    py::gil_scoped_release nogil;
-    gemm::linear_forward(w, xp, M, bp, yp, static_cast<gemm::Path>(path), static_cast<gemm::Activation>(activation));
-  }
-  return y;
-}
+
+  PackedView w_;
+  py::array packed_;  // owns the bytes w_ points into
+  py::object bias_;
+  const float* bias_ptr_ = nullptr;
+};
 
 }  // namespace
 
 void register_gemm(py::module_& m) {
   m.def("gemm_pack", &pack, py::arg("qweight"), py::arg("qzeros"), py::arg("scales"), py::arg("group_size"));
   m.def("gemm_unpack", &unpack, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"));
-  m.def("gemm_forward", &forward, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
-        py::arg("x"), py::arg("bias"), py::arg("out"), py::arg("path"), py::arg("activation") = 0);
+  py::class_<GemmLayer>(m, "GemmLayer")
+      .def(py::init<py::array, int64_t, int64_t, int64_t, py::object>(), py::arg("packed"), py::arg("N"),
+           py::arg("K"), py::arg("group_size"), py::arg("bias"))
+      .def("__call__", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,
+           py::arg("activation") = 0);
   // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only).
   m.def("probe_stream_read", [](const py::array& buf) {
     require(detected_isa() == Isa::avx512, "the bandwidth probe needs AVX-512");
@@ -127,6 +144,31 @@ void register_gemm(py::module_& m) {
     py::gil_scoped_release nogil;
     return gemm::probes::stream_read(p, n);
   }, py::arg("buf"));
+  // Decode with no Python between layers (as ggml's C graph runs them): median seconds per
+  // call of the automatic path over passes through `layers`, x float32 [M, K] shared by all.
+  m.def("probe_decode_rotation", [](const std::vector<const GemmLayer*>& layers, const py::array& x, int passes) {
+    require(!layers.empty() && passes > 0, "need at least one layer and one pass");
+    require_array<float>(x, "x", 2);
+    const int64_t M = x.shape(0), K = layers[0]->view().K;
+    int64_t N = 0;
+    for (const GemmLayer* l : layers) {
+      require(l->view().K == K, "every layer must have the same in_features");
+      N = std::max(N, l->view().N);
+    }
+    require(x.shape(1) == K, "x must have in_features columns");
+    const float* xp = static_cast<const float*>(x.data());
+    std::vector<float> y(static_cast<size_t>(M * N));
+    std::vector<double> per_call;
+    py::gil_scoped_release nogil;
+    for (int p = 0; p < passes; ++p) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (const GemmLayer* l : layers)
+        gemm::linear_forward(l->view(), xp, M, l->bias_ptr(), y.data(), gemm::Path::automatic, gemm::Activation::f32);
+      per_call.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / layers.size());
+    }
+    std::sort(per_call.begin(), per_call.end());
+    return per_call[per_call.size() / 2];
+  }, py::arg("layers"), py::arg("x"), py::arg("passes"));
   m.def("probe_fma_peak", [](int64_t iters) {
     require(detected_isa() == Isa::avx512, "the FMA probe needs AVX-512");
     py::gil_scoped_release nogil;

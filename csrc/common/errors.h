@@ -1,6 +1,7 @@
 // Error types of the core. The binding layer maps them to Python exceptions:
 // std::invalid_argument -> ValueError, awqkit::type_error -> TypeError.
 #pragma once
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -11,8 +12,18 @@ struct type_error : std::invalid_argument {
 };
 
 [[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
-inline void require(bool ok, const std::string& msg) {
-  if (!ok) fail(msg);
+
+// The message is put together only on failure (require(ok, "x has ", n, " rows")): checks on
+// the decode path run on every microsecond-long call and must not allocate strings.
+template <typename... Parts>
+[[noreturn]] void fail_with(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  fail(os.str());
+}
+template <typename... Parts>
+inline void require(bool ok, const Parts&... parts) {
+  if (!ok) [[unlikely]] fail_with(parts...);
 }
 
 }  // namespace awqkit

@@ -77,6 +77,10 @@ void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const f
   }
 }
 
+// Inputs (rows x K) up to which the VNNI path splits x on the calling thread before the
+// threads start: ~1 us of work at most, less than the barrier a shared split costs them.
+constexpr int64_t kSerialSplitInputs = 16384;
+
 void run_digits(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
   const SplitDigitsFn split = simd ? avx512::split_digits : scalar::split_digits;
   const bool amx = simd && M >= kAmxMinRows && amx_int8_active();
@@ -95,6 +99,8 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
   int32_t* dsum = reinterpret_cast<int32_t*>(step + M * G);
   float* per_thread = reinterpret_cast<float*>(dsum + M * G * kDigits);
   const int64_t nb = w.blocks;
+  const bool split_first = !amx && M * K <= kSerialSplitInputs;
+  if (split_first) split(x, M, K, gs, digits, step, dsum);
 #pragma omp parallel
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -107,7 +113,7 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
         split(x + m0 * K, n, K, gs, stage, step + m0 * G, dsum + m0 * G * kDigits);
         avx512::digits_to_amx_tiles(stage, n, K, gs, digits + m0 * kDigits * K);
       }
-    } else {
+    } else if (!split_first) {
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m)
         split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);

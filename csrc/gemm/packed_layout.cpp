@@ -24,13 +24,10 @@ inline void set_awq_code(int32_t* row, int64_t n, uint32_t code) {
 }  // namespace
 
 void check_packed_shape(int64_t N, int64_t K, int64_t group_size) {
-  require(N > 0 && K > 0, "the weight is empty (N = " + std::to_string(N) + ", K = " + std::to_string(K) + ")");
-  require(N % 8 == 0, "out_features N = " + std::to_string(N) +
-                          " is not a multiple of 8 (the AWQ gemm layout packs 8 channels per int32)");
-  require(group_size > 0 && K % group_size == 0,
-          "group_size = " + std::to_string(group_size) + " does not divide in_features K = " + std::to_string(K));
-  require(group_size % 8 == 0, "the fused kernels need group_size to be a multiple of 8, got " +
-                                   std::to_string(group_size));
+  require(N > 0 && K > 0, "the weight is empty (N = ", N, ", K = ", K, ")");
+  require(N % 8 == 0, "out_features N = ", N, " is not a multiple of 8 (the AWQ gemm layout packs 8 channels per int32)");
+  require(group_size > 0 && K % group_size == 0, "group_size = ", group_size, " does not divide in_features K = ", K);
+  require(group_size % 8 == 0, "the fused kernels need group_size to be a multiple of 8, got ", group_size);
 }
 
 void pack_from_awq(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales, int64_t N,

@@ -8,7 +8,7 @@ from ._isa import active_isa, available_isas, detected_isa, num_threads, set_isa
 from .config import AWQConfig
 from .folding import fold_scale_into_linear_outputs, fold_scale_into_norm, scale_linear_inputs
 from .footprint import estimate_footprint
-from .kernels import PackedLinear, gemm
+from .kernels import PackedLinear, contiguous_layers, gemm
 from .packing import AWQ_ORDER, pack_awq, unpack_awq
 from .quantizer import QuantizedTensor, dequantize, pseudo_quantize, quantize
 from .saliency import available_saliencies, register_saliency
@@ -42,6 +42,7 @@ __all__ = [
     "active_isa",
     "apply_clip",
     "available_isas",
+    "contiguous_layers",
     "available_saliencies",
     "dequantize",
     "detected_isa",

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..footprint import parse_memory
+from ..kernels import contiguous_layers
 from .capture import set_submodule
 from .qlinear import AWQLinear, QuantizedLinear
 
@@ -170,6 +171,8 @@ def load_quantized(path: str, return_tokenizer: bool = False):
         raise ValueError(f"tensors missing from {path}: {missing[:5]}")
     if tied:
         model.tie_weights()
+    # Module order is the order a forward pass calls them: decode then streams one arena.
+    contiguous_layers([m.lin for m in model.modules() if isinstance(m, AWQLinear)])
     model._awqkit_source_dir = os.fspath(path)
     if return_tokenizer:
         from transformers import AutoTokenizer
