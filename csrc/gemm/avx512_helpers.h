@@ -13,6 +13,12 @@ static inline __mmask16 lane_mask(int64_t n) {
   return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
 }
 
+// 16 int32 lanes in run order (int8_run_offset): within each 8 inputs the even ones first,
+// then the odd ones, as the low and high nibbles of a packed dword hold them.
+static inline __m512i run_order() {
+  return _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+}
+
 // group_absmax (act_groups.h) 16 lanes at a time: the same value and the same *bad.
 static inline float group_absmax(const float* p, int64_t n, bool* bad) {
   const __m512 fmax = _mm512_set1_ps(FLT_MAX);

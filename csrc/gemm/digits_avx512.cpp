@@ -11,6 +11,7 @@
 
 #include "gemm/digits_kernels.h"
 #include "gemm/avx512_helpers.h"
+#include "gemm/row_tiles.h"
 
 namespace awqkit::gemm::avx512 {
 namespace {
@@ -90,15 +91,11 @@ inline void block_rows(const PackedView& w, const int8_t* digits, const float* s
   }
 }
 
-using BlockFn = void (*)(const PackedView&, const int8_t*, const float*, const int32_t*, const float*, float*, int64_t);
-constexpr BlockFn kBlockRows[kMaxRows + 1] = {nullptr, block_rows<1>, block_rows<2>, block_rows<3>, block_rows<4>};
-
 }  // namespace
 
 void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digits, float* step, int32_t* dsum) {
   const int64_t G = K / gs;
-  // Within each 8 inputs: even ones first, then odd ones (int8_run_offset).
-  const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+  const __m512i perm = run_order();
   const __m512 lim = _mm512_set1_ps(kDigitMax);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
@@ -134,10 +131,9 @@ void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, c
                  const float* bias, float* y, int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G;
   for (int64_t b = b0; b < b1; ++b)
-    for (int64_t m = 0; m < M; m += kMaxRows) {
-      const int64_t r = M - m < kMaxRows ? M - m : kMaxRows;
-      kBlockRows[r](w, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits, bias, y + m * N, b);
-    }
+    for_row_tiles<kMaxRows>(M, [&](auto rows, int64_t m) {
+      block_rows<rows()>(w, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits, bias, y + m * N, b);
+    });
 }
 
 }  // namespace awqkit::gemm::avx512

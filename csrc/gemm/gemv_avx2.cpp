@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "gemm/gemm_kernels.h"
+#include "gemm/row_tiles.h"
 
 namespace awqkit::gemm::avx2 {
 namespace {
@@ -65,16 +66,10 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
 void gemv(const PackedView& w, const float* x, int64_t M, const float* xsum, const float* bias, float* y,
           int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G;
-  for (int64_t b = b0; b < b1; ++b) {
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) gemv_block<4>(w, x + m * K, xsum + m * G, bias, y + m * N, b);
-    switch (M - m) {
-      case 3: gemv_block<3>(w, x + m * K, xsum + m * G, bias, y + m * N, b); break;
-      case 2: gemv_block<2>(w, x + m * K, xsum + m * G, bias, y + m * N, b); break;
-      case 1: gemv_block<1>(w, x + m * K, xsum + m * G, bias, y + m * N, b); break;
-      default: break;
-    }
-  }
+  for (int64_t b = b0; b < b1; ++b)
+    for_row_tiles<4>(M, [&](auto rows, int64_t m) {
+      gemv_block<rows()>(w, x + m * K, xsum + m * G, bias, y + m * N, b);
+    });
 }
 
 }  // namespace awqkit::gemm::avx2

@@ -9,6 +9,7 @@
 
 #include "gemm/int8_kernels.h"
 #include "gemm/avx512_helpers.h"
+#include "gemm/row_tiles.h"
 
 namespace awqkit::gemm::avx512 {
 namespace {
@@ -77,22 +78,17 @@ inline void tile_rows(const PackedView& w, const int8_t* xq, const float* sx, co
   }
 }
 
-using TileFn = void (*)(const PackedView&, const int8_t*, const float*, const int32_t*, const float*, float*, int64_t);
-constexpr TileFn kTile[MR + 1] = {nullptr,       tile_rows<1>, tile_rows<2>, tile_rows<3>, tile_rows<4>,
-                                  tile_rows<5>,  tile_rows<6>, tile_rows<7>, tile_rows<8>};
-
 }  // namespace
 
 void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, float* sx, int32_t* qsum) {
   const int64_t G = K / gs;
-  // Within each 8 inputs: even ones first, then odd ones (see int8_kernels.h).
-  const __m512i perm = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+  const __m512i perm = run_order();
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < G; ++g) {
       const float* p = x + m * K + g * gs;
       bool bad;
       const float am = group_absmax(p, gs, &bad);
-      const float s = bad ? NAN : am > 0.0f ? am / 127.0f : 1.0f;
+      const float s = int8_act_scale(am, bad);
       const __m512 sv = _mm512_set1_ps(s);
       __m512i sum = _mm512_setzero_si512();
       int8_t* q = xq + m * K + g * gs;
@@ -114,10 +110,9 @@ void gemm_int8(const PackedView& w, const int8_t* xq, const float* sx, const int
                const float* bias, float* y, int64_t t0, int64_t t1) {
   const int64_t K = w.K, N = w.N, G = w.G;
   for (int64_t t = t0; t < t1; ++t)
-    for (int64_t m = 0; m < M; m += MR) {
-      const int64_t r = M - m < MR ? M - m : MR;
-      kTile[r](w, xq + m * K, sx + m * G, qsum + m * G, bias, y + m * N, t);
-    }
+    for_row_tiles<MR>(M, [&](auto rows, int64_t m) {
+      tile_rows<rows()>(w, xq + m * K, sx + m * G, qsum + m * G, bias, y + m * N, t);
+    });
 }
 
 }  // namespace awqkit::gemm::avx512

@@ -6,6 +6,7 @@
 // The scalar functions are the specification; AVX-512 matches them bit for bit
 // (integer sums are exact, and the float epilogue does the same operations in order).
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "gemm/packed_layout.h"
@@ -22,6 +23,11 @@ using GemmInt8Fn = void (*)(const PackedView& w, const int8_t* xq, const float* 
                             const float* bias, float* y, int64_t t0, int64_t t1);
 
 static inline int64_t int8_run_offset(int64_t i) { return (i & 1) ? 4 + i / 2 : i / 2; }  // i in 0..7
+
+// Scale of one row's group from its absmax; both engines call this one function.
+static inline float int8_act_scale(float absmax, bool nonfinite) {
+  return nonfinite ? NAN : absmax > 0.0f ? absmax / 127.0f : 1.0f;
+}
 
 namespace scalar {
 void quantize_act(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* xq, float* sx, int32_t* qsum);

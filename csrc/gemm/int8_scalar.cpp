@@ -15,7 +15,7 @@ void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, 
       const float* p = x + m * K + g * gs;
       bool bad;
       const float amax = group_absmax(p, gs, &bad);
-      const float s = bad ? NAN : amax > 0.0f ? amax / 127.0f : 1.0f;
+      const float s = int8_act_scale(amax, bad);
       int32_t sum = 0;
       int8_t* q = xq + m * K + g * gs;
       for (int64_t j = 0; j < gs; ++j) {
