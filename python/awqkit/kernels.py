@@ -201,8 +201,8 @@ def contiguous_layers(layers) -> np.ndarray:
     Pass the layers in the order a forward pass calls them (``load_quantized`` does): a
     decode step then reads the weights as one ascending stream, and the hardware and
     software prefetches that run past the end of one layer fetch the start of the next
-    instead of unrelated memory. Small layers gain most (benchmarks/README.md: 576x576 M=1
-    on one thread streams ~0.9 of the bandwidth probe in an arena, ~0.7 scattered).
+    instead of unrelated memory. The gain is small: in bench_gemm's decode rows it is within
+    noise of copies allocated one by one ("scattered", benchmarks/README.md).
     """
     unique: dict[int, PackedLinear] = {}
     for lin in layers:
