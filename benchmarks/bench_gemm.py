@@ -124,7 +124,7 @@ def worker(threads: int, quick: bool) -> dict:
             t_awq = rotation_time([(lambda l=l: l(x)) for l in lins])
             t_scattered = rotation_time([(lambda l=l: l(x)) for l in scattered])
             # The same calls from a C++ loop: the kernel without Python between layers.
-            t_native = _core.probe_decode_rotation([l._layer for l in lins], x, 5)
+            t_native = _core.probe_decode_rotation(lins, x, 5)
             t_gemv = rotation_time([(lambda l=l: l(x, kernel="gemv")) for l in lins])
             t_np = rotation_time([(lambda v=v: x @ v.T) for v in ws])
             row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "scattered_s": t_scattered, "native_s": t_native,

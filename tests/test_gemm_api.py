@@ -165,8 +165,8 @@ def test_decode_rotation_probe_checks_its_layers():
 
     a, _, _, _ = make_layer(24, 64, 32, bias=True)
     b, _, _, _ = make_layer(40, 64, 32, bias=False)
-    assert _core.probe_decode_rotation([a._layer, b._layer], make_x(2, 64), 2) > 0
+    assert _core.probe_decode_rotation([a, b], make_x(2, 64), 2) > 0
     with pytest.raises(ValueError, match="in_features"):
-        _core.probe_decode_rotation([a._layer, make_layer(8, 96, 32, bias=False)[0]._layer], make_x(1, 64), 1)
+        _core.probe_decode_rotation([a, make_layer(8, 96, 32, bias=False)[0]], make_x(1, 64), 1)
     with pytest.raises(ValueError, match="at least one layer"):
         _core.probe_decode_rotation([], make_x(1, 64), 1)

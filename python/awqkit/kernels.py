@@ -59,7 +59,6 @@ from . import _core
 __all__ = ["PackedLinear", "contiguous_layers", "gemm", "stream_read_bandwidth"]
 
 _PATHS = {"auto": 0, "gemv": 1, "gemm": 2, "digits": 3}
-_F32 = np.dtype(np.float32)
 _ACTIVATIONS = {"float": 0, "int8": 1}
 _ALIGN = 64
 
@@ -79,7 +78,7 @@ def _aligned_copy(buf: np.ndarray) -> np.ndarray:
     return out
 
 
-class PackedLinear:
+class PackedLinear(_core.GemmLayer):
     """An INT4 ``Linear`` (out_features N, in_features K) in the fused-kernel layout.
 
     Build it with :meth:`from_awq`; call it on float32 ``x`` of shape ``[..., K]``.
@@ -87,7 +86,10 @@ class PackedLinear:
     :attr:`bias` are the buffers a torch module may hold.
     """
 
-    __slots__ = ("_packed", "_bias", "_n", "_k", "_group_size", "_layer")
+    # The native base (_core.GemmLayer) holds the checked buffer view and bias and is the
+    # call slot: ``lin(x)`` on one float32 [M, K] array runs the kernel with no Python frame;
+    # every other call comes back to :meth:`_call_slow`.
+    __slots__ = ("_packed", "_bias", "_n", "_k", "_group_size")
 
     def __init__(self, packed: np.ndarray, out_features: int, in_features: int, group_size: int, bias=None):
         """Wrap an existing packed buffer (as returned by :attr:`packed`); prefer :meth:`from_awq`."""
@@ -97,14 +99,16 @@ class PackedLinear:
         expected = _core.gemm_packed_nbytes(n, k, gs) if n > 0 and k > 0 and gs > 0 and k % gs == 0 else -1
         if packed.size != expected:
             raise ValueError(f"packed has {packed.size} bytes, expected {expected} for N={n}, K={k}, group_size={gs}")
-        self._n, self._k, self._group_size = n, k, gs
-        self._bias = _check_bias(bias, n)
-        self._set_packed(_aligned_copy(np.ascontiguousarray(packed)))
+        self._init_native(_aligned_copy(np.ascontiguousarray(packed)), n, k, gs, _check_bias(bias, n))
+
+    def _init_native(self, packed: np.ndarray, n: int, k: int, gs: int, bias) -> None:
+        self._n, self._k, self._group_size, self._bias, self._packed = n, k, gs, bias, packed
+        # The native part checks the buffer once; calls then only check x.
+        _core.GemmLayer.__init__(self, packed, n, k, gs, bias)
 
     def _set_packed(self, packed: np.ndarray) -> None:
+        self._rebind(packed)
         self._packed = packed
-        # The native layer checks the buffer once; calls then only check x.
-        self._layer = _core.GemmLayer(packed, self._n, self._k, self._group_size, self._bias)
 
     @classmethod
     def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int, bias=None) -> "PackedLinear":
@@ -158,21 +162,18 @@ class PackedLinear:
         """Bytes a forward pass streams: packed weights (codes + fp16 scales/zeros) plus bias."""
         return int(self._packed.nbytes + (self._bias.nbytes if self._bias is not None else 0))
 
-    def __call__(self, x, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
-        """``x @ W.T + bias``; see :func:`gemm`. Uses ``x`` in place when it is C-contiguous float32."""
-        # Decode calls are microseconds long: the common case goes straight to the core,
-        # which checks K, emptiness and contiguity itself.
-        if out is None and kernel == "auto" and activation == "float" and type(x) is np.ndarray and x.ndim == 2 and (x.dtype is _F32 or x.dtype == _F32):
-            return self._layer(x)
+    # __call__(x, out=None, kernel="auto", activation="float") is the native slot of the
+    # base: ``x @ W.T + bias``, see :func:`gemm`; ``x`` is used in place when it is
+    # C-contiguous float32. Calls it does not take itself land here.
+    def _call_slow(self, x, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
         return gemm(x, self, out=out, kernel=kernel, activation=activation)
 
     def __getstate__(self):
         return {"packed": self._packed, "N": self._n, "K": self._k, "group_size": self._group_size, "bias": self._bias}
 
     def __setstate__(self, state):
-        self._n, self._k, self._group_size = state["N"], state["K"], state["group_size"]
-        self._bias = _check_bias(state["bias"], self._n)
-        self._set_packed(_aligned_copy(state["packed"]))
+        n = state["N"]
+        self._init_native(_aligned_copy(state["packed"]), n, state["K"], state["group_size"], _check_bias(state["bias"], n))
 
     def __repr__(self) -> str:
         return (
@@ -258,7 +259,7 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     x2 = x.reshape(-1, lin.in_features)  # a view: x is contiguous
     if x2.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {x.shape})")
-    y = lin._layer(x2, out, _PATHS[kernel], _ACTIVATIONS[activation])
+    y = lin._forward(x2, out, _PATHS[kernel], _ACTIVATIONS[activation])
     return y if out is not None else y.reshape(*lead, lin.out_features)
 
 
