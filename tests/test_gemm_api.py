@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import awqkit
+from awqkit import _core
 from gemm_helpers import make_layer, make_x
 
 
@@ -137,6 +138,40 @@ def test_unpickled_float32_input_takes_the_checked_path():
     np.testing.assert_array_equal(lin(x2), lin(x))
 
 
+def test_call_slot_fast_and_checked_paths_agree():
+    # lin(x) with one plain float32 [M, K] array runs in the native call slot; every other
+    # form of x goes through the checked path, which gives the same bits or the same errors.
+    lin, _, _, _ = make_layer(40, 128, 64, bias=True)
+    for m in (1, 3, 16, 33):
+        x = make_x(m, 128, seed=m)
+        fast = lin(x)
+        assert fast.dtype == np.float32 and fast.shape == (m, 40) and fast.flags.c_contiguous
+        np.testing.assert_array_equal(fast, lin(x, kernel="auto"))
+        np.testing.assert_array_equal(fast, awqkit.gemm(x, lin))
+        np.testing.assert_array_equal(lin(x[0]), fast[0])  # 1-D: checked path
+    x = make_x(4, 128)
+    np.testing.assert_array_equal(lin(x.view(type("Sub", (np.ndarray,), {}))), lin(x))  # ndarray subclass
+    unaligned = np.frombuffer(b"\0" + x.tobytes(), dtype=np.float32, offset=1).reshape(4, 128)
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(lin(unaligned), lin(x))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        lin(make_x(4, 256)[:, ::2])
+    with pytest.raises(ValueError, match="in_features"):
+        lin(make_x(2, 64))
+    with pytest.raises(ValueError, match="no rows"):
+        lin(np.zeros((0, 128), np.float32))
+    with pytest.raises(TypeError, match="float32 or float16"):
+        lin(x.astype(">f4"))
+    with pytest.raises(TypeError):
+        lin(x, x, x, x, x)
+    # The bare native layer takes the same fast call; its checked path is the native one.
+    core = _core.GemmLayer(lin.packed, 40, 128, 64, lin.bias)
+    np.testing.assert_array_equal(core(x), lin(x))
+    np.testing.assert_array_equal(core(x, path=1), lin(x, kernel="gemv"))
+    with pytest.raises(TypeError, match="float32"):
+        core(x.astype(np.float64))
+
+
 def test_contiguous_layers_share_one_buffer_and_keep_results():
     layers = [make_layer(n, k, gs, bias=bool(i % 2), seed=i)[0] for i, (n, k, gs) in
               enumerate([(24, 96, 32), (40, 320, 64), (72, 256, 128), (8, 32, 32)])]
@@ -160,7 +195,6 @@ def test_contiguous_layers_share_one_buffer_and_keep_results():
         awqkit.contiguous_layers([layers[0], np.zeros(3)])
 
 
-def test_decode_rotation_probe_checks_its_layers():
     from awqkit import _core
 
     a, _, _, _ = make_layer(24, 64, 32, bias=True)
