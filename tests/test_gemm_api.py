@@ -172,6 +172,23 @@ def test_call_slot_fast_and_checked_paths_agree():
         core(x.astype(np.float64))
 
 
+def test_reinitialised_layer_computes_with_its_new_weights():
+    # pybind11 runs a native __init__ once per object: __init__ / __setstate__ called again
+    # on a built layer must still move the kernel to the new buffer, shape and bias.
+    a, _, _, _ = make_layer(24, 64, 32, bias=True, seed=1)
+    b, _, _, _ = make_layer(40, 128, 64, bias=False, seed=2)
+    x = make_x(3, 128)
+    a.__setstate__(b.__getstate__())
+    assert (a.out_features, a.in_features, a.bias) == (40, 128, None)
+    np.testing.assert_array_equal(a(x), b(x))
+    c, _, _, _ = make_layer(40, 128, 64, bias=True, seed=3)
+    a.__init__(c.packed, 40, 128, 64, c.bias)
+    np.testing.assert_array_equal(a(x), c(x))
+    with pytest.raises(ValueError, match="bias"):
+        a.__init__(c.packed, 40, 128, 64, np.zeros(8, np.float32))
+    np.testing.assert_array_equal(a(x), c(x))  # a refused re-initialisation changes nothing
+
+
 def test_contiguous_layers_share_one_buffer_and_keep_results():
     layers = [make_layer(n, k, gs, bias=bool(i % 2), seed=i)[0] for i, (n, k, gs) in
               enumerate([(24, 96, 32), (40, 320, 64), (72, 256, 128), (8, 32, 32)])]

@@ -66,16 +66,27 @@ py::tuple unpack(const py::array& packed, int64_t N, int64_t K, int64_t group_si
 // decode call (a few microseconds of work on small layers) pays only for checking x.
 class GemmLayer {
  public:
-  GemmLayer(py::array packed, int64_t N, int64_t K, int64_t group_size, py::object bias)
-      : w_(packed_view(packed, N, K, group_size)), packed_(std::move(packed)) {
-    set_bias(std::move(bias));
+  GemmLayer(py::array packed, int64_t N, int64_t K, int64_t group_size, py::object bias) {
+    rebind(std::move(packed), N, K, group_size, std::move(bias));
   }
 
-  // Points the layer at another buffer with the same shape (contiguous_layers moves layers
-  // into one arena); results do not change.
-  void rebind(py::array packed) {
-    w_ = packed_view(packed, w_.N, w_.K, w_.group_size);
+  // Points the layer at another buffer and bias (contiguous_layers moves layers into one
+  // arena; PackedLinear re-initialised by __init__ or __setstate__, which pybind11 does not
+  // run twice on one object). Everything is checked before anything changes.
+  void rebind(py::array packed, int64_t N, int64_t K, int64_t group_size, py::object bias) {
+    const PackedView w = packed_view(packed, N, K, group_size);
+    const float* bias_ptr = nullptr;
+    if (!bias.is_none()) {
+      py::array b = bias.cast<py::array>();
+      require_array<float>(b, "bias", 1);
+      require(b.shape(0) == N, "bias has ", b.shape(0), " entries, expected out_features = ", N);
+      bias_ptr = static_cast<const float*>(b.data());
+      bias = std::move(b);  // keeps the array the pointer is into
+    }
+    w_ = w;
     packed_ = std::move(packed);
+    bias_ = std::move(bias);
+    bias_ptr_ = bias_ptr;
   }
 
   py::array_t<float> forward(const py::array& x, const py::object& out, int path, int activation) const {
@@ -100,17 +111,6 @@ class GemmLayer {
   const float* bias_ptr() const { return bias_ptr_; }
 
  private:
-  void set_bias(py::object bias) {
-    bias_ = std::move(bias);
-    if (!bias_.is_none()) {
-      const py::array b = bias_.cast<py::array>();
-      require_array<float>(b, "bias", 1);
-      require(b.shape(0) == w_.N, "bias has ", b.shape(0), " entries, expected out_features = ", w_.N);
-      bias_ptr_ = static_cast<const float*>(b.data());
-      bias_ = b;  // keeps the array the pointer is into
-    }
-  }
-
   py::array_t<float> checked_out(const py::array& o, const py::array& x, int64_t M) const {
     const int64_t N = w_.N;
     require_array<float>(o, "out", 2);
@@ -208,7 +208,8 @@ void register_gemm(py::module_& m) {
                         }))
       .def(py::init<py::array, int64_t, int64_t, int64_t, py::object>(), py::arg("packed"), py::arg("N"),
            py::arg("K"), py::arg("group_size"), py::arg("bias"))
-      .def("_rebind", &GemmLayer::rebind, py::arg("packed"))
+      .def("_rebind", &GemmLayer::rebind, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
+           py::arg("bias"))
       .def("_forward", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,
            py::arg("activation") = 0)
       .def("_call_slow", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,

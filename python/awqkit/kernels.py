@@ -106,12 +106,17 @@ class PackedLinear(_core.GemmLayer):
         self._init_native(_aligned_copy(np.ascontiguousarray(packed)), n, k, gs, _check_bias(bias, n))
 
     def _init_native(self, packed: np.ndarray, n: int, k: int, gs: int, bias) -> None:
+        # The native part checks the buffer once; calls then only check x. pybind11 ignores a
+        # second __init__ on one object, so a re-initialised layer (__init__ or __setstate__
+        # called again) is rebound instead.
+        if hasattr(self, "_packed"):
+            self._rebind(packed, n, k, gs, bias)
+        else:
+            _core.GemmLayer.__init__(self, packed, n, k, gs, bias)
         self._n, self._k, self._group_size, self._bias, self._packed = n, k, gs, bias, packed
-        # The native part checks the buffer once; calls then only check x.
-        _core.GemmLayer.__init__(self, packed, n, k, gs, bias)
 
     def _set_packed(self, packed: np.ndarray) -> None:
-        self._rebind(packed)
+        self._rebind(packed, self._n, self._k, self._group_size, self._bias)
         self._packed = packed
 
     @classmethod
