@@ -130,7 +130,7 @@ def test_out_sharing_memory_with_x_is_refused():
     np.testing.assert_allclose(lin(buf[:4], out=out), buf[:4] @ w.T + b, rtol=1e-4, atol=1e-4)
 
 
-def test_unpickled_float32_input_takes_the_checked_path():
+def test_unpickled_float32_input_gives_the_same_result():
     # An unpickled float32 array carries an equal but distinct dtype object.
     lin, _, _, _ = make_layer(24, 64, 32, bias=True)
     x = make_x(2, 64)
@@ -164,12 +164,34 @@ def test_call_slot_fast_and_checked_paths_agree():
         lin(x.astype(">f4"))
     with pytest.raises(TypeError):
         lin(x, x, x, x, x)
+    # The call slot takes a plain array itself: a subclass whose checked path fails still works.
+    class NoSlowPath(awqkit.PackedLinear):
+        __slots__ = ()
+
+        def _call_slow(self, *args, **kwargs):
+            raise AssertionError("the call slot sent a plain float32 array to the checked path")
+
+    with pytest.raises(AttributeError):  # __init__ never ran: no native layer, the checked path refuses
+        awqkit.PackedLinear.__new__(awqkit.PackedLinear)(x)
+    only_fast = NoSlowPath(lin.packed, 40, 128, 64, lin.bias)
+    np.testing.assert_array_equal(only_fast(x), lin(x))
+    with pytest.raises(AssertionError):
+        only_fast(x[0])
     # The bare native layer takes the same fast call; its checked path is the native one.
     core = _core.GemmLayer(lin.packed, 40, 128, 64, lin.bias)
     np.testing.assert_array_equal(core(x), lin(x))
     np.testing.assert_array_equal(core(x, path=1), lin(x, kernel="gemv"))
     with pytest.raises(TypeError, match="float32"):
         core(x.astype(np.float64))
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_every_protocol(protocol):
+    lin, _, _, _ = make_layer(24, 64, 32, bias=True)
+    x = make_x(2, 64)
+    clone = pickle.loads(pickle.dumps(lin, protocol=protocol))
+    assert type(clone) is awqkit.PackedLinear and clone.shape == lin.shape
+    np.testing.assert_array_equal(clone(x), lin(x))
 
 
 def test_reinitialised_layer_computes_with_its_new_weights():
@@ -212,8 +234,7 @@ def test_contiguous_layers_share_one_buffer_and_keep_results():
         awqkit.contiguous_layers([layers[0], np.zeros(3)])
 
 
-    from awqkit import _core
-
+def test_decode_rotation_probe_checks_its_layers():
     a, _, _, _ = make_layer(24, 64, 32, bias=True)
     b, _, _, _ = make_layer(40, 64, 32, bias=False)
     assert _core.probe_decode_rotation([a, b], make_x(2, 64), 2) > 0
@@ -221,3 +242,5 @@ def test_contiguous_layers_share_one_buffer_and_keep_results():
         _core.probe_decode_rotation([a, make_layer(8, 96, 32, bias=False)[0]], make_x(1, 64), 1)
     with pytest.raises(ValueError, match="at least one layer"):
         _core.probe_decode_rotation([], make_x(1, 64), 1)
+    with pytest.raises(ValueError, match="initialised GemmLayer"):
+        _core.probe_decode_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], make_x(1, 64), 1)

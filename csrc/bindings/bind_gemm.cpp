@@ -99,9 +99,10 @@ class GemmLayer {
     py::array_t<float> y = out.is_none() ? empty<float>({M, N}) : checked_out(out.cast<py::array>(), x, M);
     const float* xp = static_cast<const float*>(x.data());
     float* yp = y.mutable_data();
+    const Pinned p = pin();
     {
       py::gil_scoped_release nogil;
-      gemm::linear_forward(w_, xp, M, bias_ptr_, yp, static_cast<gemm::Path>(path),
+      gemm::linear_forward(p.w, xp, M, p.bias_ptr, yp, static_cast<gemm::Path>(path),
                            static_cast<gemm::Activation>(activation));
     }
     return y;
@@ -109,6 +110,15 @@ class GemmLayer {
 
   const PackedView& view() const { return w_; }
   const float* bias_ptr() const { return bias_ptr_; }
+
+  // What one call reads, taken with the GIL held: another thread may rebind the layer
+  // while this call runs without the GIL, so the call keeps its own view and references.
+  struct Pinned {
+    PackedView w;
+    const float* bias_ptr;
+    py::object packed, bias;
+  };
+  Pinned pin() const { return Pinned{w_, bias_ptr_, packed_, bias_}; }
 
  private:
   py::array_t<float> checked_out(const py::array& o, const py::array& x, int64_t M) const {
@@ -177,15 +187,16 @@ PyObject* call(PyObject* self, PyObject* args, PyObject* kwargs) {
   if (layer && PyTuple_GET_SIZE(args) == 1 && (!kwargs || PyDict_GET_SIZE(kwargs) == 0))
     x = plain_rows(PyTuple_GET_ITEM(args, 0), layer->view().K, &M);
   if (!x) return call_slow(self, args, kwargs);
+  const GemmLayer::Pinned p = layer->pin();
   const auto& api = py::detail::npy_api::get();
-  const Py_intptr_t dims[2] = {M, layer->view().N};
+  const Py_intptr_t dims[2] = {M, p.w.N};
   PyObject* y = api.PyArray_NewFromDescr_(api.PyArray_Type_, api.PyArray_DescrFromType_(py::detail::npy_api::NPY_FLOAT_),
                                           2, dims, nullptr, nullptr, 0, nullptr);
   if (!y) return nullptr;
   bool failed = false;
   PyThreadState* saved = PyEval_SaveThread();
   try {
-    gemm::linear_forward(layer->view(), x, M, layer->bias_ptr(), reinterpret_cast<float*>(py::detail::array_proxy(y)->data));
+    gemm::linear_forward(p.w, x, M, p.bias_ptr, reinterpret_cast<float*>(py::detail::array_proxy(y)->data));
   } catch (...) {
     failed = true;  // the slow path runs it again and raises the error as Python sees it
   }
@@ -228,9 +239,15 @@ void register_gemm(py::module_& m) {
   }, py::arg("buf"));
   // Decode with no Python between layers (as ggml's C graph runs them): median seconds per
   // call of the automatic path over passes through `layers`, x float32 [M, K] shared by all.
-  m.def("probe_decode_rotation", [](const std::vector<const GemmLayer*>& layers, const py::array& x, int passes) {
-    require(!layers.empty() && passes > 0, "need at least one layer and one pass");
+  m.def("probe_decode_rotation", [](const std::vector<py::handle>& objects, const py::array& x, int passes) {
+    require(!objects.empty() && passes > 0, "need at least one layer and one pass");
     require_array<float>(x, "x", 2);
+    std::vector<const GemmLayer*> layers;
+    for (py::handle h : objects) {
+      const GemmLayer* l = py::isinstance<GemmLayer>(h) ? fast_call::layer_of(h.ptr()) : nullptr;
+      require(l != nullptr, "layers must be initialised GemmLayer / PackedLinear objects");
+      layers.push_back(l);
+    }
     const int64_t M = x.shape(0), K = layers[0]->view().K;
     int64_t N = 0;
     for (const GemmLayer* l : layers) {

@@ -177,10 +177,15 @@ class PackedLinear(_core.GemmLayer):
     def _call_slow(self, x, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
         return gemm(x, self, out=out, kernel=kernel, activation=activation)
 
+    def __reduce__(self):
+        # Through the constructor, so every pickle protocol works (0 and 1 would otherwise
+        # stop at the native base, which has no Python-level state).
+        return (type(self), (self._packed, self._n, self._k, self._group_size, self._bias))
+
     def __getstate__(self):
         return {"packed": self._packed, "N": self._n, "K": self._k, "group_size": self._group_size, "bias": self._bias}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state):  # pickles written before __reduce__ existed
         n = state["N"]
         self._init_native(_aligned_copy(state["packed"]), n, state["K"], state["group_size"], _check_bias(state["bias"], n))
 
