@@ -109,7 +109,6 @@ class GemmLayer {
   }
 
   const PackedView& view() const { return w_; }
-  const float* bias_ptr() const { return bias_ptr_; }
 
   // What one call reads, taken with the GIL held: another thread may rebind the layer
   // while this call runs without the GIL, so the call keeps its own view and references.
@@ -214,17 +213,17 @@ void register_gemm(py::module_& m) {
   m.def("gemm_pack", &pack, py::arg("qweight"), py::arg("qzeros"), py::arg("scales"), py::arg("group_size"));
   m.def("gemm_unpack", &unpack, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"));
   // Set before the type is readied, so Python subclasses (PackedLinear) inherit the slot itself.
-  py::class_<GemmLayer>(m, "GemmLayer", py::custom_type_setup([](PyHeapTypeObject* type) {
+  py::class_<GemmLayer> layer_class(m, "GemmLayer", py::custom_type_setup([](PyHeapTypeObject* type) {
                           type->ht_type.tp_call = fast_call::call;
-                        }))
-      .def(py::init<py::array, int64_t, int64_t, int64_t, py::object>(), py::arg("packed"), py::arg("N"),
+                        }));
+  layer_class.def(py::init<py::array, int64_t, int64_t, int64_t, py::object>(), py::arg("packed"), py::arg("N"),
            py::arg("K"), py::arg("group_size"), py::arg("bias"))
       .def("_rebind", &GemmLayer::rebind, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
            py::arg("bias"))
       .def("_forward", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,
-           py::arg("activation") = 0)
-      .def("_call_slow", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,
            py::arg("activation") = 0);
+  // The call slot's checked path: for a bare GemmLayer the checked forward itself.
+  layer_class.attr("_call_slow") = layer_class.attr("_forward");
   // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only).
   m.def("probe_stream_read", [](const py::array& buf) {
     require(detected_isa() == Isa::avx512, "the bandwidth probe needs AVX-512");
@@ -242,17 +241,17 @@ void register_gemm(py::module_& m) {
   m.def("probe_decode_rotation", [](const std::vector<py::handle>& objects, const py::array& x, int passes) {
     require(!objects.empty() && passes > 0, "need at least one layer and one pass");
     require_array<float>(x, "x", 2);
-    std::vector<const GemmLayer*> layers;
+    std::vector<GemmLayer::Pinned> layers;  // as a call pins its layer: the loop runs without the GIL
     for (py::handle h : objects) {
       const GemmLayer* l = py::isinstance<GemmLayer>(h) ? fast_call::layer_of(h.ptr()) : nullptr;
       require(l != nullptr, "layers must be initialised GemmLayer / PackedLinear objects");
-      layers.push_back(l);
+      layers.push_back(l->pin());
     }
-    const int64_t M = x.shape(0), K = layers[0]->view().K;
+    const int64_t M = x.shape(0), K = layers[0].w.K;
     int64_t N = 0;
-    for (const GemmLayer* l : layers) {
-      require(l->view().K == K, "every layer must have the same in_features");
-      N = std::max(N, l->view().N);
+    for (const GemmLayer::Pinned& l : layers) {
+      require(l.w.K == K, "every layer must have the same in_features");
+      N = std::max(N, l.w.N);
     }
     require(x.shape(1) == K, "x must have in_features columns");
     const float* xp = static_cast<const float*>(x.data());
@@ -261,8 +260,8 @@ void register_gemm(py::module_& m) {
     py::gil_scoped_release nogil;
     for (int p = 0; p < passes; ++p) {
       const auto t0 = std::chrono::steady_clock::now();
-      for (const GemmLayer* l : layers)
-        gemm::linear_forward(l->view(), xp, M, l->bias_ptr(), y.data(), gemm::Path::automatic, gemm::Activation::f32);
+      for (const GemmLayer::Pinned& l : layers)
+        gemm::linear_forward(l.w, xp, M, l.bias_ptr, y.data(), gemm::Path::automatic, gemm::Activation::f32);
       per_call.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / layers.size());
     }
     std::sort(per_call.begin(), per_call.end());

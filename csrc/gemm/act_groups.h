@@ -1,5 +1,6 @@
-// Per-group scans of an activation row shared by the activation splitters (int8 path,
-// digits path): absmax and whether the group holds NaN or Inf.
+// The walk over activation groups shared by the activation splitters (int8 path, digits
+// path; scalar and AVX-512): per row and weight group, its inputs, absmax and whether it
+// holds NaN or Inf.
 #pragma once
 #include <cfloat>
 #include <cmath>
@@ -18,6 +19,19 @@ static inline float group_absmax(const float* p, int64_t n, bool* bad) {
   }
   *bad = nonfinite;
   return amax;
+}
+
+// fn(m, g, p, absmax, bad) for each row m of x [M, K] and weight group g: p points at the
+// group's gs inputs; absmax_fn is the scan (group_absmax above, or its AVX-512 twin).
+template <typename AbsmaxFn, typename Fn>
+inline void for_act_groups(const float* x, int64_t M, int64_t K, int64_t gs, AbsmaxFn absmax_fn, Fn&& fn) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < K / gs; ++g) {
+      const float* p = x + m * K + g * gs;
+      bool bad;
+      const float amax = absmax_fn(p, gs, &bad);
+      fn(m, g, p, amax, bad);
+    }
 }
 
 }  // namespace awqkit::gemm

@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "gemm/act_groups.h"
 #include "gemm/digits_kernels.h"
 #include "gemm/avx512_helpers.h"
 #include "gemm/row_tiles.h"
@@ -101,43 +102,39 @@ void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digi
   const int64_t G = K / gs;
   const __m512i perm = run_order();
   const __m512 lim = _mm512_set1_ps(kDigitMax);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      const float* p = x + m * K + g * gs;
-      bool bad;
-      const float d = digit_step(group_absmax(p, gs, &bad));
-      const __m512 inv = _mm512_set1_ps(1.0f / d);
-      __m512i sums[kDigits] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-      for (int64_t j = 0; j < gs; j += 16) {
-        const __mmask16 mk = lane_mask(gs - j);
-        __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, p + j), inv),
-                                        _MM_FROUND_CUR_DIRECTION);  // as nearbyint
-        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
-        __m512i q = bad ? _mm512_setzero_si512() : _mm512_maskz_mov_epi32(mk, _mm512_cvttps_epi32(t));
-        __m512i b[kDigits];
-        b[0] = low_digit(q);
-        q = _mm512_srai_epi32(_mm512_sub_epi32(q, b[0]), 8);
-        b[1] = low_digit(q);
-        b[2] = _mm512_srai_epi32(_mm512_sub_epi32(q, b[1]), 8);
-        for (int i = 0; i < kDigits; ++i) {
-          sums[i] = _mm512_add_epi32(sums[i], b[i]);
-          _mm512_mask_cvtepi32_storeu_epi8(digits + (m * kDigits + i) * K + g * gs + j, mk,
-                                           _mm512_permutexvar_epi32(perm, b[i]));
-        }
+  for_act_groups(x, M, K, gs, avx512::group_absmax, [&](int64_t m, int64_t g, const float* p, float amax, bool bad) {
+    const float d = digit_step(amax);
+    const __m512 inv = _mm512_set1_ps(1.0f / d);
+    __m512i sums[kDigits] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int64_t j = 0; j < gs; j += 16) {
+      const __mmask16 mk = lane_mask(gs - j);
+      __m512 t = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, p + j), inv),
+                                      _MM_FROUND_CUR_DIRECTION);  // as nearbyint
+      t = _mm512_min_ps(_mm512_max_ps(t, _mm512_sub_ps(_mm512_setzero_ps(), lim)), lim);
+      __m512i q = bad ? _mm512_setzero_si512() : _mm512_maskz_mov_epi32(mk, _mm512_cvttps_epi32(t));
+      __m512i b[kDigits];
+      b[0] = low_digit(q);
+      q = _mm512_srai_epi32(_mm512_sub_epi32(q, b[0]), 8);
+      b[1] = low_digit(q);
+      b[2] = _mm512_srai_epi32(_mm512_sub_epi32(q, b[1]), 8);
+      for (int i = 0; i < kDigits; ++i) {
+        sums[i] = _mm512_add_epi32(sums[i], b[i]);
+        _mm512_mask_cvtepi32_storeu_epi8(digits + (m * kDigits + i) * K + g * gs + j, mk,
+                                         _mm512_permutexvar_epi32(perm, b[i]));
       }
-      step[m * G + g] = bad ? NAN : d;
-      for (int i = 0; i < kDigits; ++i)
-        dsum[(m * G + g) * kDigits + i] = _mm512_reduce_add_epi32(sums[i]);
     }
+    step[m * G + g] = bad ? NAN : d;
+    for (int i = 0; i < kDigits; ++i)
+      dsum[(m * G + g) * kDigits + i] = _mm512_reduce_add_epi32(sums[i]);
+  });
 }
 
 void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum, int64_t M,
                  const float* bias, float* y, int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G;
-  for (int64_t b = b0; b < b1; ++b)
-    for_row_tiles<kMaxRows>(M, [&](auto rows, int64_t m) {
-      block_rows<rows()>(w, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits, bias, y + m * N, b);
-    });
+  for_block_row_tiles<kMaxRows>(b0, b1, M, [&](auto rows, int64_t b, int64_t m) {
+    block_rows<rows()>(w, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits, bias, y + m * N, b);
+  });
 }
 
 }  // namespace awqkit::gemm::avx512

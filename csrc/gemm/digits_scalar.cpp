@@ -11,32 +11,28 @@ namespace awqkit::gemm::scalar {
 
 void split_digits(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* digits, float* step, int32_t* dsum) {
   const int64_t G = K / gs;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      const float* p = x + m * K + g * gs;
-      bool bad;
-      const float amax = group_absmax(p, gs, &bad);
-      const float d = digit_step(amax);
-      const float inv = 1.0f / d;  // exact: d is a power of two
-      int32_t sums[kDigits] = {0, 0, 0};
-      for (int64_t j = 0; j < gs; ++j) {
-        float t = std::nearbyint(p[j] * inv);
-        t = t < -kDigitMax ? -kDigitMax : t > kDigitMax ? kDigitMax : t;
-        const int32_t q = bad ? 0 : static_cast<int32_t>(t);
-        const int32_t b0 = ((q + 128) & 255) - 128;
-        const int32_t r1 = (q - b0) / 256;  // exact
-        const int32_t b1 = ((r1 + 128) & 255) - 128;
-        const int32_t b2 = (r1 - b1) / 256;
-        const int32_t b[kDigits] = {b0, b1, b2};
-        const int64_t pos = g * gs + (j / 8) * 8 + int8_run_offset(j % 8);
-        for (int i = 0; i < kDigits; ++i) {
-          digits[(m * kDigits + i) * K + pos] = static_cast<int8_t>(b[i]);
-          sums[i] += b[i];
-        }
+  for_act_groups(x, M, K, gs, group_absmax, [&](int64_t m, int64_t g, const float* p, float amax, bool bad) {
+    const float d = digit_step(amax);
+    const float inv = 1.0f / d;  // exact: d is a power of two
+    int32_t sums[kDigits] = {0, 0, 0};
+    for (int64_t j = 0; j < gs; ++j) {
+      float t = std::nearbyint(p[j] * inv);
+      t = t < -kDigitMax ? -kDigitMax : t > kDigitMax ? kDigitMax : t;
+      const int32_t q = bad ? 0 : static_cast<int32_t>(t);
+      const int32_t b0 = ((q + 128) & 255) - 128;
+      const int32_t r1 = (q - b0) / 256;  // exact
+      const int32_t b1 = ((r1 + 128) & 255) - 128;
+      const int32_t b2 = (r1 - b1) / 256;
+      const int32_t b[kDigits] = {b0, b1, b2};
+      const int64_t pos = g * gs + (j / 8) * 8 + int8_run_offset(j % 8);
+      for (int i = 0; i < kDigits; ++i) {
+        digits[(m * kDigits + i) * K + pos] = static_cast<int8_t>(b[i]);
+        sums[i] += b[i];
       }
-      step[m * G + g] = bad ? NAN : d;
-      for (int i = 0; i < kDigits; ++i) dsum[(m * G + g) * kDigits + i] = sums[i];
     }
+    step[m * G + g] = bad ? NAN : d;
+    for (int i = 0; i < kDigits; ++i) dsum[(m * G + g) * kDigits + i] = sums[i];
+  });
 }
 
 void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* /*dsum*/, int64_t M,
@@ -49,8 +45,8 @@ void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, c
         float acc = 0.0f;
         for (int64_t g = 0; g < G; ++g) {
           const uint8_t* hdr = block_group(w, b, g);
-          const float s = half_to_float(reinterpret_cast<const uint16_t*>(hdr)[c]);
-          const int32_t z = static_cast<int32_t>(half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]));
+          const float s = packed_scale(hdr, c);
+          const int32_t z = static_cast<int32_t>(packed_zero(hdr, c));
           float u[kDigits];
           for (int i = 0; i < kDigits; ++i) {
             const int8_t* xd = digits + (m * kDigits + i) * K + g * gs;

@@ -66,10 +66,9 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
 void gemv(const PackedView& w, const float* x, int64_t M, const float* xsum, const float* bias, float* y,
           int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G;
-  for (int64_t b = b0; b < b1; ++b)
-    for_row_tiles<4>(M, [&](auto rows, int64_t m) {
-      gemv_block<rows()>(w, x + m * K, xsum + m * G, bias, y + m * N, b);
-    });
+  for_block_row_tiles<4>(b0, b1, M, [&](auto rows, int64_t b, int64_t m) {
+    gemv_block<rows()>(w, x + m * K, xsum + m * G, bias, y + m * N, b);
+  });
 }
 
 }  // namespace awqkit::gemm::avx2

@@ -7,6 +7,7 @@
 // Up to 4 rows of x share each unpacked weight; larger M reuses the block from L1/L2.
 #include <immintrin.h>
 
+#include "gemm/avx512_helpers.h"
 #include "gemm/gemm_kernels.h"
 #include "gemm/row_tiles.h"
 
@@ -65,8 +66,7 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
     }
   }
   const int64_t n0 = b * kBlock;
-  const int64_t nv = N - n0 < kBlock ? N - n0 : kBlock;
-  const __mmask16 mask = static_cast<__mmask16>((1u << nv) - 1u);
+  const __mmask16 mask = lane_mask(N - n0);
   for (int r = 0; r < R; ++r) {
     __m512 out = yacc[r];
     if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, bias + n0));
@@ -79,10 +79,9 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
 void gemv(const PackedView& w, const float* x, int64_t M, const float* xsum, const float* bias, float* y,
           int64_t b0, int64_t b1) {
   const int64_t K = w.K, N = w.N, G = w.G;
-  for (int64_t b = b0; b < b1; ++b)
-    for_row_tiles<4>(M, [&](auto rows, int64_t m) {
-      gemv_block<rows()>(w, x + m * K, xsum + m * G, bias, y + m * N, b);
-    });
+  for_block_row_tiles<4>(b0, b1, M, [&](auto rows, int64_t b, int64_t m) {
+    gemv_block<rows()>(w, x + m * K, xsum + m * G, bias, y + m * N, b);
+  });
 }
 
 }  // namespace awqkit::gemm::avx512

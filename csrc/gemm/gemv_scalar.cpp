@@ -17,8 +17,8 @@ void gemv(const PackedView& w, const float* x, int64_t M, const float* /*xsum*/,
         float acc = 0.0f;
         for (int64_t g = 0; g < w.G; ++g) {
           const uint8_t* hdr = block_group(w, b, g);
-          const float scale = half_to_float(reinterpret_cast<const uint16_t*>(hdr)[c]);
-          const float zero = half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]);
+          const float scale = packed_scale(hdr, c);
+          const float zero = packed_zero(hdr, c);
           const uint8_t* codes = hdr + kGroupHeader;
           for (int64_t j = 0; j < gs; ++j) {
             const float code = static_cast<float>(packed_code(codes, j, c));

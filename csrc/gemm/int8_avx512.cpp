@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "gemm/act_groups.h"
 #include "gemm/int8_kernels.h"
 #include "gemm/avx512_helpers.h"
 #include "gemm/row_tiles.h"
@@ -83,36 +84,31 @@ inline void tile_rows(const PackedView& w, const int8_t* xq, const float* sx, co
 void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, float* sx, int32_t* qsum) {
   const int64_t G = K / gs;
   const __m512i perm = run_order();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      const float* p = x + m * K + g * gs;
-      bool bad;
-      const float am = group_absmax(p, gs, &bad);
-      const float s = int8_act_scale(am, bad);
-      const __m512 sv = _mm512_set1_ps(s);
-      __m512i sum = _mm512_setzero_si512();
-      int8_t* q = xq + m * K + g * gs;
-      for (int64_t j = 0; j < gs; j += 16) {
-        const __mmask16 mk = lane_mask(gs - j);
-        __m512i v = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mk, p + j), sv),
-                                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        if (bad) v = _mm512_setzero_si512();
-        v = _mm512_maskz_mov_epi32(mk, v);
-        sum = _mm512_add_epi32(sum, v);
-        _mm512_mask_cvtepi32_storeu_epi8(q + j, mk, _mm512_permutexvar_epi32(perm, v));
-      }
-      sx[m * G + g] = s;
-      qsum[m * G + g] = _mm512_reduce_add_epi32(sum);
+  for_act_groups(x, M, K, gs, avx512::group_absmax, [&](int64_t m, int64_t g, const float* p, float amax, bool bad) {
+    const float s = int8_act_scale(amax, bad);
+    const __m512 sv = _mm512_set1_ps(s);
+    __m512i sum = _mm512_setzero_si512();
+    int8_t* q = xq + m * K + g * gs;
+    for (int64_t j = 0; j < gs; j += 16) {
+      const __mmask16 mk = lane_mask(gs - j);
+      __m512i v = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mk, p + j), sv),
+                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      if (bad) v = _mm512_setzero_si512();
+      v = _mm512_maskz_mov_epi32(mk, v);
+      sum = _mm512_add_epi32(sum, v);
+      _mm512_mask_cvtepi32_storeu_epi8(q + j, mk, _mm512_permutexvar_epi32(perm, v));
     }
+    sx[m * G + g] = s;
+    qsum[m * G + g] = _mm512_reduce_add_epi32(sum);
+  });
 }
 
 void gemm_int8(const PackedView& w, const int8_t* xq, const float* sx, const int32_t* qsum, int64_t M,
                const float* bias, float* y, int64_t t0, int64_t t1) {
   const int64_t K = w.K, N = w.N, G = w.G;
-  for (int64_t t = t0; t < t1; ++t)
-    for_row_tiles<MR>(M, [&](auto rows, int64_t m) {
-      tile_rows<rows()>(w, xq + m * K, sx + m * G, qsum + m * G, bias, y + m * N, t);
-    });
+  for_block_row_tiles<MR>(t0, t1, M, [&](auto rows, int64_t t, int64_t m) {
+    tile_rows<rows()>(w, xq + m * K, sx + m * G, qsum + m * G, bias, y + m * N, t);
+  });
 }
 
 }  // namespace awqkit::gemm::avx512

@@ -10,22 +10,18 @@ namespace awqkit::gemm::scalar {
 
 void quantize_act(const float* x, int64_t M, int64_t K, int64_t gs, int8_t* xq, float* sx, int32_t* qsum) {
   const int64_t G = K / gs;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      const float* p = x + m * K + g * gs;
-      bool bad;
-      const float amax = group_absmax(p, gs, &bad);
-      const float s = int8_act_scale(amax, bad);
-      int32_t sum = 0;
-      int8_t* q = xq + m * K + g * gs;
-      for (int64_t j = 0; j < gs; ++j) {
-        const int32_t v = bad ? 0 : static_cast<int32_t>(std::nearbyint(p[j] / s));
-        q[(j / 8) * 8 + int8_run_offset(j % 8)] = static_cast<int8_t>(v);
-        sum += v;
-      }
-      sx[m * G + g] = s;
-      qsum[m * G + g] = sum;
+  for_act_groups(x, M, K, gs, group_absmax, [&](int64_t m, int64_t g, const float* p, float amax, bool bad) {
+    const float s = int8_act_scale(amax, bad);
+    int32_t sum = 0;
+    int8_t* q = xq + m * K + g * gs;
+    for (int64_t j = 0; j < gs; ++j) {
+      const int32_t v = bad ? 0 : static_cast<int32_t>(std::nearbyint(p[j] / s));
+      q[(j / 8) * 8 + int8_run_offset(j % 8)] = static_cast<int8_t>(v);
+      sum += v;
     }
+    sx[m * G + g] = s;
+    qsum[m * G + g] = sum;
+  });
 }
 
 void gemm_int8(const PackedView& w, const int8_t* xq, const float* sx, const int32_t* qsum, int64_t M,
@@ -37,8 +33,8 @@ void gemm_int8(const PackedView& w, const int8_t* xq, const float* sx, const int
       float acc = 0.0f;
       for (int64_t g = 0; g < G; ++g) {
         const uint8_t* hdr = block_group(w, b, g);
-        const float s = half_to_float(reinterpret_cast<const uint16_t*>(hdr)[c]);
-        const int32_t z = static_cast<int32_t>(half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]));
+        const float s = packed_scale(hdr, c);
+        const int32_t z = static_cast<int32_t>(packed_zero(hdr, c));
         const int8_t* q = xq + m * K + g * gs;
         int32_t dot = 0;
         for (int64_t j = 0; j < gs; ++j)

@@ -89,6 +89,7 @@ constexpr int64_t kSerialSplitInputs = 16384;
 
 void run_digits(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
   const SplitDigitsFn split = simd ? avx512::split_digits : scalar::split_digits;
+  const auto gemv = simd ? avx512::gemv_digits : scalar::gemv_digits;
   const bool amx = simd && M >= kAmxMinRows && amx_int8_active();
   const int64_t K = w.K, G = w.G, gs = w.group_size;
   const int64_t nt_max = omp_get_max_threads();
@@ -105,11 +106,10 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
   int32_t* dsum = reinterpret_cast<int32_t*>(step + M * G);
   float* per_thread = reinterpret_cast<float*>(dsum + M * G * kDigits);
   const int64_t nb = w.blocks;
-  const bool split_first = !amx && M * K <= kSerialSplitInputs;
+  const bool split_first = !amx && (nt_max == 1 || M * K <= kSerialSplitInputs);
   if (split_first) split(x, M, K, gs, digits, step, dsum);
   if (!amx && nt_max == 1) {  // as in run_gemv: no parallel region for one thread
-    if (!split_first) split(x, M, K, gs, digits, step, dsum);
-    (simd ? avx512::gemv_digits : scalar::gemv_digits)(w, digits, step, dsum, M, bias, y, 0, nb);
+    gemv(w, digits, step, dsum, M, bias, y, 0, nb);
     return;
   }
 #pragma omp parallel
@@ -134,10 +134,8 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
       if (amx)
         avx512::gemm_digits_amx(w, digits, step, M, bias, y, b0, b1,
                                 reinterpret_cast<uint8_t*>(mine + stage_floats));
-      else if (simd)
-        avx512::gemv_digits(w, digits, step, dsum, M, bias, y, b0, b1);
       else
-        scalar::gemv_digits(w, digits, step, dsum, M, bias, y, b0, b1);
+        gemv(w, digits, step, dsum, M, bias, y, b0, b1);
     }
   }
 }

@@ -21,6 +21,8 @@
 #pragma once
 #include <cstdint>
 
+#include "common/half.h"
+
 namespace awqkit::gemm {
 
 inline constexpr int64_t kBlock = 16;         // output channels per block
@@ -79,5 +81,12 @@ static inline uint32_t packed_code(const uint8_t* codes, int64_t j, int64_t c) {
   const uint32_t word = static_cast<uint32_t>(dw[0]) | static_cast<uint32_t>(dw[1]) << 8 |
                         static_cast<uint32_t>(dw[2]) << 16 | static_cast<uint32_t>(dw[3]) << 24;
   return (word >> (4 * (j % kRun))) & 0xFu;
+}
+// Scale and zero point of channel c (0..15 in the block) from a block-group header.
+static inline float packed_scale(const uint8_t* hdr, int64_t c) {
+  return half_to_float(reinterpret_cast<const uint16_t*>(hdr)[c]);
+}
+static inline float packed_zero(const uint8_t* hdr, int64_t c) {
+  return half_to_float(reinterpret_cast<const uint16_t*>(hdr + 32)[c]);
 }
 }  // namespace awqkit::gemm

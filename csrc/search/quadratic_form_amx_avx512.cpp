@@ -27,6 +27,24 @@ static inline float bf16_float(uint16_t h) {
   return f;
 }
 
+// Tiles: 0-3 C (2x2 blocks of 16x16 float), 4 and 5 A (two 16-row halves), 6 and 7 B (two
+// 16-column halves). Tile numbers must be immediates, so each step is a helper, not a loop.
+#define AWQKIT_AMX_INLINE AWQKIT_AMX_TARGET __attribute__((always_inline)) static inline
+AWQKIT_AMX_INLINE void load_a(const uint16_t* a, int64_t Kp, int64_t lda) {
+  _tile_loadd(4, a, lda);
+  _tile_loadd(5, a + 16 * Kp, lda);
+}
+AWQKIT_AMX_INLINE void load_b(const uint16_t* b) {
+  _tile_loadd(6, b, 128);
+  _tile_loadd(7, b + 32, 128);
+}
+AWQKIT_AMX_INLINE void dp_2x2() {
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
 }  // namespace
 
 void split_bf16(const float* x, int64_t n, uint16_t* hi, uint16_t* lo) {
@@ -41,8 +59,7 @@ AWQKIT_AMX_TARGET void quadratic_form_amx(const float* E, const uint16_t* Ehi, c
                                           int64_t rows, int64_t Kp, const uint16_t* Ghi,
                                           const uint16_t* Glo, const int64_t* offset, float* ctile,
                                           double* out) {
-  // Tiles 0-3: C (32 rows x 32 columns as 2x2 tiles of 16x16 float); 4, 5: A (16 rows x 32 k);
-  // 6, 7: B (16 k-pairs x 16 columns x 2).
+  // Every tile is 16 rows of 64 bytes: C 16x16 float, A 16 rows x 32 bf16, B 16 k-pairs x 16 columns.
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;
@@ -69,28 +86,15 @@ AWQKIT_AMX_TARGET void quadratic_form_amx(const float* E, const uint16_t* Ehi, c
         for (int64_t k = 0; k < klen; k += 32) {
           const uint16_t* bhk = bh + (k / 2) * 64;
           const uint16_t* blk = bl + (k / 2) * 64;
-          _tile_loadd(4, ah + k, lda);
-          _tile_loadd(5, ah + 16 * Kp + k, lda);
-          _tile_loadd(6, bhk, 128);
-          _tile_loadd(7, bhk + 32, 128);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-          _tile_loadd(6, blk, 128);
-          _tile_loadd(7, blk + 32, 128);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-          _tile_loadd(4, al + k, lda);
-          _tile_loadd(5, al + 16 * Kp + k, lda);
-          _tile_loadd(6, bhk, 128);
-          _tile_loadd(7, bhk + 32, 128);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+          // hi*hi + hi*lo + lo*hi: the bf16 pair products that carry float32's precision.
+          load_a(ah + k, Kp, lda);
+          load_b(bhk);
+          dp_2x2();
+          load_b(blk);
+          dp_2x2();
+          load_a(al + k, Kp, lda);
+          load_b(bhk);
+          dp_2x2();
         }
         _tile_stored(0, ctile, 128);
         _tile_stored(1, ctile + 16, 128);
