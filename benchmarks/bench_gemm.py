@@ -171,6 +171,14 @@ def worker(threads: int, quick: bool) -> dict:
     return out
 
 
+def _rows(results: list[dict], keep):
+    """(worker result, row) for every row of every thread count that ``keep(row)`` accepts."""
+    for r in results:
+        for row in r["rows"]:
+            if keep(row):
+                yield r, row
+
+
 def fmt_table(results: list[dict]) -> str:
     lines = []
     lines.append("Machine limits (native probes, same run):\n")
@@ -187,56 +195,48 @@ def fmt_table(results: list[dict]) -> str:
         "| x torch | float GEMV us | float GEMV / probe |"
     )
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        for row in r["rows"]:
-            if row["M"] not in DECODE_MS:
-                continue
-            gbs = row["packed_bytes"] / row["awq_s"] / 1e9
-            ts = row.get("torch_s")
-            scat, native = (
-                f"{row['packed_bytes'] / row[key] / 1e9 / r['probe_gbs']:.2f}" if key in row else "-"
-                for key in ("scattered_s", "native_s")
-            )
-            lines.append(
-                f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {row['awq_s'] * 1e6:.1f} | {gbs:.1f} | "
-                f"{gbs / r['probe_gbs']:.2f} | {scat} | {native} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
-                f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} | "
-                f"{row['gemv_s'] * 1e6:.1f} | {row['packed_bytes'] / row['gemv_s'] / 1e9 / r['probe_gbs']:.2f} |"
-            )
+    for r, row in _rows(results, lambda row: row["M"] in DECODE_MS):
+        gbs = row["packed_bytes"] / row["awq_s"] / 1e9
+        ts = row.get("torch_s")
+        scat, native = (
+            f"{row['packed_bytes'] / row[key] / 1e9 / r['probe_gbs']:.2f}" if key in row else "-"
+            for key in ("scattered_s", "native_s")
+        )
+        lines.append(
+            f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {row['awq_s'] * 1e6:.1f} | {gbs:.1f} | "
+            f"{gbs / r['probe_gbs']:.2f} | {scat} | {native} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
+            f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} | "
+            f"{row['gemv_s'] * 1e6:.1f} | {row['packed_bytes'] / row['gemv_s'] / 1e9 / r['probe_gbs']:.2f} |"
+        )
     lines.append("\nPrefill (warm weights), GFLOP/s = 2*M*N*K / time:\n")
     lines.append(
         "| N x K | M | thr | awqkit | awqkit out= | numpy fp32 | torch fp32 | x numpy | x torch | / FMA peak "
         "| float GEMM | float GEMM x numpy | awqkit int8 | int8 x numpy |"
     )
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        for row in r["rows"]:
-            if row["M"] not in PREFILL_MS:
-                continue
-            fl = 2.0 * row["M"] * row["N"] * row["K"] / 1e9
-            a, nps, ts = fl / row["awq_s"], fl / row["numpy_s"], row.get("torch_s")
-            tg = fl / ts if ts else float("nan")
-            lines.append(
-                f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {a:.0f} | {fl / row['awq_out_s']:.0f} | "
-                f"{nps:.0f} | {tg:.0f} | "
-                f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['float_gemm_s']:.0f} | "
-                f"{row['numpy_s'] / row['float_gemm_s']:.2f} | {fl / row['int8_s']:.0f} | "
-                f"{row['numpy_s'] / row['int8_s']:.2f} |"
-            )
+    for r, row in _rows(results, lambda row: row["M"] in PREFILL_MS):
+        fl = 2.0 * row["M"] * row["N"] * row["K"] / 1e9
+        a, nps, ts = fl / row["awq_s"], fl / row["numpy_s"], row.get("torch_s")
+        tg = fl / ts if ts else float("nan")
+        lines.append(
+            f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {a:.0f} | {fl / row['awq_out_s']:.0f} | "
+            f"{nps:.0f} | {tg:.0f} | "
+            f"{a / nps:.2f} | {a / tg:.2f} | {a / r['fma_gflops']:.2f} | {fl / row['float_gemm_s']:.0f} | "
+            f"{row['numpy_s'] / row['float_gemm_s']:.2f} | {fl / row['int8_s']:.0f} | "
+            f"{row['numpy_s'] / row['int8_s']:.2f} |"
+        )
     lines.append("\nAccuracy (x ~ N(0, 1)), relative Frobenius error against float64 x @ W_deq.T:\n")
     lines.append("| N x K | group | M | numpy fp32 | awqkit (auto) | awqkit float GEMV / GEMM | awqkit int8 |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        for row in r["rows"]:
-            if "err_numpy" in row:
-                auto = row["err_auto"]
-                flt = row.get("err_gemv", row.get("err_gemm"))
-                gemv = f"{flt:.1e}" if flt is not None else "-"
-                int8 = f"{row['err_int8']:.1e}" if "err_int8" in row else "-"
-                lines.append(
-                    f"| {row['N']}x{row['K']} | {row['gs']} | {row['M']} | {row['err_numpy']:.1e} | {auto:.1e} | "
-                    f"{gemv} | {int8} |"
-                )
+    for _, row in _rows(results, lambda row: "err_numpy" in row):
+        auto = row["err_auto"]
+        flt = row.get("err_gemv", row.get("err_gemm"))
+        gemv = f"{flt:.1e}" if flt is not None else "-"
+        int8 = f"{row['err_int8']:.1e}" if "err_int8" in row else "-"
+        lines.append(
+            f"| {row['N']}x{row['K']} | {row['gs']} | {row['M']} | {row['err_numpy']:.1e} | {auto:.1e} | "
+            f"{gemv} | {int8} |"
+        )
     return "\n".join(lines)
 
 
