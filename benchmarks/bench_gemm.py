@@ -15,7 +15,10 @@ measured in the same run: a native AVX-512 streaming-read probe over a 1 GiB buf
   The copies sit back to back in call order, as ``load_quantized`` places a model's
   layers (``awqkit.contiguous_layers``; numpy/torch: one [copies, N, K] array);
   "scattered" times copies allocated one by one, "native loop" the same calls made from
-  C++ (no Python between layers, as ggml's C graph runs them).
+  C++ (no Python between layers, as ggml's C graph runs them), "read ceiling" that loop
+  with the arithmetic left out: each call only reads its layer's blocks, split over the
+  threads and synchronised per call as the kernel is (what any kernel called once per
+  layer could reach; ``_core.probe_read_rotation``).
 * prefill (M = 64, 512): warm weights, GFLOP/s = 2*M*N*K / time; "out=" writes into a
   preallocated output (no fresh pages per call, which a model's forward can arrange).
   "awqkit" is the automatic path (the digits product: VNNI GEMV below 6 rows, AMX-INT8
@@ -118,6 +121,7 @@ def worker(threads: int, quick: bool) -> dict:
         lins = [lin] + [awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(copies - 1)]
         scattered = [awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(copies)]
         awqkit.contiguous_layers(lins)
+        t_read = _core.probe_read_rotation(lins, 5)
         ws = list(np.broadcast_to(wdq, (math.ceil(rotate / wdq.nbytes),) + wdq.shape).copy())  # one array, in order
         for m in DECODE_MS:
             x = rng.standard_normal((m, k), dtype=np.float32)
@@ -128,7 +132,7 @@ def worker(threads: int, quick: bool) -> dict:
             t_gemv = rotation_time([(lambda l=l: l(x, kernel="gemv")) for l in lins])
             t_np = rotation_time([(lambda v=v: x @ v.T) for v in ws])
             row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "scattered_s": t_scattered, "native_s": t_native,
-                   "gemv_s": t_gemv,
+                   "read_s": t_read, "gemv_s": t_gemv,
                    "numpy_s": t_np}
             row["packed_bytes"] = lin.nbytes
             if threads == 1:  # accuracy does not depend on threads
@@ -190,21 +194,22 @@ def fmt_table(results: list[dict]) -> str:
     lines.append("\nDecode (weights streamed from DRAM: rotation over >= 1 GiB of copies, back to back in call order;"
                  " 'scattered': copies allocated one by one):\n")
     lines.append(
-        "| N x K | M | thr | awqkit us | GB/s packed | / probe | scattered / probe | native loop / probe | numpy us "
+        "| N x K | M | thr | awqkit us | GB/s packed | / probe | scattered / probe | native loop / probe "
+        "| read ceiling / probe | numpy us "
         "| torch us | x numpy "
         "| x torch | float GEMV us | float GEMV / probe |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r, row in _rows(results, lambda row: row["M"] in DECODE_MS):
         gbs = row["packed_bytes"] / row["awq_s"] / 1e9
         ts = row.get("torch_s")
-        scat, native = (
+        scat, native, ceiling = (
             f"{row['packed_bytes'] / row[key] / 1e9 / r['probe_gbs']:.2f}" if key in row else "-"
-            for key in ("scattered_s", "native_s")
+            for key in ("scattered_s", "native_s", "read_s")
         )
         lines.append(
             f"| {row['N']}x{row['K']} | {row['M']} | {r['threads']} | {row['awq_s'] * 1e6:.1f} | {gbs:.1f} | "
-            f"{gbs / r['probe_gbs']:.2f} | {scat} | {native} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
+            f"{gbs / r['probe_gbs']:.2f} | {scat} | {native} | {ceiling} | {row['numpy_s'] * 1e6:.1f} | {ts * 1e6 if ts else float('nan'):.1f} | "
             f"{row['numpy_s'] / row['awq_s']:.1f} | {(ts / row['awq_s']) if ts else float('nan'):.1f} | "
             f"{row['gemv_s'] * 1e6:.1f} | {row['packed_bytes'] / row['gemv_s'] / 1e9 / r['probe_gbs']:.2f} |"
         )

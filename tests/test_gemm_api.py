@@ -244,3 +244,14 @@ def test_decode_rotation_probe_checks_its_layers():
         _core.probe_decode_rotation([], make_x(1, 64), 1)
     with pytest.raises(ValueError, match="initialised GemmLayer"):
         _core.probe_decode_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], make_x(1, 64), 1)
+
+
+@pytest.mark.skipif(_core.detected_isa() != "avx512", reason="the read probe needs AVX-512")
+def test_read_rotation_probe_checks_its_layers():
+    a, _, _, _ = make_layer(24, 64, 32, bias=True)
+    b, _, _, _ = make_layer(40, 64, 32, bias=False)
+    assert _core.probe_read_rotation([a, b], 2) > 0
+    with pytest.raises(ValueError, match="at least one layer"):
+        _core.probe_read_rotation([a], 0)
+    with pytest.raises(ValueError, match="initialised GemmLayer"):
+        _core.probe_read_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], 1)

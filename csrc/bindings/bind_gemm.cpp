@@ -207,6 +207,31 @@ PyObject* call(PyObject* self, PyObject* args, PyObject* kwargs) {
 
 }  // namespace fast_call
 
+// Rotation probes run without the GIL, so they pin their layers as a call does.
+std::vector<GemmLayer::Pinned> pin_layers(const std::vector<py::handle>& objects, int passes) {
+  require(!objects.empty() && passes > 0, "need at least one layer and one pass");
+  std::vector<GemmLayer::Pinned> layers;
+  for (py::handle h : objects) {
+    const GemmLayer* l = py::isinstance<GemmLayer>(h) ? fast_call::layer_of(h.ptr()) : nullptr;
+    require(l != nullptr, "layers must be initialised GemmLayer / PackedLinear objects");
+    layers.push_back(l->pin());
+  }
+  return layers;
+}
+
+// Median over passes of (seconds for one pass calling fn on every layer) / layers.
+template <typename Fn>
+double median_seconds_per_layer(const std::vector<GemmLayer::Pinned>& layers, int passes, Fn&& fn) {
+  std::vector<double> per_call;
+  for (int p = 0; p < passes; ++p) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (const GemmLayer::Pinned& l : layers) fn(l);
+    per_call.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / layers.size());
+  }
+  std::sort(per_call.begin(), per_call.end());
+  return per_call[per_call.size() / 2];
+}
+
 }  // namespace
 
 void register_gemm(py::module_& m) {
@@ -239,14 +264,8 @@ void register_gemm(py::module_& m) {
   // Decode with no Python between layers (as ggml's C graph runs them): median seconds per
   // call of the automatic path over passes through `layers`, x float32 [M, K] shared by all.
   m.def("probe_decode_rotation", [](const std::vector<py::handle>& objects, const py::array& x, int passes) {
-    require(!objects.empty() && passes > 0, "need at least one layer and one pass");
     require_array<float>(x, "x", 2);
-    std::vector<GemmLayer::Pinned> layers;  // as a call pins its layer: the loop runs without the GIL
-    for (py::handle h : objects) {
-      const GemmLayer* l = py::isinstance<GemmLayer>(h) ? fast_call::layer_of(h.ptr()) : nullptr;
-      require(l != nullptr, "layers must be initialised GemmLayer / PackedLinear objects");
-      layers.push_back(l->pin());
-    }
+    const std::vector<GemmLayer::Pinned> layers = pin_layers(objects, passes);
     const int64_t M = x.shape(0), K = layers[0].w.K;
     int64_t N = 0;
     for (const GemmLayer::Pinned& l : layers) {
@@ -256,17 +275,25 @@ void register_gemm(py::module_& m) {
     require(x.shape(1) == K, "x must have in_features columns");
     const float* xp = static_cast<const float*>(x.data());
     std::vector<float> y(static_cast<size_t>(M * N));
-    std::vector<double> per_call;
     py::gil_scoped_release nogil;
-    for (int p = 0; p < passes; ++p) {
-      const auto t0 = std::chrono::steady_clock::now();
-      for (const GemmLayer::Pinned& l : layers)
-        gemm::linear_forward(l.w, xp, M, l.bias_ptr, y.data(), gemm::Path::automatic, gemm::Activation::f32);
-      per_call.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / layers.size());
-    }
-    std::sort(per_call.begin(), per_call.end());
-    return per_call[per_call.size() / 2];
+    return median_seconds_per_layer(layers, passes, [&](const GemmLayer::Pinned& l) {
+      gemm::linear_forward(l.w, xp, M, l.bias_ptr, y.data(), gemm::Path::automatic, gemm::Activation::f32);
+    });
   }, py::arg("layers"), py::arg("x"), py::arg("passes"));
+  // The same rotation reading each layer's blocks with no arithmetic, split and synchronised
+  // per call as the decode kernels are: what any kernel called once per layer could reach.
+  m.def("probe_read_rotation", [](const std::vector<py::handle>& objects, int passes) {
+    require(detected_isa() == Isa::avx512, "the read probe needs AVX-512");
+    const std::vector<GemmLayer::Pinned> layers = pin_layers(objects, passes);
+    double sink = 0.0;
+    py::gil_scoped_release nogil;
+    const double s = median_seconds_per_layer(layers, passes, [&](const GemmLayer::Pinned& l) {
+      sink += gemm::probes::read_blocks(l.w.data, l.w.blocks, l.w.block_bytes);
+    });
+    volatile double keep = sink;  // the sums are the loads' only use
+    (void)keep;
+    return s;
+  }, py::arg("layers"), py::arg("passes"));
   m.def("probe_fma_peak", [](int64_t iters) {
     require(detected_isa() == Isa::avx512, "the FMA probe needs AVX-512");
     py::gil_scoped_release nogil;
