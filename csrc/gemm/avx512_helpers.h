@@ -6,11 +6,26 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "gemm/packed_layout.h"
+
 namespace awqkit::gemm::avx512 {
 
 // The first n of 16 lanes (none for n <= 0, all for n >= 16).
 static inline __mmask16 lane_mask(int64_t n) {
   return n <= 0 ? __mmask16(0) : n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// y[r * N + 16b ...] = yacc[r] (+ bias) for the R rows of output block b, masked to N: the
+// last step of every GEMV-style block kernel.
+template <int R>
+static inline void store_block_rows(const __m512* yacc, const float* bias, float* y, int64_t N, int64_t b) {
+  const int64_t n0 = b * kBlock;
+  const __mmask16 mask = lane_mask(N - n0);
+  for (int r = 0; r < R; ++r) {
+    __m512 out = yacc[r];
+    if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, bias + n0));
+    _mm512_mask_storeu_ps(y + r * N + n0, mask, out);
+  }
 }
 
 // 16 int32 lanes in run order (int8_run_offset): within each 8 inputs the even ones first,

@@ -48,9 +48,8 @@ inline void block_rows(const PackedView& w, const int8_t* digits, const float* s
   const __m512i lo4 = _mm512_set1_epi8(0x0F);
   __m512 yacc[R];
   for (int r = 0; r < R; ++r) yacc[r] = _mm512_setzero_ps();
-  const uint8_t* blk = w.data + b * w.block_bytes;
   for (int64_t g = 0; g < G; ++g) {
-    const uint8_t* hdr = blk + g * w.group_bytes;
+    const uint8_t* hdr = block_group(w, b, g);
     const uint8_t* codes = hdr + kGroupHeader;
     __m512i acc[R][kDigits][S];
     for (int r = 0; r < R; ++r)
@@ -87,13 +86,7 @@ inline void block_rows(const PackedView& w, const int8_t* digits, const float* s
       yacc[r] = _mm512_fmadd_ps(v, _mm512_mul_ps(s, _mm512_set1_ps(step[r * G + g])), yacc[r]);
     }
   }
-  const int64_t n0 = b * kBlock;
-  const __mmask16 mask = lane_mask(N - n0);
-  for (int r = 0; r < R; ++r) {
-    __m512 out = yacc[r];
-    if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, bias + n0));
-    _mm512_mask_storeu_ps(y + r * N + n0, mask, out);
-  }
+  store_block_rows<R>(yacc, bias, y, N, b);
 }
 
 }  // namespace

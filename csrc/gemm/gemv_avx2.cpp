@@ -17,9 +17,8 @@ inline void gemv_half(const PackedView& w, const float* x, const float* xs, cons
   const __m256i m15 = _mm256_set1_epi32(0xF);
   __m256 yacc[R];
   for (int r = 0; r < R; ++r) yacc[r] = _mm256_setzero_ps();
-  const uint8_t* blk = w.data + b * w.block_bytes;
   for (int64_t g = 0; g < G; ++g) {
-    const uint8_t* hdr = blk + g * w.group_bytes;
+    const uint8_t* hdr = block_group(w, b, g);
     const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hdr + 16 * h)));
     const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hdr + 32 + 16 * h)));
     const __m256 zb = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, s));

@@ -29,9 +29,8 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
   const __m512 lut = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 yacc[R];
   for (int r = 0; r < R; ++r) yacc[r] = _mm512_setzero_ps();
-  const uint8_t* blk = w.data + b * w.block_bytes;
   for (int64_t g = 0; g < G; ++g) {
-    const uint8_t* hdr = blk + g * w.group_bytes;
+    const uint8_t* hdr = block_group(w, b, g);
     const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr)));
     const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr + 32)));
     const __m512 zb = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, s));  // exact
@@ -65,13 +64,7 @@ inline void gemv_block(const PackedView& w, const float* x, const float* xs, con
       yacc[r] = _mm512_fmadd_ps(_mm512_set1_ps(xs[r * G + g]), zb, yacc[r]);
     }
   }
-  const int64_t n0 = b * kBlock;
-  const __mmask16 mask = lane_mask(N - n0);
-  for (int r = 0; r < R; ++r) {
-    __m512 out = yacc[r];
-    if (bias) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, bias + n0));
-    _mm512_mask_storeu_ps(y + r * N + n0, mask, out);
-  }
+  store_block_rows<R>(yacc, bias, y, N, b);
 }
 
 }  // namespace
