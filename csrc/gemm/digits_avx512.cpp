@@ -26,12 +26,6 @@ constexpr int64_t kPrefetchAhead = 2048;
 constexpr int64_t kPrefetchAheadL2 = 4096;
 
 
-inline __m512i broadcast_dword(const int8_t* p) {
-  int32_t v;
-  __builtin_memcpy(&v, p, 4);
-  return _mm512_set1_epi32(v);
-}
-
 // Balanced base-256 digit: ((v + 128) & 255) - 128, and the exact quotient (v - digit) / 256.
 inline __m512i low_digit(__m512i v) {
   const __m512i c128 = _mm512_set1_epi32(128);
@@ -68,8 +62,8 @@ inline void block_rows(const PackedView& w, const int8_t* digits, const float* s
 #pragma GCC unroll 3
         for (int i = 0; i < kDigits; ++i) {
           const int8_t* xd = xg + (r * kDigits + i) * K + run * kRun;
-          acc[r][i][0] = _mm512_dpbusd_epi32(acc[r][i][0], even, broadcast_dword(xd));
-          acc[r][i][S - 1] = _mm512_dpbusd_epi32(acc[r][i][S - 1], odd, broadcast_dword(xd + 4));
+          acc[r][i][0] = dpbusd_broadcast(acc[r][i][0], even, xd);
+          acc[r][i][S - 1] = dpbusd_broadcast(acc[r][i][S - 1], odd, xd + 4);
         }
     }
     const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(hdr)));

@@ -18,12 +18,6 @@ namespace {
 constexpr int MR = 8;
 
 
-inline int32_t load_i32(const int8_t* p) {
-  int32_t v;
-  __builtin_memcpy(&v, p, 4);
-  return v;
-}
-
 template <int R>
 inline void tile_rows(const PackedView& w, const int8_t* xq, const float* sx, const int32_t* qs, const float* bias,
                       float* y, int64_t t) {
@@ -45,12 +39,11 @@ inline void tile_rows(const PackedView& w, const int8_t* xq, const float* sx, co
       const __m512i e1 = _mm512_and_si512(v1, m0F), o1 = _mm512_and_si512(_mm512_srli_epi32(v1, 4), m0F);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const __m512i xe = _mm512_set1_epi32(load_i32(xg + r * K + run * 8));
-        const __m512i xo = _mm512_set1_epi32(load_i32(xg + r * K + run * 8 + 4));
-        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], e0, xe);
-        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], e1, xe);
-        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], o0, xo);
-        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], o1, xo);
+        const int8_t* xr = xg + r * K + run * 8;
+        acc[r][0] = dpbusd_broadcast(acc[r][0], e0, xr);
+        acc[r][1] = dpbusd_broadcast(acc[r][1], e1, xr);
+        acc[r][0] = dpbusd_broadcast(acc[r][0], o0, xr + 4);
+        acc[r][1] = dpbusd_broadcast(acc[r][1], o1, xr + 4);
       }
     }
     const __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h0)));
