@@ -162,7 +162,7 @@ def test_search_losses_match_the_direct_objective(stories, calib, gqa):
         assert choice.loss >= res.loss * (1 - 1e-6)  # the tie is a constraint: never better than untied
 
 
-def test_unknown_architecture_needs_mappings(stories):
+def test_unknown_architecture_needs_mappings():
     from awqkit.model.mappings import layout_for
 
     class Cfg:

@@ -10,6 +10,7 @@ convert); each costs ``N*K*bits/8`` bytes of codes plus, per group, a float16 sc
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -111,9 +112,7 @@ def estimate_footprint(model_or_config: str, bits: int = 4, group_size: int = 12
             tensors, source = _shapes_from_config(json.load(f)), "config.json"
     params = qparams = before = after = 0
     for name, shape, nb in tensors:
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         params += numel
         before += numel * nb
         if len(shape) == 2 and name.endswith(".weight") and _BLOCK.search(name) and gemm_layout_exclusion(shape[0], shape[1], group_size) is None:

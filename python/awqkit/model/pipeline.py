@@ -223,13 +223,12 @@ def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -
         choice, res = search_linears(x, [l.weight for l in layers], cfg, tie=tie)
         if tie is not None:
             entry["untied_loss"] = float(res.loss)  # what the same search reaches without the tie
-    s = choice.scales
     entry.update({"ratio": choice.ratio, "duo": choice.duo, "rtn_loss": choice.rtn_loss, "awq_loss": choice.loss,
                   "gqa_tied": gqa, "curve": choice.curve})
     report.mappings.append(entry)
     if choice.ratio is None:
         return entry  # identity: nothing to fold
-    s = s.to(torch.float32)
+    s = choice.scales.to(torch.float32)
     s_prev = tie_gqa_scales(s, prev.out_features, head_dim) if gqa else s
     fold_scales(prev, layers, s_prev, s)
     # The captured inputs of these linears are now x / s (the folded network's inputs).
