@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -114,21 +116,64 @@ def test_isa_selection():
         awqkit.set_isa("neon")
     with awqkit.use_isa("scalar"):
         assert awqkit.active_isa() == "scalar"
-    assert awqkit.active_isa() == awqkit.detected_isa()
+    # The process starts at its best allowed level: the CPU's, or AWQKIT_ISA's cap below it
+    # (CI runs the suite a second time capped at avx2).
+    assert awqkit.active_isa() == awqkit.available_isas()[-1]
 
 
-def test_isa_env_variable_caps_the_level():
+_ISA_REPORT = (
+    "import awqkit\n"
+    "print(awqkit.active_isa(), ','.join(awqkit.available_isas()))\n"
+    "levels = ['scalar', 'avx2', 'avx512']\n"
+    "above = levels[levels.index(awqkit.available_isas()[-1]) + 1:]\n"
+    "for name in above:\n"
+    "    try:\n"
+    "        awqkit.set_isa(name)\n"
+    "        print('climbed', name)\n"
+    "    except ValueError as e:\n"
+    "        print('refused', name, e)\n"
+)
+
+
+@pytest.mark.parametrize("cap", ["scalar", "avx2"])
+def test_isa_env_variable_caps_the_level(cap):
+    """AWQKIT_ISA is a ceiling for the whole process: the tests' ``isa`` fixture iterates
+    available_isas(), so a capped run must neither list nor reach a level above it."""
+    import os
     import subprocess
     import sys
 
+    levels = ["scalar", "avx2", "avx512"]
+    on_cpu = levels[: levels.index(awqkit.detected_isa()) + 1]
+    if cap not in on_cpu:
+        pytest.skip(f"this CPU has no {cap}")
     out = subprocess.run(
-        [sys.executable, "-c", "import awqkit; print(awqkit.active_isa())"],
-        env={**__import__("os").environ, "AWQKIT_ISA": "scalar"},
+        [sys.executable, "-c", _ISA_REPORT],
+        env={**os.environ, "AWQKIT_ISA": cap},
         capture_output=True,
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == "scalar"
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"{cap} {','.join(levels[: levels.index(cap) + 1])}"
+    above = [lvl for lvl in levels[levels.index(cap) + 1 :] if lvl in on_cpu]
+    assert [ln.split()[:2] for ln in lines[1:]] == [["refused", lvl] for lvl in above]
+    assert all("AWQKIT_ISA" in ln for ln in lines[1:])
+
+
+def test_use_amx_off_works_on_every_cpu():
+    """use_amx(False) must be a no-op where there is no AMX (it raised on exit there)."""
+    from awqkit import _isa
+
+    with awqkit.use_amx(False):
+        assert not _isa.amx_active() and not _isa.amx_int8_active()
+    assert _core.amx_enabled() == (_isa.amx_supported() or _isa.amx_int8_supported()) or os.environ.get("AWQKIT_AMX") == "0"
+    if not (_isa.amx_supported() or _isa.amx_int8_supported()):
+        assert not _core.amx_enabled()
+        with pytest.raises(ValueError, match="AMX is not available"):
+            with awqkit.use_amx(True):
+                pass
+        assert not _core.amx_enabled()
 
 
 def test_gil_is_released_during_native_work(rng):

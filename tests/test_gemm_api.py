@@ -255,3 +255,20 @@ def test_read_rotation_probe_checks_its_layers():
         _core.probe_read_rotation([a], 0)
     with pytest.raises(ValueError, match="initialised GemmLayer"):
         _core.probe_read_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], 1)
+
+
+AMX_SETTINGS = [False] + ([True] if awqkit._isa.amx_int8_supported() else [])
+
+
+@pytest.mark.parametrize("amx", AMX_SETTINGS, ids=lambda a: "amx" if a else "no-amx")
+@pytest.mark.parametrize("gs", [32, 64, 128])
+def test_a_row_has_the_same_bits_whatever_the_batch(isa, amx, gs):
+    """Prefill and decode agree: lin(x)[i] is lin(x[i:i+1]) bit for bit, on every ISA,
+    with and without AMX, across the sizes where kernels used to switch (6, 16 rows)."""
+    lin, _, _, _ = make_layer(48, 256, gs, bias=True, seed=gs)
+    with awqkit.use_amx(amx):
+        for m in (2, 5, 6, 15, 16, 17, 40):
+            x = make_x(m, 256, seed=m)
+            y = lin(x)
+            for i in range(m):
+                np.testing.assert_array_equal(y[i], lin(x[i : i + 1])[0], err_msg=f"M={m} row {i}")

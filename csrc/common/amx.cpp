@@ -36,10 +36,13 @@ bool tiles_granted() {
   return ok;
 }
 
+// Starts on only where some AMX path can run: a flag that said "on" on a CPU without AMX
+// made use_amx(False) fail on exit, when it put back the "on" it had read.
 std::atomic<bool>& enabled_flag() {
   static std::atomic<bool> on{[] {
     const char* env = std::getenv("AWQKIT_AMX");
-    return !(env && std::strcmp(env, "0") == 0);
+    const bool wanted = !(env && std::strcmp(env, "0") == 0);
+    return wanted && (amx_supported() || amx_int8_supported());
   }()};
   return on;
 }

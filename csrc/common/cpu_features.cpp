@@ -18,6 +18,8 @@ Isa probe_cpu() {
   return avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::scalar;
 }
 
+// The best level the CPU has, lowered by AWQKIT_ISA: the ceiling for the whole process, so that
+// a capped run (CI's AVX2 pass) never climbs back to the CPU's own level through set_isa().
 Isa initial_isa() {
   Isa best = probe_cpu();
   if (const char* env = std::getenv("AWQKIT_ISA")) {
@@ -34,8 +36,13 @@ Isa initial_isa() {
   return best;
 }
 
+Isa ceiling_isa() {
+  static const Isa isa = initial_isa();
+  return isa;
+}
+
 std::atomic<int>& active_level() {
-  static std::atomic<int> level{static_cast<int>(initial_isa())};
+  static std::atomic<int> level{static_cast<int>(ceiling_isa())};
   return level;
 }
 
@@ -48,10 +55,15 @@ Isa detected_isa() {
 
 Isa active_isa() { return static_cast<Isa>(active_level().load(std::memory_order_relaxed)); }
 
+Isa max_isa() { return ceiling_isa(); }
+
 void set_isa(Isa isa) {
   if (static_cast<int>(isa) > static_cast<int>(detected_isa()))
     throw std::invalid_argument(std::string("this CPU does not support ISA '") + isa_name(isa) +
                                 "' (best available: '" + isa_name(detected_isa()) + "')");
+  if (static_cast<int>(isa) > static_cast<int>(ceiling_isa()))
+    throw std::invalid_argument(std::string("ISA '") + isa_name(isa) + "' is above the cap AWQKIT_ISA='" +
+                                isa_name(ceiling_isa()) + "' set for this process");
   active_level().store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
@@ -73,7 +85,7 @@ Isa parse_isa(const std::string& name) {
 
 std::vector<Isa> available_isas() {
   std::vector<Isa> out;
-  for (int i = 0; i <= static_cast<int>(detected_isa()); ++i) out.push_back(static_cast<Isa>(i));
+  for (int i = 0; i <= static_cast<int>(ceiling_isa()); ++i) out.push_back(static_cast<Isa>(i));
   return out;
 }
 

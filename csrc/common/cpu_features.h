@@ -14,13 +14,15 @@ enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
 // Highest level this CPU supports (AVX2 = AVX2+FMA+F16C; AVX-512 = F+BW+DQ+VL+VNNI).
 Isa detected_isa();
+// detected_isa() lowered by AWQKIT_ISA: the highest level this process may use.
+Isa max_isa();
 // Level kernels dispatch to now.
 Isa active_isa();
-// Force a level; throws std::invalid_argument if the CPU lacks it.
+// Force a level; throws std::invalid_argument if the CPU lacks it or it is above max_isa().
 void set_isa(Isa isa);
 
 const char* isa_name(Isa isa);
 Isa parse_isa(const std::string& name);  // throws std::invalid_argument
-std::vector<Isa> available_isas();       // scalar .. detected
+std::vector<Isa> available_isas();       // scalar .. max_isa()
 
 }  // namespace awqkit

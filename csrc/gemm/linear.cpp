@@ -173,7 +173,10 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
   }
   const bool avx512 = isa == Isa::avx512;
   if (path == Path::automatic) {
-    const bool digits = avx512 && w.group_size <= kDigitsMaxGroup && (M < kGemmMinRows || amx_int8_active());
+    // The digits product for every M where it runs: its engines (VNNI, AMX-INT8, scalar) all
+    // return the scalar reference's bits, so a row's output does not depend on the batch it
+    // came in (prefill and decode agree). Without AMX the float GEMM is no faster (~1x).
+    const bool digits = avx512 && w.group_size <= kDigitsMaxGroup;
     path = digits ? Path::digits : avx512 && M >= kGemmMinRows ? Path::gemm : Path::gemv;
   }
   if (path == Path::digits) {

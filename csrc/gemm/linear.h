@@ -6,8 +6,9 @@
 
 namespace awqkit::gemm {
 
-// automatic: on AVX-512 with group_size <= kDigitsMaxGroup, digits for M < kGemmMinRows and,
-// from there, digits where AMX-INT8 is active, else gemm; gemv without AVX-512.
+// automatic: on AVX-512 (VNNI) with group_size <= kDigitsMaxGroup, digits for every M; else gemm
+// from kGemmMinRows rows on AVX-512, gemv below and without AVX-512. Either way a row's
+// output is the same whatever M (tests/test_gemm_api.py holds it).
 // gemv: float FMA GEMV. gemm: dequantized panels + FMA micro-kernel (AVX-512; gemv elsewhere).
 // digits: x split into three int8 digits (digits_kernels.h): VNNI GEMV, AMX-INT8 tiles from
 // kAmxMinRows rows, the scalar reference without AVX-512.
@@ -16,7 +17,8 @@ enum class Path : int { automatic = 0, gemv = 1, gemm = 2, digits = 3 };
 // and weight group to int8, integer dot products (AVX-512 VNNI; scalar elsewhere).
 enum class Activation : int { f32 = 0, int8 = 1 };
 
-// M at which the automatic choice moves from the GEMV kernel to the panel GEMM.
+// M from which the automatic choice takes the panel GEMM where the digits product cannot run
+// (group sizes above kDigitsMaxGroup).
 inline constexpr int64_t kGemmMinRows = 16;
 // M from which the digits product runs on AMX-INT8 tiles where the CPU has them (below,
 // VNNI is faster: the tiles' fixed cost per block and group is paid whatever M).

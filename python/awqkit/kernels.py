@@ -6,7 +6,7 @@ the 16 fp16 scales and zeros, then the codes as 64-byte runs of 8 inputs x 16 ch
 (one dword per channel, nibble i = input i: the AWQ interleave undone). ``lin(x)`` then
 computes ``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
 
-* on AVX-512 VNNI, M < 16 (decode) runs the "digits" GEMV: each row of x is split, per
+* on AVX-512 VNNI, every M runs the "digits" product: each row of x is split, per
   weight group, into three int8 digits (24-bit block floating point with a power-of-two
   step: every input kept to within absmax(group) * 2^-23, float32's precision relative to
   the group's largest input; groups below ~1e-31 get the step 2^-126), the 4-bit codes meet
@@ -16,13 +16,15 @@ computes ``x @ dequantize(W).T + bias`` without materialising the dequantized we
   error is below the float GEMV's and about numpy's (integer sums are exact). ``kernel="gemv"``
   is the float GEMV (vpermps nibble -> float, one FMA per 16 weights and row), used on AVX2
   and scalar;
-* where the CPU has AMX-INT8, from 6 rows (prefill) the same digits product runs on tiles
+* where the CPU has AMX-INT8, from 6 rows the same digits product runs on tiles
   (``tdpbssd``: 16 rows x 64 digits times 64 inputs x 16 channels of code - zero per
   instruction, 32/16/8 inputs for group sizes that are not multiples of 64), with the same
   bits; ``awqkit.use_amx(False)`` / ``AWQKIT_AMX=0`` turns it off;
-* without AMX (or for group sizes above 2^20), M >= 16 on AVX-512 runs the float GEMM (``kernel="gemm"``): 256 x 32 tiles
-  dequantized into an L1-resident fp32 panel (exactly ``dequantize()``'s values) and a
-  12 x 32 register-blocked FMA micro-kernel;
+* ``kernel="gemm"`` (and, on AVX-512, M >= 16 for group sizes above 2^20, which the digits
+  cannot hold) is the float GEMM: 256 x 32 tiles dequantized into an L1-resident fp32 panel
+  (exactly ``dequantize()``'s values) and a 12 x 32 register-blocked FMA micro-kernel. The
+  automatic choice does not depend on M otherwise, so a row's output has the same bits
+  whatever batch it is in (prefill and decode agree);
 * ``activation="int8"`` (opt-in) quantizes x per row and group to a single int8 and
   multiplies with the codes in integers (AVX-512 VNNI ``vpdpbusd``) at a relative error
   of ~6e-3 (benchmarks/README.md).
