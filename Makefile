@@ -6,7 +6,11 @@ PIP ?= $(PYTHON) -m pip
 DATA_DIR ?= $(abspath ../shared/data)
 export AWQKIT_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: demo test install deps-system dev bench clean
+# The tests that need only numpy (no torch, no model): run again capped at AVX2 and under the sanitizers.
+NUMPY_TESTS := $(filter-out tests/test_model_%,$(wildcard tests/test_*.py))
+SANITIZE_DIR := build/sanitize
+
+.PHONY: demo test test-avx2 install deps-system dev sanitize bench clean
 
 deps-system:
 	@if ! [ -f /usr/include/eigen3/Eigen/Core ]; then \
@@ -23,6 +27,32 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
+	$(MAKE) --no-print-directory test-avx2
+	$(MAKE) --no-print-directory sanitize
+
+# The numpy-level tests again with the kernels capped at AVX2 (AWQKIT_ISA is a ceiling for the
+# process): the paths that CPUs without AVX-512 take stay green on every CI machine.
+test-avx2:
+	AWQKIT_ISA=avx2 $(PYTHON) -m pytest -q -p no:cacheprovider $(NUMPY_TESTS)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the module, in its own copy of the
+# package under $(SANITIZE_DIR)/site, and the numpy-level tests against it. Python is not
+# instrumented: libasan is preloaded (with libstdc++, whose __cxa_throw ASan must find at start
+# or every C++ exception aborts), and leak checking is off (the interpreter's own allocations
+# at exit are not ours). --capture=sys: a report on stderr must reach the log, not die in
+# pytest's captured file descriptor when the sanitizer halts the process.
+sanitize: deps-system
+	$(PIP) install -q "numpy>=1.24" "pytest>=8" "hypothesis>=6.100" "pybind11>=2.12"
+	rm -rf $(SANITIZE_DIR)/site && mkdir -p $(SANITIZE_DIR)/site
+	cp -r python/awqkit $(SANITIZE_DIR)/site/ && rm -f $(SANITIZE_DIR)/site/awqkit/_core*.so
+	cmake -S . -B $(SANITIZE_DIR)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAWQKIT_SANITIZE=ON \
+	  -DAWQKIT_OUTPUT_DIR=$(abspath $(SANITIZE_DIR))/site/awqkit \
+	  -Dpybind11_DIR=$$($(PYTHON) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
+	cmake --build $(SANITIZE_DIR)/cmake -j 2
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  PYTHONPATH=$(SANITIZE_DIR)/site $(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys $(NUMPY_TESTS)
 
 # In-tree build for development: the module lands in python/awqkit/, use PYTHONPATH=python.
 dev: deps-system

@@ -1,29 +1,36 @@
 #include "common/amx.h"
 
+#if AWQKIT_X86_SIMD
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 
-#include "common/cpu_features.h"
 #include "common/errors.h"
+#include "common/kernel_table.h"
 
 namespace awqkit {
 namespace {
 
 // CPUID.(7,0):EDX bit 24 AMX-TILE, 22 AMX-BF16, 25 AMX-INT8.
 unsigned amx_cpuid_edx() {
+#if AWQKIT_X86_SIMD
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
   return d;
+#else
+  return 0;
+#endif
 }
 
 bool probe_tiles() {
-  if (!((amx_cpuid_edx() >> 24) & 1u) || detected_isa() != Isa::avx512) return false;
-#if defined(__linux__) && defined(SYS_arch_prctl)
+  const KernelTable& best = kernels_for(detected_isa());
+  if (!((amx_cpuid_edx() >> 24) & 1u) || !(best.has_amx_bf16() || best.has_amx_int8())) return false;
+#if AWQKIT_X86_SIMD && defined(__linux__) && defined(SYS_arch_prctl)
   // Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA).
   return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #else
@@ -66,8 +73,9 @@ void set_amx_enabled(bool on) {
   enabled_flag().store(on, std::memory_order_relaxed);
 }
 
-bool amx_active() { return amx_enabled() && amx_supported() && active_isa() == Isa::avx512; }
+// AMX belongs to the levels whose table carries AMX kernels (they stage tiles with AVX-512).
+bool amx_active() { return amx_enabled() && amx_supported() && active_kernels().has_amx_bf16(); }
 
-bool amx_int8_active() { return amx_enabled() && amx_int8_supported() && active_isa() == Isa::avx512; }
+bool amx_int8_active() { return amx_enabled() && amx_int8_supported() && active_kernels().has_amx_int8(); }
 
 }  // namespace awqkit

@@ -3,19 +3,22 @@
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
+
+#include "common/kernel_table.h"
 
 namespace awqkit {
 namespace {
 
+// The highest level of the fallback chain whose features this CPU has (each level needs the
+// ones below it too).
 Isa probe_cpu() {
-  __builtin_cpu_init();
-  // libgcc's probe also checks that the OS saves the wide registers (XGETBV).
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  return avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::scalar;
+  Isa best = Isa::scalar;
+  for (const IsaLevel& level : isa_levels()) {
+    if (!level.cpu_has()) break;
+    best = level.isa;
+  }
+  return best;
 }
 
 // The best level the CPU has, lowered by AWQKIT_ISA: the ceiling for the whole process, so that
@@ -53,14 +56,17 @@ Isa detected_isa() {
   return isa;
 }
 
-Isa active_isa() { return static_cast<Isa>(active_level().load(std::memory_order_relaxed)); }
-
 Isa max_isa() { return ceiling_isa(); }
 
+Isa active_isa() { return static_cast<Isa>(active_level().load(std::memory_order_relaxed)); }
+
 void set_isa(Isa isa) {
+  if (static_cast<size_t>(isa) >= isa_levels().size())
+    throw std::invalid_argument("this build has no ISA level " + std::to_string(static_cast<int>(isa)));
   if (static_cast<int>(isa) > static_cast<int>(detected_isa()))
-    throw std::invalid_argument(std::string("this CPU does not support ISA '") + isa_name(isa) +
-                                "' (best available: '" + isa_name(detected_isa()) + "')");
+    throw std::invalid_argument(std::string("this CPU does not support ISA '") + isa_name(isa) + "' (it needs " +
+                                isa_levels()[static_cast<size_t>(isa)].requires + "; best available: '" +
+                                isa_name(detected_isa()) + "')");
   if (static_cast<int>(isa) > static_cast<int>(ceiling_isa()))
     throw std::invalid_argument(std::string("ISA '") + isa_name(isa) + "' is above the cap AWQKIT_ISA='" +
                                 isa_name(ceiling_isa()) + "' set for this process");
@@ -68,19 +74,18 @@ void set_isa(Isa isa) {
 }
 
 const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::scalar: return "scalar";
-    case Isa::avx2: return "avx2";
-    case Isa::avx512: return "avx512";
-  }
-  return "unknown";
+  const auto& levels = isa_levels();
+  const size_t i = static_cast<size_t>(isa);
+  return i < levels.size() ? levels[i].name : "unknown";
 }
 
 Isa parse_isa(const std::string& name) {
-  if (name == "scalar") return Isa::scalar;
-  if (name == "avx2") return Isa::avx2;
-  if (name == "avx512") return Isa::avx512;
-  throw std::invalid_argument("unknown ISA '" + name + "' (expected scalar, avx2 or avx512)");
+  std::string known;
+  for (const IsaLevel& level : isa_levels()) {
+    if (name == level.name) return level.isa;
+    known += (known.empty() ? "" : ", ") + std::string(level.name);
+  }
+  throw std::invalid_argument("unknown ISA '" + name + "' (this build has: " + known + ")");
 }
 
 std::vector<Isa> available_isas() {

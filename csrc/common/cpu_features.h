@@ -1,18 +1,19 @@
-// Run-time choice of the SIMD instruction set.
+// Run-time choice of the ISA level the kernels dispatch to.
 //
-// Each kernel exists as a scalar reference (baseline x86-64) and, where it pays, as
-// AVX2 and AVX-512 variants compiled in their own translation units. The best level
-// the CPU (and OS) support is picked once, lowered by the AWQKIT_ISA environment
-// variable if set; tests lower it further with set_isa() to run every path.
+// The levels, what each needs and the kernels each provides are one table
+// (common/kernel_table.h). The best level the CPU (and OS) support is picked once, lowered by
+// the AWQKIT_ISA environment variable if set (a ceiling for the process); tests lower it
+// further with set_isa() to run every path.
 #pragma once
 #include <string>
 #include <vector>
 
 namespace awqkit {
 
+// Positions in the fallback chain of kernel_table.cpp (each level falls back to the one before).
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
-// Highest level this CPU supports (AVX2 = AVX2+FMA+F16C; AVX-512 = F+BW+DQ+VL+VNNI).
+// Highest level this CPU supports (each level's needs: IsaLevel::requires).
 Isa detected_isa();
 // detected_isa() lowered by AWQKIT_ISA: the highest level this process may use.
 Isa max_isa();

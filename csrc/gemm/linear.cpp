@@ -8,11 +8,8 @@
 #include <vector>
 
 #include "common/amx.h"
-#include "common/cpu_features.h"
 #include "common/errors.h"
-#include "gemm/digits_kernels.h"
-#include "gemm/gemm_kernels.h"
-#include "gemm/int8_kernels.h"
+#include "common/kernel_table.h"
 
 namespace awqkit::gemm {
 namespace {
@@ -40,15 +37,6 @@ float* thread_scratch(int64_t floats) {
     capacity = floats;
   }
   return buf.get();
-}
-
-GemvFn gemv_kernel(Isa isa) {
-  switch (isa) {
-    case Isa::avx512: return avx512::gemv;
-    case Isa::avx2: return avx2::gemv;
-    case Isa::scalar: break;
-  }
-  return scalar::gemv;
 }
 
 // Per-group sums of x, the zero-point term of the SIMD GEMV (summed in increasing k).
@@ -87,10 +75,11 @@ void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const f
 // threads start: ~1 us of work at most, less than the barrier a shared split costs them.
 constexpr int64_t kSerialSplitInputs = 16384;
 
-void run_digits(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
-  const SplitDigitsFn split = simd ? avx512::split_digits : scalar::split_digits;
-  const auto gemv = simd ? avx512::gemv_digits : scalar::gemv_digits;
-  const bool amx = simd && M >= kAmxMinRows && amx_int8_active();
+void run_digits(const KernelTable& kt, const PackedView& w, const float* x, int64_t M, const float* bias,
+                float* y) {
+  const SplitDigitsFn split = kt.split_digits;
+  const GemvDigitsFn gemv = kt.gemv_digits;
+  const bool amx = M >= kAmxMinRows && amx_int8_active();
   const int64_t K = w.K, G = w.G, gs = w.group_size;
   const int64_t nt_max = omp_get_max_threads();
   // AMX tiles read 16 rows at a time: its digits are in tile order, zero rows up to a
@@ -122,7 +111,7 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
       for (int64_t rt = 0; rt < rows / kAmxTileRows; ++rt) {
         const int64_t m0 = rt * kAmxTileRows, n = M - m0 < kAmxTileRows ? M - m0 : kAmxTileRows;
         split(x + m0 * K, n, K, gs, stage, step + m0 * G, dsum + m0 * G * kDigits);
-        avx512::digits_to_amx_tiles(stage, n, K, gs, digits + m0 * kDigits * K);
+        kt.digits_to_amx_tiles(stage, n, K, gs, digits + m0 * kDigits * K);
       }
     } else if (!split_first) {
 #pragma omp for schedule(static)
@@ -132,7 +121,7 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
     const int64_t b0 = nb * t / nt, b1 = nb * (t + 1) / nt;
     if (b0 < b1) {
       if (amx)
-        avx512::gemm_digits_amx(w, digits, step, M, bias, y, b0, b1,
+        kt.gemm_digits_amx(w, digits, step, M, bias, y, b0, b1,
                                 reinterpret_cast<uint8_t*>(mine + stage_floats));
       else
         gemv(w, digits, step, dsum, M, bias, y, b0, b1);
@@ -140,9 +129,9 @@ void run_digits(const PackedView& w, const float* x, int64_t M, const float* bia
   }
 }
 
-void run_int8(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, bool simd) {
-  const QuantizeActFn quant = simd ? avx512::quantize_act : scalar::quantize_act;
-  const GemmInt8Fn kernel = simd ? avx512::gemm_int8 : scalar::gemm_int8;
+void run_int8(const KernelTable& kt, const PackedView& w, const float* x, int64_t M, const float* bias, float* y) {
+  const QuantizeActFn quant = kt.quantize_act;
+  const GemmInt8Fn kernel = kt.gemm_int8;
   const int64_t K = w.K, G = w.G, gs = w.group_size;
   std::vector<int8_t> xq(static_cast<size_t>(M * K));
   std::vector<float> sx(static_cast<size_t>(M * G));
@@ -166,32 +155,31 @@ void run_int8(const PackedView& w, const float* x, int64_t M, const float* bias,
 
 void linear_forward(const PackedView& w, const float* x, int64_t M, const float* bias, float* y, Path path,
                     Activation act) {
-  const Isa isa = active_isa();
+  const KernelTable& kt = active_kernels();
   if (act == Activation::int8) {
-    run_int8(w, x, M, bias, y, isa == Isa::avx512);
+    run_int8(kt, w, x, M, bias, y);
     return;
   }
-  const bool avx512 = isa == Isa::avx512;
   if (path == Path::automatic) {
-    // The digits product for every M where it runs: its engines (VNNI, AMX-INT8, scalar) all
-    // return the scalar reference's bits, so a row's output does not depend on the batch it
-    // came in (prefill and decode agree). Without AMX the float GEMM is no faster (~1x).
-    const bool digits = avx512 && w.group_size <= kDigitsMaxGroup;
-    path = digits ? Path::digits : avx512 && M >= kGemmMinRows ? Path::gemm : Path::gemv;
+    // The digits product for every M where it runs natively: its engines (VNNI, AMX-INT8,
+    // scalar) all return the scalar reference's bits, so a row's output does not depend on the
+    // batch it came in (prefill and decode agree). Without AMX the float GEMM is no faster (~1x).
+    const bool digits = kt.native_digits() && w.group_size <= kDigitsMaxGroup;
+    path = digits ? Path::digits : kt.gemm && M >= kGemmMinRows ? Path::gemm : Path::gemv;
   }
   if (path == Path::digits) {
     require(w.group_size <= kDigitsMaxGroup, "the digits kernel needs group_size <= 2^20");
-    run_digits(w, x, M, bias, y, avx512);
+    run_digits(kt, w, x, M, bias, y);
     return;
   }
-  if (path == Path::gemv || !avx512) {
-    run_gemv(gemv_kernel(isa), w, x, M, bias, y);
+  if (path == Path::gemv || !kt.gemm) {
+    run_gemv(kt.gemv, w, x, M, bias, y);
     return;
   }
   const int64_t nt = omp_get_max_threads();
   const int64_t apack_floats = gemm_apack_floats(M) * nt;  // a multiple of 16: panels stay aligned
   float* scratch = thread_scratch(apack_floats + gemm_panel_floats() * nt);
-  avx512::gemm(w, x, M, bias, y, scratch, scratch + apack_floats);
+  kt.gemm(w, x, M, bias, y, scratch, scratch + apack_floats);
 }
 
 }  // namespace awqkit::gemm

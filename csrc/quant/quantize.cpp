@@ -7,21 +7,14 @@
 #include <string>
 #include <vector>
 
-#include "common/cpu_features.h"
+#include "common/kernel_table.h"
 #include "common/errors.h"
 #include "common/half.h"
 #include "quant/quantize_kernels.h"
 
 namespace awqkit {
 
-QuantizeGroupFn quantize_group_kernel() {
-  switch (active_isa()) {
-    case Isa::avx512: return avx512::quantize_group;
-    case Isa::avx2: return avx2::quantize_group;
-    case Isa::scalar: break;
-  }
-  return scalar::quantize_group;
-}
+QuantizeGroupFn quantize_group_kernel() { return active_kernels().quantize_group; }
 
 QuantSpec resolve_spec(int bits, int64_t group_size, bool zero_point, bool fp16_scale, int64_t K) {
   require(bits >= 2 && bits <= 8, "bits must be between 2 and 8, got " + std::to_string(bits));

@@ -1,28 +1,14 @@
 #include "search/gram.h"
 
-#include "common/cpu_features.h"
+#include "common/kernel_table.h"
 #include "search/amx.h"
 #include "search/tile_kernels.h"
 
 namespace awqkit {
 
-GemmTileFn gemm_tile_kernel() {
-  switch (active_isa()) {
-    case Isa::avx512: return avx512::gemm_tile;
-    case Isa::avx2: return avx2::gemm_tile;
-    case Isa::scalar: break;
-  }
-  return scalar::gemm_tile;
-}
+GemmTileFn gemm_tile_kernel() { return active_kernels().gram_tile; }
 
-GemmDotTileFn gemm_dot_tile_kernel() {
-  switch (active_isa()) {
-    case Isa::avx512: return avx512::gemm_dot_tile;
-    case Isa::avx2: return avx2::gemm_dot_tile;
-    case Isa::scalar: break;
-  }
-  return scalar::gemm_dot_tile;
-}
+GemmDotTileFn gemm_dot_tile_kernel() { return active_kernels().gram_dot_tile; }
 
 void gram_accumulate_upper(const float* Xc, int64_t T, int64_t Kp, int64_t ib_begin,
                            int64_t ib_end, double* acc) {
@@ -66,6 +52,7 @@ GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld, bool with_a
       }
     }
   }
+  const KernelTable& kt = active_kernels();
   if (with_amx && amx_active()) {
     // Pair layout for AMX B tiles: (k, c) -> (k/2)*64 + 2c + (k%2) within the panel.
     P.hi.resize(P.data.size());
@@ -80,7 +67,7 @@ GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld, bool with_a
         pairs.resize(n);
         for (int64_t k = 0; k < (J + 1) * kTileCols; ++k)
           for (int64_t c = 0; c < kTileCols; ++c) pairs[(k / 2) * 64 + 2 * c + (k % 2)] = p[k * kTileCols + c];
-        avx512::split_bf16(pairs.data(), n, P.hi.data() + P.offset[J], P.lo.data() + P.offset[J]);
+        kt.split_bf16(pairs.data(), n, P.hi.data() + P.offset[J], P.lo.data() + P.offset[J]);
       }
     }
   }
@@ -96,8 +83,9 @@ void rowwise_quadratic_form(const float* E, int64_t rows, const GramPanels& P, d
     qs.hi.resize(static_cast<size_t>(rows * Kp));
     qs.lo.resize(static_cast<size_t>(rows * Kp));
     qs.ctile.resize(32 * 32);
-    avx512::split_bf16(E, rows * Kp, qs.hi.data(), qs.lo.data());
-    avx512::quadratic_form_amx(E, qs.hi.data(), qs.lo.data(), rows, Kp, P.hi.data(), P.lo.data(),
+    const KernelTable& kt = active_kernels();
+    kt.split_bf16(E, rows * Kp, qs.hi.data(), qs.lo.data());
+    kt.quadratic_form_amx(E, qs.hi.data(), qs.lo.data(), rows, Kp, P.hi.data(), P.lo.data(),
                                P.offset.data(), qs.ctile.data(), out);
     return;
   }

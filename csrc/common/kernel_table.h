@@ -1,0 +1,74 @@
+// One table of kernels per ISA level, and the fallback chain between levels.
+//
+// Every kernel family has a scalar reference (the specification, kept forever) and SIMD
+// variants compiled in their own files (suffix _avx2.cpp / _avx512.cpp: those get the level's
+// compiler flags). A level lists the kernels it provides; an entry left null falls back to the
+// level below, so a level that only speeds up, say, the GEMV names just that. Adding a level is
+// one entry in kIsaLevels (kernel_table.cpp) plus its kernel files; dispatch code never
+// switches on the level: it calls active_kernels().
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "common/cpu_features.h"
+#include "gemm/digits_kernels.h"
+#include "gemm/gemm_kernels.h"
+#include "gemm/int8_kernels.h"
+#include "quant/quantize_kernels.h"
+#include "search/amx.h"
+#include "search/tile_kernels.h"
+
+namespace awqkit {
+
+namespace gemm {
+using GemvDigitsFn = decltype(&scalar::gemv_digits);
+using DigitsToAmxTilesFn = decltype(&avx512::digits_to_amx_tiles);
+using GemmDigitsAmxFn = decltype(&avx512::gemm_digits_amx);
+}  // namespace gemm
+using SplitBf16Fn = decltype(&avx512::split_bf16);
+using QuadraticFormAmxFn = decltype(&avx512::quadratic_form_amx);
+
+struct KernelTable {
+  // quant/: one group of the weight quantizer.
+  QuantizeGroupFn quantize_group;
+  // search/: the register tiles of the Gram matrix and of the loss quadratic forms.
+  GemmTileFn gram_tile;
+  GemmDotTileFn gram_dot_tile;
+  // gemm/: the float kernels. A null gemm means the level has no panel GEMM: gemv serves every M.
+  gemm::GemvFn gemv;
+  gemm::GemmFn gemm;
+  // gemm/: the integer-product kernels (the digits product, int8 activations). Where they fall
+  // back to the scalar reference, the automatic path prefers the float GEMV (the reference is
+  // the specification, not a fast path).
+  gemm::SplitDigitsFn split_digits;
+  gemm::GemvDigitsFn gemv_digits;
+  gemm::QuantizeActFn quantize_act;
+  gemm::GemmInt8Fn gemm_int8;
+  // AMX tiles (common/amx.h): used only where the CPU and OS grant them and AMX is enabled.
+  SplitBf16Fn split_bf16;
+  QuadraticFormAmxFn quadratic_form_amx;
+  gemm::DigitsToAmxTilesFn digits_to_amx_tiles;
+  gemm::GemmDigitsAmxFn gemm_digits_amx;
+
+  // Whether the integer products run natively here rather than as the scalar reference.
+  bool native_digits() const { return gemv_digits != &gemm::scalar::gemv_digits; }
+  bool has_amx_bf16() const { return split_bf16 && quadratic_form_amx; }
+  bool has_amx_int8() const { return digits_to_amx_tiles && gemm_digits_amx; }
+};
+
+struct IsaLevel {
+  Isa isa;               // position in the fallback chain: each level falls back to the one before
+  const char* name;      // what AWQKIT_ISA and set_isa() take
+  const char* requires;  // the CPU features it needs, for messages and docs
+  bool (*cpu_has)();     // those features on this CPU and OS
+  KernelTable kernels;   // what this level provides (null: the level below's)
+};
+
+// Every level compiled into this build, lowest first (scalar is always the first).
+const std::vector<IsaLevel>& isa_levels();
+// The table of a level with every null entry filled from the levels below it.
+const KernelTable& kernels_for(Isa isa);
+// The table of the active level (cpu_features.h: set_isa, AWQKIT_ISA).
+const KernelTable& active_kernels();
+
+}  // namespace awqkit
