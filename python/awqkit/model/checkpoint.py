@@ -6,6 +6,10 @@ int32 [K, N/8], ``<name>.qzeros`` int32 [G, N/8], ``<name>.scales`` float16 [G, 
 ``<name>.bias``); every other tensor as in the source model (its dtype from the source
 config); safetensors, sharded above ``max_shard_size`` with a ``model.safetensors.index.json``;
 ``config.json`` gains ``quantization_config``; tokenizer files are copied.
+
+A checkpoint is written into a sibling folder and renamed into place, so a folder at the
+output path is always one whole checkpoint; the loader refuses folders whose weight files
+do not match their index. Which linears the layout holds: ``awqkit.layout``.
 """
 
 from __future__ import annotations
