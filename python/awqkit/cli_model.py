@@ -12,6 +12,7 @@ import json
 import logging
 import os
 
+from .cli import group_size_arg, positive_int
 from .config import AWQConfig
 
 __all__ = ["add_model_commands"]
@@ -32,12 +33,24 @@ def _config_from_args(args: argparse.Namespace) -> AWQConfig:
     return AWQConfig.from_dict(d)
 
 
+def _check_model_folder(path: str) -> None:
+    """A clear error before torch is loaded, instead of transformers' hub lookup of a typo."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path} does not exist: pass a folder holding config.json and the weights")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} has no config.json: pass a Hugging Face model folder or a checkpoint folder")
+    if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(path)):
+        raise FileNotFoundError(f"{path} holds no weights (*.safetensors): pass a folder with the model's weights")
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .model import load_model, quantize_model, save_quantized
+    from .model import check_output_folder, load_model, quantize_model, save_quantized
 
     cfg = _config_from_args(args)
     if cfg.bits != 4:
         raise ValueError("the AWQ gemm checkpoint holds 4-bit weights: use --bits 4 (other widths: the Python API)")
+    _check_model_folder(args.model)
+    check_output_folder(args.out, args.overwrite)  # before the run, not after it
     from .footprint import estimate_footprint
 
     fp = estimate_footprint(args.model, bits=cfg.bits, group_size=cfg.group_size)  # size before quality
@@ -45,11 +58,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
              fp.bytes_before / 2**20, fp.bytes_after / 2**20, fp.quantized_params, fp.params)
     model, tok = load_model(args.model)
     model, report = quantize_model(model, cfg, calib=args.calib, tokenizer=tok, method=args.method)
-    save_quantized(model, args.out, tokenizer=tok, report=report)
+    save_quantized(model, args.out, tokenizer=tok, report=report, overwrite=args.overwrite)
     s = report.summary()
     print(json.dumps({"out": args.out, "quantized_layers": report.quantized_layers,
                       "not_converted": len(report.not_converted), "seconds": round(report.total_seconds, 2),
-                      "peak_rss_mb": round(report.peak_rss_mb, 1), **{k: round(v, 4) for k, v in s.items()}}))
+                      "peak_rss_mb": round(report.peak_rss_mb, 1),
+                      **{k: None if v is None else round(v, 4) for k, v in s.items()}}, allow_nan=False))
     return 0
 
 
@@ -62,13 +76,19 @@ def _is_awq_dir(path: str) -> bool:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    _check_model_folder(args.model)
+    if not os.path.isfile(args.text):
+        raise FileNotFoundError(f"--text {args.text}: no such file; pass the path of a UTF-8 text file")
     from .model import evaluate_perplexity, load_model, load_quantized
 
     if _is_awq_dir(args.model):
         model, tok = load_quantized(args.model, return_tokenizer=True)
     else:
         model, tok = load_model(args.model)
-    ppl = evaluate_perplexity(model, tok, args.text, seqlen=args.seqlen, max_tokens=args.max_tokens)
+    # A Path is always read as a file (a str that is no file would be taken as the text itself).
+    ppl = evaluate_perplexity(model, tok, Path(args.text), seqlen=args.seqlen, max_tokens=args.max_tokens)
     print(json.dumps({"model": args.model, "text": args.text, "seqlen": args.seqlen, "perplexity": round(ppl, 4)}))
     return 0
 
@@ -97,18 +117,26 @@ def _cmd_footprint(args: argparse.Namespace) -> int:
     return 0 if fp.fits in (None, True) else 1
 
 
+def _window_length(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:  # a window predicts tokens 2..seqlen from the ones before
+        raise argparse.ArgumentTypeError(f"must be at least 2 (a window of one token predicts nothing), got {text!r}")
+    return value
+
+
 def add_model_commands(sub) -> None:
     q = sub.add_parser("quantize", help="quantize a Hugging Face causal LM with AWQ and save an AutoAWQ gemm checkpoint")
     q.add_argument("model", help="model folder (config.json, safetensors, tokenizer)")
-    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--out", required=True, help="output folder (absent or empty, unless --overwrite)")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder as a whole")
     q.add_argument("--config", help="AWQConfig JSON file (flags override it)")
     q.add_argument("--bits", type=int)
-    q.add_argument("--group-size", dest="group_size", type=int)
+    q.add_argument("--group-size", dest="group_size", type=group_size_arg)
     q.add_argument("--zero-point", dest="zero_point", action=argparse.BooleanOptionalAction, default=None)
     q.add_argument("--calib", help=".txt or .jsonl calibration text (default: built-in offline text)")
-    q.add_argument("--n-samples", dest="n_samples", type=int)
-    q.add_argument("--seqlen", type=int)
-    q.add_argument("--n-grid", dest="n_grid", type=int)
+    q.add_argument("--n-samples", dest="n_samples", type=positive_int)
+    q.add_argument("--seqlen", type=positive_int)
+    q.add_argument("--n-grid", dest="n_grid", type=positive_int)
     q.add_argument("--no-clip", dest="no_clip", action="store_true")
     q.add_argument("--propagation", choices=["fp", "quantized"])
     q.add_argument("--inspect", choices=["linears", "module"])
@@ -119,14 +147,14 @@ def add_model_commands(sub) -> None:
     e = sub.add_parser("eval", help="perplexity of a model or an AWQ checkpoint on a text file")
     e.add_argument("model", help="model folder or AWQ checkpoint folder")
     e.add_argument("--text", required=True, help="text file")
-    e.add_argument("--seqlen", type=int, default=512)
-    e.add_argument("--max-tokens", dest="max_tokens", type=int, default=None, help="evaluate the first N tokens only")
+    e.add_argument("--seqlen", type=_window_length, default=512, help="tokens per window (at least 2)")
+    e.add_argument("--max-tokens", dest="max_tokens", type=positive_int, default=None, help="evaluate the first N tokens only")
     e.set_defaults(func=_cmd_eval)
 
     f = sub.add_parser("footprint", help="estimated weight size before/after quantization (reads config.json or safetensors headers only)")
     f.add_argument("model", help="model folder or config.json")
-    f.add_argument("--bits", type=int, default=4)
-    f.add_argument("--group-size", dest="group_size", type=int, default=128)
+    f.add_argument("--bits", type=int, choices=range(2, 9), metavar="{2..8}", default=4)
+    f.add_argument("--group-size", dest="group_size", type=group_size_arg, default=128)
     f.add_argument("--memory", help="memory budget, e.g. 8GB or 512MiB: exit code 1 when it does not fit")
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.set_defaults(func=_cmd_footprint)

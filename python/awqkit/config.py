@@ -6,14 +6,23 @@ Pure Python (no torch) so a config can be written, validated and stored anywhere
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
+from numbers import Integral, Real
 from typing import Any
+
+from .layout import group_size_problem
 
 __all__ = ["AWQConfig"]
 
 _PROPAGATIONS = ("fp", "quantized")
 _INSPECTS = ("linears", "module")
 _MAPPING_KEYS = {"prev_op", "layers", "inp", "module2inspect"}
+
+
+def _is_int(v) -> bool:
+    # JSON gives 32.0 or 32.7 as floats and true as a bool (an int subclass): neither is a count.
+    return isinstance(v, Integral) and not isinstance(v, bool)
 
 
 @dataclass
@@ -25,8 +34,8 @@ class AWQConfig:
     ``awqkit.search_scale``). clip: run the clip search after scaling (never on q/k
     projections, whose error is amplified by the softmax). n_samples, seqlen: calibration
     (documents taken, block length). modules_to_not_convert: name substrings of linears
-    kept in full precision (layers whose K is not divisible by the group size are added
-    automatically). mappings: ``None`` for the built-in preset of the model's
+    kept in full precision (layers the AutoAWQ gemm layout cannot hold, see
+    ``awqkit.layout``, are added automatically). mappings: ``None`` for the built-in preset of the model's
     ``model_type``, else a list of ``{"prev_op", "layers", "inp", "module2inspect"}`` dicts
     (names relative to one decoder block) and ``layers_path`` the dotted path of the
     decoder-block list. propagation: ``"fp"`` feeds each block the previous block's
@@ -59,23 +68,34 @@ class AWQConfig:
         self.validate()
 
     def validate(self) -> "AWQConfig":
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+        if not _is_int(self.bits) or not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be an integer in 2..8, got {self.bits!r}")
-        if not isinstance(self.group_size, int) or not (self.group_size == -1 or self.group_size > 0):
-            raise ValueError(f"group_size must be a positive integer or -1, got {self.group_size!r}")
-        if not isinstance(self.n_grid, int) or self.n_grid < 1:
-            raise ValueError(f"n_grid must be a positive integer, got {self.n_grid!r}")
-        if self.duo_scaling not in (True, False, "both"):
+        problem = group_size_problem(self.group_size)
+        if problem:
+            raise ValueError(problem)
+        for name in ("n_grid", "clip_n_grid"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("zero_point", "clip", "gqa_tie"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.layers_path is not None and not isinstance(self.layers_path, str):
+            raise ValueError(f"layers_path must be a dotted module path or None, got {self.layers_path!r}")
+        if not (isinstance(self.duo_scaling, bool) or self.duo_scaling == "both"):
             raise ValueError(f"duo_scaling must be True, False or 'both', got {self.duo_scaling!r}")
         if self.propagation not in _PROPAGATIONS:
             raise ValueError(f"propagation must be one of {_PROPAGATIONS}, got {self.propagation!r}")
         if self.inspect not in _INSPECTS:
             raise ValueError(f"inspect must be one of {_INSPECTS}, got {self.inspect!r}")
-        if not isinstance(self.n_samples, int) or self.n_samples < 1:
+        if not _is_int(self.n_samples) or self.n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
-        if not isinstance(self.seqlen, int) or self.seqlen < 1:
+        if not _is_int(self.seqlen) or self.seqlen < 1:
             raise ValueError(f"seqlen must be a positive integer, got {self.seqlen!r}")
-        if not 0.0 < float(self.clip_max_shrink) < 1.0:
+        if isinstance(self.clip_max_shrink, bool) or not isinstance(self.clip_max_shrink, Real) \
+                or not math.isfinite(self.clip_max_shrink) or not 0.0 < self.clip_max_shrink < 1.0:
             raise ValueError(f"clip_max_shrink must be in (0, 1), got {self.clip_max_shrink!r}")
         if not isinstance(self.modules_to_not_convert, list) or not all(isinstance(m, str) for m in self.modules_to_not_convert):
             raise TypeError("modules_to_not_convert must be a list of strings")

@@ -17,14 +17,18 @@ from .footprint import estimate_footprint
 PROMPT = "Once upon a time"
 
 
-def run_model_demo(data: Path, out_dir: Path, group_size: int = 32) -> None:
+def run_model_demo(data: Path, out_dir: Path, group_size: int = 32, overwrite: bool = False) -> None:
     from transformers.utils import logging as hf_logging
 
-    from .model import evaluate_perplexity, load_model, load_quantized, quantize_model, rtn_quantize_model, save_quantized
+    from .model import (check_output_folder, evaluate_perplexity, load_model, load_quantized, quantize_model,
+                        rtn_quantize_model, save_quantized)
 
     hf_logging.set_verbosity_error()  # the demo's own lines are the story; keep library chatter out
     hf_logging.disable_progress_bar()
 
+    # A rerun replaces the demo's own previous checkpoint; anything else in out_dir needs --overwrite.
+    replace = overwrite or (out_dir / "awq_report.json").is_file()
+    check_output_folder(out_dir, replace)
     model_dir = data / "stories260K-hf"
     calib = data / "c4-validation" / "c4_validation_2k.jsonl"
     eval_text = (data / "tinystories" / "tinystories_sample.txt").read_text()
@@ -38,7 +42,7 @@ def run_model_demo(data: Path, out_dir: Path, group_size: int = 32) -> None:
     t0 = time.perf_counter()
     fp_model, tok = load_model(str(model_dir))
     model, report = quantize_model(copy.deepcopy(fp_model), cfg, calib=str(calib), tokenizer=tok)
-    out = save_quantized(model, str(out_dir), tokenizer=tok, report=report)
+    out = save_quantized(model, str(out_dir), tokenizer=tok, report=report, overwrite=replace)
     print(f"quantized {report.quantized_layers} linears in {time.perf_counter() - t0:.1f} s "
           f"(calibration: {report.calib_tokens} tokens of C4); kept in full precision: {len(report.not_converted)} "
           f"(their shapes do not fit the 4-bit gemm layout, see {out}/awq_report.json)")

@@ -1,8 +1,8 @@
 """How big a model is before and after AWQ, and whether it fits a memory budget, from its
 ``config.json`` or its safetensors headers only (no weights are read; no torch needed).
 
-Quantized: every 2-D ``*.weight`` inside the decoder blocks whose input size divides the
-group size and whose output size is a multiple of 8 (the layers ``quantize_model`` would
+Quantized: every 2-D ``*.weight`` inside the decoder blocks that the AutoAWQ gemm layout
+and the fused kernels can hold (``awqkit.layout``: the layers ``quantize_model`` would
 convert); each costs ``N*K*bits/8`` bytes of codes plus, per group, a float16 scale and a
 ``bits``-bit zero per output. Everything else keeps its source dtype.
 """
@@ -16,6 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ._safetensors import read_header
+from .layout import gemm_layout_problem, group_size_problem
 
 __all__ = ["Footprint", "estimate_footprint", "parse_memory"]
 
@@ -57,16 +58,6 @@ def _quantized_bytes(n: int, k: int, bits: int, group_size: int) -> int:
     return (n * k * bits + 7) // 8 + g * n * 2 + (g * n * bits + 7) // 8
 
 
-def gemm_layout_exclusion(n: int, k: int, group_size: int) -> str | None:
-    """Why a [n, k] linear cannot be stored in the AutoAWQ gemm layout, or None if it can.
-    The pipeline skips exactly these layers, and the footprint counts exactly the others."""
-    if group_size != -1 and k % group_size:
-        return f"input size K={k} is not divisible by group_size={group_size}"
-    if n % 8:
-        return f"output size N={n} is not a multiple of 8 (the AWQ gemm layout packs 8 outputs per int32)"
-    return None
-
-
 def _shapes_from_safetensors(folder: str) -> list[tuple[str, list[int], int]]:
     files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
     out = []
@@ -101,6 +92,11 @@ def _shapes_from_config(cfg: dict) -> list[tuple[str, list[int], int]]:
 
 def estimate_footprint(model_or_config: str, bits: int = 4, group_size: int = 128, memory: str | int | None = None) -> Footprint:
     """Estimate from a model folder (safetensors headers if present, else config.json) or a config.json path."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 2..8, got {bits!r}")
+    problem = group_size_problem(group_size)
+    if problem:
+        raise ValueError(problem)
     path = os.fspath(model_or_config)
     if os.path.isdir(path) and any(f.endswith(".safetensors") for f in os.listdir(path)):
         tensors, source = _shapes_from_safetensors(path), "safetensors headers"
@@ -115,7 +111,7 @@ def estimate_footprint(model_or_config: str, bits: int = 4, group_size: int = 12
         numel = math.prod(shape)
         params += numel
         before += numel * nb
-        if len(shape) == 2 and name.endswith(".weight") and _BLOCK.search(name) and gemm_layout_exclusion(shape[0], shape[1], group_size) is None:
+        if len(shape) == 2 and name.endswith(".weight") and _BLOCK.search(name) and gemm_layout_problem(shape[0], shape[1], group_size) is None:
             qparams += numel
             after += _quantized_bytes(shape[0], shape[1], bits, group_size)
         else:

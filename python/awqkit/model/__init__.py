@@ -1,8 +1,32 @@
 """The model pipeline (needs the ``[torch]`` extra): calibration, layer-by-layer AWQ,
 AutoAWQ gemm checkpoints, reload on the fused kernel, perplexity."""
 
+# The oldest transformers the test suite has run on; pyproject.toml declares the same floor
+# (tests/test_requirements.py keeps them equal). Older releases differ in the keywords we
+# pass (from_pretrained/from_config take ``dtype=`` only from 4.56), so they are refused here
+# with a message rather than failing somewhere inside a load.
+TRANSFORMERS_FLOOR = "5.24"
+
+
+def check_transformers_version(version: str) -> None:
+    """``ImportError`` saying what to install when ``version`` is below the tested floor."""
+    from packaging.version import Version
+
+    if Version(version) < Version(TRANSFORMERS_FLOOR):
+        raise ImportError(f"awqkit's model pipeline needs transformers>={TRANSFORMERS_FLOOR} (tested), found {version}: "
+                          f"pip install 'transformers>={TRANSFORMERS_FLOOR}'")
+
+
+def _installed_transformers_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+check_transformers_version(_installed_transformers_version())
+
 from .calibration import default_calibration_texts, get_calib_blocks, load_calibration_texts
-from .checkpoint import load_quantized, save_quantized
+from .checkpoint import check_output_folder, load_quantized, save_quantized
 from .mappings import PRESETS, layout_for
 from .perplexity import evaluate_perplexity
 from .pipeline import load_model, quantize_model, rtn_quantize_model
@@ -14,6 +38,7 @@ __all__ = [
     "PRESETS",
     "QuantizationReport",
     "QuantizedLinear",
+    "check_output_folder",
     "default_calibration_texts",
     "evaluate_perplexity",
     "get_calib_blocks",

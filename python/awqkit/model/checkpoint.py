@@ -6,6 +6,10 @@ int32 [K, N/8], ``<name>.qzeros`` int32 [G, N/8], ``<name>.scales`` float16 [G, 
 ``<name>.bias``); every other tensor as in the source model (its dtype from the source
 config); safetensors, sharded above ``max_shard_size`` with a ``model.safetensors.index.json``;
 ``config.json`` gains ``quantization_config``; tokenizer files are copied.
+
+A checkpoint is written into a sibling folder and renamed into place, so a folder at the
+output path is always one whole checkpoint; the loader refuses folders whose weight files
+do not match their index. Which linears the layout holds: ``awqkit.layout``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 
 import numpy as np
@@ -22,10 +27,11 @@ from torch import nn
 from ..config import AWQConfig
 from ..footprint import parse_memory
 from ..kernels import contiguous_layers
+from ..layout import check_gemm_layout, group_size_problem
 from .capture import set_submodule
 from .qlinear import AWQLinear, QuantizedLinear
 
-__all__ = ["load_quantized", "save_quantized"]
+__all__ = ["check_output_folder", "load_quantized", "save_quantized"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ def _source_dtype(config) -> torch.dtype:
     return _DTYPES.get(str(d).replace("torch.", ""), torch.float32)
 
 
-def _checkpoint_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, torch.Tensor], list[str]]:
     src = getattr(model, "_awqkit_source_dtype", None)
     dtype = _DTYPES.get(str(src), torch.float32) if src else _source_dtype(model.config)
     qnames = {name for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
@@ -50,6 +56,7 @@ def _checkpoint_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list
         m = model.get_submodule(name)
         if m.packed is None:
             raise ValueError(f"{name} is {m.bits}-bit: the AWQ gemm checkpoint format holds 4-bit weights only")
+        check_gemm_layout(name, m.out_features, m.in_features, group_size)  # what the loader will demand
         for key in ("qweight", "qzeros", "scales"):
             tensors[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(m.packed[key]))
         if m.bias is not None:
@@ -67,8 +74,59 @@ def _checkpoint_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list
     return tensors, sorted(qnames)
 
 
-def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_size="2GB", report=None) -> str:
-    """Write ``model`` (from ``quantize_model``) as an AutoAWQ gemm checkpoint in ``out_dir``."""
+def check_output_folder(out_dir, overwrite: bool = False) -> str:
+    """The absolute path ``save_quantized`` would write, or a clear error: ``out_dir`` names
+    a file, or a non-empty folder without ``overwrite=True``. Call it before a long run."""
+    out = os.path.abspath(os.fspath(out_dir))
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"{out} exists and is not a folder: name a folder for the checkpoint (--out)")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty: choose another folder, or pass overwrite=True "
+                              "(CLI: --overwrite) to replace it as a whole")
+    return out
+
+
+def _fsync_tree(folder: str) -> None:
+    for root, _, files in os.walk(folder):
+        for fname in files:
+            fd = os.open(os.path.join(root, fname), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sibling_dir(out: str, tag: str) -> str:
+    """A new empty folder ``<out>.<tag>-XXXXXXXX`` beside ``out`` (same file system, so a
+    rename moves it; made with the process umask, unlike tempfile.mkdtemp's 0700)."""
+    while True:
+        path = f"{out}.{tag}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_size="2GB", report=None,
+                   overwrite: bool = False) -> str:
+    """Write ``model`` (from ``quantize_model``) as an AutoAWQ gemm checkpoint in ``out_dir``.
+
+    The checkpoint is written into a sibling folder ``<out_dir>.tmp-XXXXXXXX``, flushed to
+    disk and renamed into place, so ``out_dir`` is either absent, the old folder, or the
+    complete new checkpoint, even if the process is killed (a killed save leaves only the
+    sibling folder, which can be deleted). A non-empty ``out_dir`` is refused unless
+    ``overwrite=True``, which replaces it as a whole (never merges into it).
+    """
     from safetensors.torch import save_file
 
     report = report if report is not None else getattr(model, "_awqkit_report", None)
@@ -77,8 +135,8 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
     cfg = AWQConfig.from_dict(report.config)
     if cfg.bits != 4:
         raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, this model is {cfg.bits}-bit")
-    os.makedirs(out_dir, exist_ok=True)
-    tensors, qnames = _checkpoint_tensors(model)
+    out = check_output_folder(out_dir, overwrite)
+    tensors, qnames = _checkpoint_tensors(model, cfg.group_size)
     limit = max_shard_size if isinstance(max_shard_size, int) else parse_memory(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -89,47 +147,84 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
             size = 0
         shards[-1][key] = t
         size += nbytes
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata=meta)
-    else:
-        weight_map = {}
-        for j, shard in enumerate(shards):
-            fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(out_dir, fname), metadata=meta)
-            weight_map.update({k: fname for k in shard})
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-    not_converted = [e["module"] for e in report.not_converted]
-    config = model.config.to_dict()
-    config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
-    src = getattr(model, "_awqkit_source_dir", None)
-    if src and os.path.isdir(src):
-        for fname in _TOKENIZER_FILES:
-            p = os.path.join(src, fname)
-            if os.path.isfile(p) and not os.path.exists(os.path.join(out_dir, fname)):
-                shutil.copy2(p, out_dir)
-    report.to_json(os.path.join(out_dir, "awq_report.json"))
-    log.info("saved %d quantized linears in %d shard(s) to %s", len(qnames), len(shards), out_dir)
-    return out_dir
+
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _sibling_dir(out, "tmp")
+    try:
+        meta = {"format": "pt"}
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(tmp, "model.safetensors"), metadata=meta)
+        else:
+            weight_map = {}
+            for j, shard in enumerate(shards):
+                fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, os.path.join(tmp, fname), metadata=meta)
+                weight_map.update({k: fname for k in shard})
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        not_converted = [e["module"] for e in report.not_converted]
+        config = model.config.to_dict()
+        config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, allow_nan=False)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        src = getattr(model, "_awqkit_source_dir", None)
+        if src and os.path.isdir(src):
+            for fname in _TOKENIZER_FILES:
+                p = os.path.join(src, fname)
+                if os.path.isfile(p) and not os.path.exists(os.path.join(tmp, fname)):
+                    shutil.copy2(p, tmp)
+        report.to_json(os.path.join(tmp, "awq_report.json"))
+        _fsync_tree(tmp)
+        # Into place: rename(2) replaces an absent or empty folder atomically. A non-empty
+        # one (overwrite=True) is moved aside first, so `out` is never a mix of two runs.
+        if os.path.isdir(out) and os.listdir(out):
+            old = _sibling_dir(out, "old")
+            os.rename(out, os.path.join(old, "checkpoint"))
+            os.rename(tmp, out)
+            _fsync_dir(parent)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+            _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved %d quantized linears in %d shard(s) to %s", len(qnames), len(shards), out)
+    return out
+
+
+def _weight_files(path: str) -> list[str]:
+    """The safetensors files a checkpoint folder consists of, or a clear error when it is
+    incomplete or mixes two checkpoints (files no index names, an index beside a single file)."""
+    present = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            listed = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [f for f in listed if f not in present]
+        if missing:
+            raise ValueError(f"{path} is incomplete: its index names {missing[:3]}, which are not there; "
+                             "save the checkpoint again")
+        stray = [f for f in present if f not in listed]
+        if stray:
+            raise ValueError(f"{path} holds weight files its index does not name ({stray[:3]}): it mixes two "
+                             "checkpoints; save it again into an empty folder")
+        return listed
+    if present != ["model.safetensors"]:
+        what = "no model.safetensors" if not present else f"weight files {present[:3]} without model.safetensors.index.json"
+        raise ValueError(f"{path} has {what}: it is not a complete checkpoint; save it again")
+    return present
 
 
 def _read_tensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
     out: dict[str, torch.Tensor] = {}
-    for fname in files:
+    for fname in _weight_files(path):
         out.update(load_file(os.path.join(path, fname)))
     return out
 
@@ -139,13 +234,22 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with open(os.path.join(path, "config.json")) as f:
+    path = os.fspath(path)
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json there): pass the folder save_quantized wrote")
+    with open(config_path) as f:
         raw = json.load(f)
     qcfg = raw.get("quantization_config")
     if not qcfg or qcfg.get("quant_method") != "awq" or qcfg.get("version", "gemm") != "gemm":
         raise ValueError(f"{path} is not an AWQ gemm checkpoint (quantization_config: {qcfg})")
     if qcfg.get("bits") != 4:
         raise ValueError(f"only 4-bit AWQ checkpoints are supported, got bits={qcfg.get('bits')}")
+    group_size = qcfg.get("group_size")
+    problem = group_size_problem(group_size)
+    if problem:
+        raise ValueError(f"{path}: quantization_config: {problem}")
+    _weight_files(path)  # an incomplete folder fails here, before the model is built
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # we build the quantized modules ourselves
@@ -157,9 +261,11 @@ def load_quantized(path: str, return_tokenizer: bool = False):
         lin = model.get_submodule(name)
         if not isinstance(lin, nn.Linear):
             raise ValueError(f"{name} in the checkpoint is not a Linear in {type(model).__name__}")
+        qweight = tensors.pop(f"{name}.qweight")
+        check_gemm_layout(f"{path}: {name}", qweight.shape[1] * 8, qweight.shape[0], group_size)
         bias = tensors.pop(f"{name}.bias", None)
-        mod = AWQLinear(tensors.pop(f"{name}.qweight").numpy(), tensors.pop(f"{name}.qzeros").numpy(),
-                        tensors.pop(f"{name}.scales").numpy(), int(qcfg["group_size"]),
+        mod = AWQLinear(qweight.numpy(), tensors.pop(f"{name}.qzeros").numpy(),
+                        tensors.pop(f"{name}.scales").numpy(), group_size,
                         None if bias is None else bias.to(torch.float32).numpy())
         set_submodule(model, name, mod)
     missing, unexpected = model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}, strict=False)

@@ -17,11 +17,20 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate_perplexity(model, tokenizer, text, seqlen: int = 512, max_tokens: int | None = None, batch_size: int = 4) -> float:
-    """Perplexity of ``model`` on ``text`` (a string or a path to a text file).
+    """Perplexity of ``model`` on ``text``: a ``pathlib.Path`` (always a file), a string
+    naming an existing file, or the text itself.
 
     ``max_tokens`` bounds the evaluation to the first tokens of the text (rounded down to
     whole windows), so runs on a shared machine stay bounded; say so when quoting numbers.
     """
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
+        raise ValueError(f"seqlen must be an integer >= 2 (a window of one token predicts nothing), got {seqlen!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+    if isinstance(text, str) and _looks_like_a_missing_path(text):
+        # Otherwise the perplexity of the path string itself would be returned.
+        raise FileNotFoundError(f"{text!r} looks like a file path but there is no such file: pass an existing "
+                                "file, or the text itself")
     if isinstance(text, os.PathLike) or (isinstance(text, str) and len(text) < 4096 and os.path.isfile(text)):
         with open(text, encoding="utf-8") as f:
             text = f.read()
@@ -43,3 +52,9 @@ def evaluate_perplexity(model, tokenizer, text, seqlen: int = 512, max_tokens: i
     ppl = math.exp(nll / count)
     log.info("perplexity %.4f over %d windows of %d tokens", ppl, n, seqlen)
     return ppl
+
+
+def _looks_like_a_missing_path(text: str) -> bool:
+    # One word with a path separator (no spaces, no line breaks) is a path, not prose.
+    return (len(text) < 4096 and not any(c.isspace() for c in text)
+            and (os.sep in text or (os.altsep or os.sep) in text) and not os.path.exists(text))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import AWQConfig
-from ..footprint import gemm_layout_exclusion
+from ..layout import gemm_layout_problem
 from ..packing import pack_awq
 from ..quantizer import quantize
 from ..search import apply_clip, search_clip
@@ -73,7 +73,7 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
         if pat in name:
             return f"matches modules_to_not_convert entry {pat!r}"
     n, k = lin.weight.shape
-    return gemm_layout_exclusion(n, k, cfg.group_size)
+    return gemm_layout_problem(n, k, cfg.group_size)
 
 
 def _quantize_linear(lin: nn.Linear, w: torch.Tensor, cfg: AWQConfig) -> QuantizedLinear:
@@ -119,12 +119,20 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
 
     # Which linears get quantized (decided up front so what we evaluate is what we can save).
     skip: dict[str, str] = {}
+    n_linears = 0
     for i, block in enumerate(blocks):
         for rel, mod in block.named_modules():
             if isinstance(mod, nn.Linear):
+                n_linears += 1
                 reason = _exclusion_reason(f"{layout.layers_path}.{i}.{rel}", mod, cfg)
                 if reason:
                     skip[f"{i}.{rel}"] = reason
+    if len(skip) == n_linears:
+        # A run that converts nothing would save the source model under an AWQ label.
+        raise ValueError(
+            f"none of the {n_linears} linears in {layout.layers_path} can be quantized with group_size={cfg.group_size} "
+            f"({'; '.join(sorted(set(skip.values()))[:3])}): choose a group size that divides the layers' input sizes "
+            "or fewer modules_to_not_convert")
     for key, reason in skip.items():
         report.not_converted.append({"module": f"{layout.layers_path}.{key}", "reason": reason})
     if skip:

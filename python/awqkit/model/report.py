@@ -4,6 +4,7 @@ layers, and wall time plus peak memory per stage. Saved as JSON beside the check
 from __future__ import annotations
 
 import json
+import math
 import resource
 import time
 from contextlib import contextmanager
@@ -73,17 +74,41 @@ class QuantizationReport:
         return asdict(self)
 
     def to_json(self, path: str | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
+        """The report as strict JSON: a NaN or Inf (a loss from non-finite weights or
+        activations) is an error naming where it is, since most JSON readers reject them."""
+        d = self.to_dict()
+        where = _first_non_finite(d, "report")
+        if where:
+            raise ValueError(f"{where} is not a finite number: the quantization met NaN or Inf; "
+                             "check the model's weights and the calibration text")
+        text = json.dumps(d, indent=2, allow_nan=False)
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
         return text
 
-    def summary(self) -> dict[str, float]:
-        """Mean AWQ/RTN loss ratio over searched mappings and mean clip gain: a one-line health check."""
+    def summary(self) -> dict[str, float | None]:
+        """Mean AWQ/RTN loss ratio over searched mappings and mean clip gain: a one-line health
+        check. None where there is nothing to average (an RTN run searches nothing)."""
         searched = [m for m in self.mappings if m.get("rtn_loss")]
         clipped = [c for c in self.clip if c.get("loss_before")]
         return {
-            "mean_awq_over_rtn": sum(m["awq_loss"] / m["rtn_loss"] for m in searched) / len(searched) if searched else float("nan"),
-            "mean_clip_after_over_before": sum(c["loss_after"] / c["loss_before"] for c in clipped) / len(clipped) if clipped else float("nan"),
+            "mean_awq_over_rtn": sum(m["awq_loss"] / m["rtn_loss"] for m in searched) / len(searched) if searched else None,
+            "mean_clip_after_over_before": sum(c["loss_after"] / c["loss_before"] for c in clipped) / len(clipped) if clipped else None,
         }
+
+
+def _first_non_finite(value, path: str) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} = {value}"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, v in items:
+        found = _first_non_finite(v, f"{path}[{key!r}]")
+        if found:
+            return found
+    return None
