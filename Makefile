@@ -10,7 +10,7 @@ export AWQKIT_DATA_DIR ?= $(DATA_DIR)
 NUMPY_TESTS := $(filter-out tests/test_model_%,$(wildcard tests/test_*.py))
 SANITIZE_DIR := build/sanitize
 
-.PHONY: demo test test-avx2 install deps-system dev sanitize bench clean
+.PHONY: demo test test-avx2 install deps-system dev sanitize check-portable bench clean
 
 deps-system:
 	@if ! [ -f /usr/include/eigen3/Eigen/Core ]; then \
@@ -29,6 +29,7 @@ test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
 	$(MAKE) --no-print-directory test-avx2
 	$(MAKE) --no-print-directory sanitize
+	$(MAKE) --no-print-directory check-portable
 
 # The numpy-level tests again with the kernels capped at AVX2 (AWQKIT_ISA is a ceiling for the
 # process): the paths that CPUs without AVX-512 take stay green on every CI machine.
@@ -59,6 +60,22 @@ dev: deps-system
 	cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DAWQKIT_INPLACE=ON \
 	  -Dpybind11_DIR=$$($(PYTHON) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
 	cmake --build build/dev
+
+# Another architecture builds with the scalar kernels only: every file CMake keeps off x86-64
+# is compiled for aarch64 (AWQKIT_X86_SIMD=0), and the objects must not need an x86 kernel.
+PORTABLE_DIR := build/portable-aarch64
+check-portable: deps-system
+	@command -v aarch64-linux-gnu-g++ >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q g++-aarch64-linux-gnu >/dev/null || { apt-get update -q && apt-get install -y -q g++-aarch64-linux-gnu >/dev/null; }; \
+	  else sudo apt-get install -y -q g++-aarch64-linux-gnu >/dev/null; fi; }
+	rm -rf $(PORTABLE_DIR) && mkdir -p $(PORTABLE_DIR)
+	@set -e; for f in $$(find csrc -name '*.cpp' | grep -v -E '_(avx2|avx512)\.cpp$$' | sort); do \
+	  aarch64-linux-gnu-g++ -std=c++17 -O1 -fopenmp -fPIC -Wall -DAWQKIT_X86_SIMD=0 -DEIGEN_DONT_PARALLELIZE \
+	    -Icsrc -I/usr/include/eigen3 $$($(PYTHON) -m pybind11 --includes) -c $$f -o $(PORTABLE_DIR)/$$(echo $$f | tr / _).o; \
+	done
+	@if aarch64-linux-gnu-nm -C --undefined-only $(PORTABLE_DIR)/*.o | grep -E 'awqkit::.*(avx2|avx512|probes)::'; then \
+	  echo "check-portable: the scalar-only build still needs the x86 symbols above"; exit 1; fi
+	@echo "check-portable: ok (csrc builds for aarch64 with the scalar kernels only)"
 
 bench: install
 	$(PYTHON) benchmarks/bench_quant.py
