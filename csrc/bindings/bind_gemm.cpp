@@ -132,8 +132,9 @@ class GemmLayer {
     };
     const int64_t ny = M * N * int64_t{sizeof(float)};
     require(!bytes_overlap(o.data(), ny, x.data(), M * w_.K * int64_t{sizeof(float)}) &&
-                (bias_ptr_ == nullptr || !bytes_overlap(o.data(), ny, bias_ptr_, N * int64_t{sizeof(float)})),
-            "out must not share memory with x or bias");
+                (bias_ptr_ == nullptr || !bytes_overlap(o.data(), ny, bias_ptr_, N * int64_t{sizeof(float)})) &&
+                !bytes_overlap(o.data(), ny, w_.data, gemm::packed_nbytes(w_.N, w_.K, w_.group_size)),
+            "out must not share memory with x, the bias or the layer's packed weights; pass a new array");
     return o.cast<py::array_t<float>>();
   }
 
@@ -154,7 +155,11 @@ namespace fast_call {
 GemmLayer* layer_of(PyObject* self) {
   auto* inst = reinterpret_cast<py::detail::instance*>(self);
   if (!inst->simple_layout) return nullptr;  // only a multiply-inherited subclass; the slow path copes
-  return static_cast<GemmLayer*>(inst->simple_value_holder[0]);  // null until __init__ ran
+  // The value pointer alone is not enough: a method called on an instance whose __init__
+  // never ran makes pybind11 allocate (not construct) the value, so it is only valid once
+  // the holder is constructed. The slow path raises the error for such an instance.
+  if (!inst->simple_holder_constructed) return nullptr;
+  return static_cast<GemmLayer*>(inst->simple_value_holder[0]);
 }
 
 // x as the kernel takes it, or null for the slow path.
@@ -241,12 +246,24 @@ void register_gemm(py::module_& m) {
   py::class_<GemmLayer> layer_class(m, "GemmLayer", py::custom_type_setup([](PyHeapTypeObject* type) {
                           type->ht_type.tp_call = fast_call::call;
                         }));
+  // Methods take the Python object and look the layer up through layer_of_checked, so an
+  // instance whose __init__ never ran raises instead of reading uninitialised memory.
+  const auto layer_of_checked = [](py::handle self) -> GemmLayer& {
+    return initialised<GemmLayer>(self, "self", "GemmLayer");
+  };
   layer_class.def(py::init<py::array, int64_t, int64_t, int64_t, py::object>(), py::arg("packed"), py::arg("N"),
            py::arg("K"), py::arg("group_size"), py::arg("bias"))
-      .def("_rebind", &GemmLayer::rebind, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
-           py::arg("bias"))
-      .def("_forward", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,
-           py::arg("activation") = 0);
+      .def("_rebind",
+           [layer_of_checked](py::handle self, py::array packed, int64_t N, int64_t K, int64_t group_size,
+                              py::object bias) {
+             layer_of_checked(self).rebind(std::move(packed), N, K, group_size, std::move(bias));
+           },
+           py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"), py::arg("bias"))
+      .def("_forward",
+           [layer_of_checked](py::handle self, const py::array& x, const py::object& out, int path, int activation) {
+             return layer_of_checked(self).forward(x, out, path, activation);
+           },
+           py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0, py::arg("activation") = 0);
   // The call slot's checked path: for a bare GemmLayer the checked forward itself.
   layer_class.attr("_call_slow") = layer_class.attr("_forward");
   // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only).
@@ -299,7 +316,10 @@ void register_gemm(py::module_& m) {
     py::gil_scoped_release nogil;
     return gemm::probes::fma_peak(iters);
   }, py::arg("iters"));
-  m.def("gemm_packed_nbytes", &gemm::packed_nbytes, py::arg("N"), py::arg("K"), py::arg("group_size"));
+  m.def("gemm_packed_nbytes", [](int64_t N, int64_t K, int64_t group_size) {
+    gemm::check_packed_shape(N, K, group_size);  // refuses shapes whose size overflows int64
+    return gemm::packed_nbytes(N, K, group_size);
+  }, py::arg("N"), py::arg("K"), py::arg("group_size"));
 }
 
 }  // namespace awqkit::bind
