@@ -79,6 +79,23 @@ inline void require_nonempty(const py::array& a, const char* name) {
   if (a.size() == 0) fail(std::string(name) + " is empty (shape has a zero)");
 }
 
+// pybind11 lets Python make an instance without running __init__ (Cls.__new__(Cls)), and
+// its generic caster then hands the methods a lazily allocated, never constructed object.
+// Every method of a bound class, and every argument that is one, goes through this check:
+// the constructed C++ object, or a TypeError that says how to make one.
+template <typename T>
+T& initialised(py::handle obj, const char* what, const char* type_name) {
+  if (!py::isinstance<T>(obj))
+    throw type_error(std::string(what) + " must be a " + type_name + ", got " + Py_TYPE(obj.ptr())->tp_name);
+  auto* inst = reinterpret_cast<py::detail::instance*>(obj.ptr());
+  const py::detail::value_and_holder vh =
+      inst->get_value_and_holder(py::detail::get_type_info(typeid(T)), /*throw_if_missing=*/false);
+  if (!vh || !vh.holder_constructed())
+    throw type_error(std::string(what) + " (" + Py_TYPE(obj.ptr())->tp_name +
+                     ") was made with __new__ and its __init__ never ran; construct it by calling the class");
+  return *vh.template value_ptr<T>();
+}
+
 template <typename T>
 py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);

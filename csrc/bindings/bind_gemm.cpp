@@ -132,8 +132,9 @@ class GemmLayer {
     };
     const int64_t ny = M * N * int64_t{sizeof(float)};
     require(!bytes_overlap(o.data(), ny, x.data(), M * w_.K * int64_t{sizeof(float)}) &&
-                (bias_ptr_ == nullptr || !bytes_overlap(o.data(), ny, bias_ptr_, N * int64_t{sizeof(float)})),
-            "out must not share memory with x or bias");
+                (bias_ptr_ == nullptr || !bytes_overlap(o.data(), ny, bias_ptr_, N * int64_t{sizeof(float)})) &&
+                !bytes_overlap(o.data(), ny, w_.data, gemm::packed_nbytes(w_.N, w_.K, w_.group_size)),
+            "out must not share memory with x, the bias or the layer's packed weights; pass a new array");
     return o.cast<py::array_t<float>>();
   }
 
@@ -154,7 +155,11 @@ namespace fast_call {
 GemmLayer* layer_of(PyObject* self) {
   auto* inst = reinterpret_cast<py::detail::instance*>(self);
   if (!inst->simple_layout) return nullptr;  // only a multiply-inherited subclass; the slow path copes
-  return static_cast<GemmLayer*>(inst->simple_value_holder[0]);  // null until __init__ ran
+  // The value pointer alone is not enough: a method called on an instance whose __init__
+  // never ran makes pybind11 allocate (not construct) the value, so it is only valid once
+  // the holder is constructed. The slow path raises the error for such an instance.
+  if (!inst->simple_holder_constructed) return nullptr;
+  return static_cast<GemmLayer*>(inst->simple_value_holder[0]);
 }
 
 // x as the kernel takes it, or null for the slow path.
@@ -241,15 +246,28 @@ void register_gemm(py::module_& m) {
   py::class_<GemmLayer> layer_class(m, "GemmLayer", py::custom_type_setup([](PyHeapTypeObject* type) {
                           type->ht_type.tp_call = fast_call::call;
                         }));
+  // Methods take the Python object and look the layer up through layer_of_checked, so an
+  // instance whose __init__ never ran raises instead of reading uninitialised memory.
+  const auto layer_of_checked = [](py::handle self) -> GemmLayer& {
+    return initialised<GemmLayer>(self, "self", "GemmLayer");
+  };
   layer_class.def(py::init<py::array, int64_t, int64_t, int64_t, py::object>(), py::arg("packed"), py::arg("N"),
            py::arg("K"), py::arg("group_size"), py::arg("bias"))
-      .def("_rebind", &GemmLayer::rebind, py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"),
-           py::arg("bias"))
-      .def("_forward", &GemmLayer::forward, py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0,
-           py::arg("activation") = 0);
+      .def("_rebind",
+           [layer_of_checked](py::handle self, py::array packed, int64_t N, int64_t K, int64_t group_size,
+                              py::object bias) {
+             layer_of_checked(self).rebind(std::move(packed), N, K, group_size, std::move(bias));
+           },
+           py::arg("packed"), py::arg("N"), py::arg("K"), py::arg("group_size"), py::arg("bias"))
+      .def("_forward",
+           [layer_of_checked](py::handle self, const py::array& x, const py::object& out, int path, int activation) {
+             return layer_of_checked(self).forward(x, out, path, activation);
+           },
+           py::arg("x"), py::arg("out") = py::none(), py::arg("path") = 0, py::arg("activation") = 0);
   // The call slot's checked path: for a bare GemmLayer the checked forward itself.
   layer_class.attr("_call_slow") = layer_class.attr("_forward");
-  // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only).
+#if AWQKIT_X86_SIMD
+  // Limit probes for benchmarks/bench_gemm.py (AVX-512 CPUs only; not built off x86-64).
   m.def("probe_stream_read", [](const py::array& buf) {
     require(detected_isa() == Isa::avx512, "the bandwidth probe needs AVX-512");
     require_dtype(has_dtype<uint8_t>(buf), buf, "buf", "uint8");
@@ -261,6 +279,7 @@ void register_gemm(py::module_& m) {
     py::gil_scoped_release nogil;
     return gemm::probes::stream_read(p, n);
   }, py::arg("buf"));
+#endif
   // Decode with no Python between layers (as ggml's C graph runs them): median seconds per
   // call of the automatic path over passes through `layers`, x float32 [M, K] shared by all.
   m.def("probe_decode_rotation", [](const std::vector<py::handle>& objects, const py::array& x, int passes) {
@@ -280,6 +299,7 @@ void register_gemm(py::module_& m) {
       gemm::linear_forward(l.w, xp, M, l.bias_ptr, y.data(), gemm::Path::automatic, gemm::Activation::f32);
     });
   }, py::arg("layers"), py::arg("x"), py::arg("passes"));
+#if AWQKIT_X86_SIMD
   // The same rotation reading each layer's blocks with no arithmetic, split and synchronised
   // per call as the decode kernels are: what any kernel called once per layer could reach.
   m.def("probe_read_rotation", [](const std::vector<py::handle>& objects, int passes) {
@@ -299,7 +319,11 @@ void register_gemm(py::module_& m) {
     py::gil_scoped_release nogil;
     return gemm::probes::fma_peak(iters);
   }, py::arg("iters"));
-  m.def("gemm_packed_nbytes", &gemm::packed_nbytes, py::arg("N"), py::arg("K"), py::arg("group_size"));
+#endif
+  m.def("gemm_packed_nbytes", [](int64_t N, int64_t K, int64_t group_size) {
+    gemm::check_packed_shape(N, K, group_size);  // refuses shapes whose size overflows int64
+    return gemm::packed_nbytes(N, K, group_size);
+  }, py::arg("N"), py::arg("K"), py::arg("group_size"));
 }
 
 }  // namespace awqkit::bind

@@ -1,4 +1,6 @@
 // Bindings of the AWQ search engine: activation statistics, scale search, clip search.
+#include <algorithm>
+
 #include "bindings/bind_common.h"
 #include "quant/quantize.h"
 #include "search/activation_stats.h"
@@ -41,14 +43,21 @@ const double* vector_arg(const py::array& a, const char* name, int64_t K) {
   return static_cast<const double*>(a.data());
 }
 
-// Gram panels from either a native ActivationStats or a [K, K] float64 array.
+constexpr const char* kStats = "ActivationStats";
+
+// The C++ statistics behind a bound ActivationStats (checked to be initialised).
+ActivationStats& stats_of(py::handle self, const char* what = "self") {
+  return initialised<ActivationStats>(self, what, kStats);
+}
+
+// Gram panels from either a native ActivationStats or a [K, K] float64 array, checked to be
+// within the float32 range of the search.
 GramPanels panels_from(const py::object& gram, int64_t* K, int64_t* n_tokens) {
   if (py::isinstance<ActivationStats>(gram)) {
-    const ActivationStats& st = gram.cast<const ActivationStats&>();
+    const ActivationStats& st = stats_of(gram, "gram");
     *K = st.in_features();
-    *n_tokens = st.n_tokens();
     py::gil_scoped_release nogil;
-    return st.gram_panels();
+    return st.gram_panels(n_tokens);  // with its token count, at one instant
   }
   py::array a = gram.cast<py::array>();
   require_array<double>(a, "gram", 2);
@@ -56,6 +65,7 @@ GramPanels panels_from(const py::object& gram, int64_t* K, int64_t* n_tokens) {
   *K = a.shape(0);
   const double* g = static_cast<const double*>(a.data());
   py::gil_scoped_release nogil;
+  require_gram_in_search_range(g, *K, *K);
   return build_gram_panels(g, *K, *K, /*with_amx=*/true);
 }
 
@@ -74,7 +84,7 @@ SearchInputs search_inputs(const std::vector<py::array>& weights, const py::obje
   require(!in.views.empty(), "weights is empty: pass the list of linears that share the input");
   const int64_t k = in.views[0].cols;
   in.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, k);
-  check_weights(in.views, k);
+  check_weights(in.views, k, in.quant);
   int64_t n_stats = 0;
   in.P = panels_from(gram, &in.K, &n_stats);
   in.n_tokens = n_tokens < 0 ? n_stats : n_tokens;
@@ -107,6 +117,7 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
   d["losses"] = to_array(out.losses, {C});
   d["duo"] = to_array(out.duo, {C});
   d["identity"] = to_array(out.identity, {C});
+  d["excluded"] = to_array(out.excluded, {C});
   d["candidates"] = to_array(out.candidates, {C, K});
   d["w_mean"] = to_array(out.w_mean, {K});
   d["best"] = out.best;
@@ -114,7 +125,7 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
   return d;
 }
 
-py::array_t<double> scale_losses_py(const std::vector<py::array>& weights, const py::object& gram,
+py::dict scale_losses_py(const std::vector<py::array>& weights, const py::object& gram,
                                     int64_t n_tokens, const py::array& S, int bits, int64_t group_size,
                                     bool zero_point, bool fp16_scale) {
   const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale);
@@ -123,19 +134,26 @@ py::array_t<double> scale_losses_py(const std::vector<py::array>& weights, const
   require(S.shape(1) == K, "scales must have K = " + std::to_string(K) + " columns");
   const float* s = static_cast<const float*>(S.data());
   const int64_t C = S.shape(0);
-  std::vector<double> losses;
+  ScaleLosses scored;
   {
     py::gil_scoped_release nogil;
-    losses = scale_losses(in.views, in.P, in.n_tokens, in.quant, s, C);
+    scored = scale_losses(in.views, in.P, in.n_tokens, in.quant, s, C);
   }
-  return to_array(losses, {static_cast<py::ssize_t>(C)});
+  require(std::find(scored.excluded.begin(), scored.excluded.end(), 0) != scored.excluded.end(),
+          C == 1 ? "these scales make" : "every one of these scale candidates makes",
+          " a group scale of the scaled weights overflow ", fp16_scale ? "float16 (at most 65504)" : "float32",
+          ", so the result cannot be stored", fp16_scale ? "; use smaller scales or scale_dtype='float32'" : "");
+  py::dict d;
+  d["losses"] = to_array(scored.losses, {static_cast<py::ssize_t>(C)});
+  d["excluded"] = to_array(scored.excluded, {static_cast<py::ssize_t>(C)});
+  return d;
 }
 
 py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, int64_t group_size) {
   std::vector<double> blocks;
   int64_t K = 0;
   if (py::isinstance<ActivationStats>(x)) {
-    const ActivationStats& st = x.cast<const ActivationStats&>();
+    const ActivationStats& st = stats_of(x, "x");
     K = st.in_features();
     group_size = resolve_spec(4, group_size, true, true, K).group_size;
     require(stride == 1, "sampling tokens needs the raw activations, not statistics");
@@ -149,7 +167,7 @@ py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, in
     require(v.rows > 0, "x has no tokens (empty calibration set)");
     require(stride >= 1, "stride must be >= 1");
     py::gil_scoped_release nogil;
-    require_finite_activations(v);
+    require_finite_activations(v, gram_activation_limit());  // the blocks are summed in float32 chunks too
     blocks = group_gram_blocks(v, stride, group_size);
   }
   const py::ssize_t G = K / group_size;
@@ -166,16 +184,18 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
   spec.n_grid = n_grid;
   spec.n_shrink = n_shrink;
   spec.asymmetric = asymmetric;
-  check_weights({v}, v.cols);
+  check_weights({v}, v.cols, spec.quant);
   const int64_t gs = spec.quant.group_size, G = v.cols / gs, N = v.rows;
   require_dtype(has_dtype<double>(blocks), blocks, "gram blocks", "float64");
   require_contiguous(blocks, "gram blocks");
   require(blocks.ndim() == 3 && blocks.shape(0) == G && blocks.shape(1) == gs && blocks.shape(2) == gs,
           "gram blocks must have shape [G, group_size, group_size]");
+  require(n_tokens > 0, "no calibration tokens (n_tokens = ", n_tokens, ")");
   const double* b = static_cast<const double*>(blocks.data());
   ClipOutput out;
   {
     py::gil_scoped_release nogil;
+    for (int64_t g = 0; g < G; ++g) require_gram_in_search_range(b + g * gs * gs, gs, gs);
     out = search_clip(v, b, n_tokens, spec);
   }
   py::dict d;
@@ -191,24 +211,31 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
 }  // namespace
 
 void register_search(py::module_& m) {
+  // Methods take the Python object and look the statistics up through stats_of, so an
+  // instance whose __init__ never ran raises instead of reading uninitialised memory. The
+  // statistics lock themselves (activation_stats.h), so the GIL is released around the work.
   py::class_<ActivationStats>(m, "ActivationStats")
       .def(py::init<int64_t, bool>(), py::arg("in_features"), py::arg("gram"))
       .def("update",
-           [](ActivationStats& s, const py::array& x) {
+           [](py::handle self, const py::array& x) {
+             ActivationStats& s = stats_of(self);
              const MatrixView v = float_view(x, "x");
              py::gil_scoped_release nogil;
              s.update(v);
            },
            py::arg("x"))
       .def("merge",
-           [](ActivationStats& s, const ActivationStats& o) {
+           [](py::handle self, py::handle other) {
+             ActivationStats& s = stats_of(self);
+             const ActivationStats& o = stats_of(other, "other");
              py::gil_scoped_release nogil;  // K^2 doubles of Gram at large K
              s.merge(o);
            },
            py::arg("other"))
       .def("set_state",
-           [](ActivationStats& s, int64_t n, const py::array& sa, const py::array& ss, const py::array& ma,
+           [](py::handle self, int64_t n, const py::array& sa, const py::array& ss, const py::array& ma,
               const py::object& g) {
+             ActivationStats& s = stats_of(self);
              const int64_t K = s.in_features();
              const double* gp = nullptr;
              py::array ga;
@@ -216,7 +243,7 @@ void register_search(py::module_& m) {
                ga = g.cast<py::array>();
                require_dtype(has_dtype<double>(ga), ga, "gram", "float64");
                require_contiguous(ga, "gram");
-               require(ga.ndim() == 2 && ga.shape(0) == K && ga.shape(1) == K, "gram must be [K, K]");
+               require(ga.ndim() == 2 && ga.shape(0) == K && ga.shape(1) == K, "gram must be [K, K] with K = ", K);
                gp = static_cast<const double*>(ga.data());
              }
              const double* a = vector_arg(sa, "sum_abs", K);
@@ -226,13 +253,43 @@ void register_search(py::module_& m) {
              s.set_state(n, a, q, m, gp);
            },
            py::arg("n_tokens"), py::arg("sum_abs"), py::arg("sum_sq"), py::arg("max_abs"), py::arg("gram"))
-      .def_property_readonly("in_features", &ActivationStats::in_features)
-      .def_property_readonly("has_gram", &ActivationStats::has_gram)
-      .def_property_readonly("n_tokens", &ActivationStats::n_tokens)
-      .def("sum_abs", [](const ActivationStats& s) { return to_array(s.sum_abs(), {s.in_features()}); })
-      .def("sum_sq", [](const ActivationStats& s) { return to_array(s.sum_sq(), {s.in_features()}); })
-      .def("max_abs", [](const ActivationStats& s) { return to_array(s.max_abs(), {s.in_features()}); })
-      .def("gram", [](const ActivationStats& s) {
+      .def("state",
+           [](py::handle self) {
+             const ActivationStats& s = stats_of(self);
+             const py::ssize_t K = s.in_features();
+             py::array_t<double> sa({K}), ss({K}), ma({K});
+             py::object g = py::none();
+             double* gp = nullptr;
+             if (s.has_gram()) {
+               py::array_t<double> ga({K, K});
+               gp = ga.mutable_data();
+               g = std::move(ga);
+             }
+             int64_t n = 0;
+             double *a = sa.mutable_data(), *q = ss.mutable_data(), *m = ma.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               s.state(&n, a, q, m, gp);
+             }
+             return py::make_tuple(n, sa, ss, ma, g);
+           })
+      .def_property_readonly("in_features", [](py::handle self) { return stats_of(self).in_features(); })
+      .def_property_readonly("has_gram", [](py::handle self) { return stats_of(self).has_gram(); })
+      .def_property_readonly("n_tokens", [](py::handle self) { return stats_of(self).n_tokens(); })
+      .def("sum_abs", [](py::handle self) {
+        const ActivationStats& s = stats_of(self);
+        return to_array(s.sum_abs(), {s.in_features()});
+      })
+      .def("sum_sq", [](py::handle self) {
+        const ActivationStats& s = stats_of(self);
+        return to_array(s.sum_sq(), {s.in_features()});
+      })
+      .def("max_abs", [](py::handle self) {
+        const ActivationStats& s = stats_of(self);
+        return to_array(s.max_abs(), {s.in_features()});
+      })
+      .def("gram", [](py::handle self) {
+        const ActivationStats& s = stats_of(self);
         const int64_t K = s.in_features();
         py::array_t<double> a({K, K});
         double* p = a.mutable_data();

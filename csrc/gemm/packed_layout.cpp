@@ -28,6 +28,15 @@ void check_packed_shape(int64_t N, int64_t K, int64_t group_size) {
   require(N % 8 == 0, "out_features N = ", N, " is not a multiple of 8 (the AWQ gemm layout packs 8 channels per int32)");
   require(group_size > 0 && K % group_size == 0, "group_size = ", group_size, " does not divide in_features K = ", K);
   require(group_size % 8 == 0, "the fused kernels need group_size to be a multiple of 8, got ", group_size);
+  // packed_nbytes in checked arithmetic: blocks * G * (header + 8 * group_size) + tail.
+  int64_t group_bytes = 0, block_bytes = 0, nbytes = 0;
+  const bool overflow = __builtin_mul_overflow(group_size, int64_t{8}, &group_bytes) ||
+                        __builtin_add_overflow(group_bytes, kGroupHeader, &group_bytes) ||
+                        __builtin_mul_overflow(K / group_size, group_bytes, &block_bytes) ||
+                        __builtin_mul_overflow(packed_blocks(N), block_bytes, &nbytes) ||
+                        __builtin_add_overflow(nbytes, kTailPad, &nbytes);
+  require(!overflow, "the packed weight of N = ", N, ", K = ", K, ", group_size = ", group_size,
+          " would take more than 2^63 bytes; no machine holds it (check the shape)");
 }
 
 void pack_from_awq(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales, int64_t N,

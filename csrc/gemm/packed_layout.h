@@ -41,8 +41,10 @@ struct PackedView {
   int64_t block_bytes;  // G * group_bytes
 };
 
+// Sizes of a shape that passed check_packed_shape, which refuses any whose packed size does
+// not fit int64 (these products would overflow for such shapes).
 static inline int64_t packed_group_bytes(int64_t group_size) { return kGroupHeader + group_size * 8; }
-static inline int64_t packed_blocks(int64_t N) { return (N + kBlock - 1) / kBlock; }
+static inline int64_t packed_blocks(int64_t N) { return N / kBlock + (N % kBlock != 0); }
 static inline int64_t packed_nbytes(int64_t N, int64_t K, int64_t group_size) {
   return packed_blocks(N) * (K / group_size) * packed_group_bytes(group_size) + kTailPad;
 }
@@ -62,7 +64,8 @@ static inline const uint8_t* block_group(const PackedView& w, int64_t b, int64_t
   return w.data + b * w.block_bytes + g * w.group_bytes;
 }
 
-// Checks shapes (N % 8, group_size | K, group_size % 8) and throws a clear ValueError.
+// Checks shapes (N % 8, group_size | K, group_size % 8, a packed size that fits int64) and
+// throws a clear ValueError.
 void check_packed_shape(int64_t N, int64_t K, int64_t group_size);
 
 // AutoAWQ gemm tensors -> packed bytes (out: packed_nbytes(N, K, group_size) bytes).

@@ -33,6 +33,14 @@ QuantSpec resolve_spec(int bits, int64_t group_size, bool zero_point, bool fp16_
   return spec;
 }
 
+std::string scale_overflow_message(const std::string& what, int64_t row, bool fp16_scale) {
+  if (fp16_scale)
+    return "a group scale of " + what + " overflows float16 (first in row " + std::to_string(row) +
+           "): the weights are too large for float16 scales (at most 65504); use scale_dtype='float32'";
+  return "a group scale of " + what + " overflows float32 (first in row " + std::to_string(row) +
+         "): the range of the group's weights exceeds float32";
+}
+
 namespace {
 
 // Loads row r as float32 into buf (or points straight at it) and checks it is finite.
@@ -85,9 +93,7 @@ void quantize_rows(const MatrixView& w, const QuantSpec& spec, uint8_t* codes, f
   }
   if (bad_row.load() < N)
     fail("weight contains NaN or Inf (first in row " + std::to_string(bad_row.load()) + ")");
-  if (overflow_row.load() < N)
-    fail("a group scale overflows float16 (first in row " + std::to_string(overflow_row.load()) +
-         "): the weights are too large for float16 scales; use scale_dtype='float32'");
+  if (overflow_row.load() < N) fail(scale_overflow_message("the weight", overflow_row.load(), spec.fp16_scale));
 }
 
 void dequantize_rows(const uint8_t* codes, const float* scales, const uint8_t* zeros, int64_t N,

@@ -1,6 +1,7 @@
 // Row-wise group quantization of a [N, K] weight (torch Linear layout: N outputs, K inputs).
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "quant/quant_math.h"
 
@@ -17,6 +18,11 @@ struct MatrixView {
 
 // Checks bits (2..8), group size (divides K) and shape; returns the resolved spec.
 QuantSpec resolve_spec(int bits, int64_t group_size, bool zero_point, bool fp16_scale, int64_t K);
+
+// The rule every entry point applies to weights (quantize, pseudo_quantize, the scale and
+// clip searches): every group scale must be finite in the scale dtype. The message for a
+// weight whose first such group is in `row` (what names the weight, e.g. "weights[1]").
+std::string scale_overflow_message(const std::string& what, int64_t row, bool fp16_scale);
 
 // Quantizes every group of every row. Outputs (row-major, contiguous):
 //   codes [N, K] (nullable), scales [N, G], zeros [N, G], deq [N, K] (nullable).

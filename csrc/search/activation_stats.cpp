@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cmath>
+#include <sstream>
 #include <string>
 
 #include "common/errors.h"
@@ -34,25 +36,49 @@ void load_token_chunk(const MatrixView& x, int64_t t0, int64_t T, int64_t stride
   }
 }
 
-void require_finite_activations(const MatrixView& x) {
-  std::atomic<int64_t> bad{x.rows};
+double gram_activation_limit() { return std::sqrt(static_cast<double>(FLT_MAX) / 1024.0); }
+
+void require_finite_activations(const MatrixView& x, double max_abs_limit) {
+  const bool limited = max_abs_limit >= 0.0;
+  std::atomic<int64_t> bad{x.rows}, too_large{x.rows};
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < x.rows; ++t) {
     bool ok = true;
+    float amax = 0.0f;
     if (x.type == FloatType::f32) {
       const float* row = static_cast<const float*>(x.data) + t * x.ld;
-      for (int64_t k = 0; k < x.cols; ++k) ok &= std::isfinite(row[k]);
+      for (int64_t k = 0; k < x.cols; ++k) {
+        ok &= std::isfinite(row[k]);
+        amax = std::fmax(amax, std::fabs(row[k]));
+      }
     } else {
       const uint16_t* row = static_cast<const uint16_t*>(x.data) + t * x.ld;
-      for (int64_t k = 0; k < x.cols; ++k) ok &= (row[k] & 0x7c00u) != 0x7c00u;
+      for (int64_t k = 0; k < x.cols; ++k) ok &= (row[k] & 0x7c00u) != 0x7c00u;  // float16 stays below the limit
     }
     if (!ok) {
       int64_t cur = bad.load();
       while (t < cur && !bad.compare_exchange_weak(cur, t)) {}
+    } else if (limited && static_cast<double>(amax) > max_abs_limit) {
+      int64_t cur = too_large.load();
+      while (t < cur && !too_large.compare_exchange_weak(cur, t)) {}
     }
   }
   if (bad.load() < x.rows)
     fail("activations contain NaN or Inf (first in token " + std::to_string(bad.load()) + ")");
+  if (too_large.load() < x.rows) {
+    const int64_t t = too_large.load();
+    const float* row = static_cast<const float*>(x.data) + t * x.ld;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < x.cols; ++k) amax = std::fmax(amax, std::fabs(row[k]));
+    std::ostringstream os;
+    os << "activations up to " << amax << " (first in token " << t
+       << ") exceed the float32 range of the search's Gram matrix: X^T X is summed in float32 over "
+          "chunks of up to 1024 tokens, so |x| must stay below "
+       << max_abs_limit
+       << "; scale the activations down (the losses all scale by the same factor, so the search's "
+          "choice does not change)";
+    fail(os.str());
+  }
 }
 
 ActivationStats::ActivationStats(int64_t in_features, bool with_gram)
@@ -86,11 +112,12 @@ void pack_panel(const MatrixView& x, int64_t t0, int64_t T, int64_t c0, int64_t 
 }  // namespace
 
 void ActivationStats::update(const MatrixView& x) {
+  std::lock_guard<std::mutex> lock(mutex_);
   require(x.cols == K_, "activations have " + std::to_string(x.cols) +
                             " features but these statistics are for in_features = " +
                             std::to_string(K_));
   if (x.rows == 0) return;
-  require_finite_activations(x);
+  require_finite_activations(x, with_gram_ ? gram_activation_limit() : -1.0);
   // Tokens are processed in super-chunks of kSubChunks x kChunkTokens: one parallel region
   // (two barriers) per super-chunk, so a busy machine that deschedules a thread costs
   // little. A tile is computed per sub-chunk (its panels stay in L1/L2), summed in float
@@ -172,6 +199,13 @@ void ActivationStats::update(const MatrixView& x) {
 }
 
 void ActivationStats::merge(const ActivationStats& other) {
+  // Both locks at once (std::scoped_lock avoids the deadlock of a.merge(b) racing b.merge(a));
+  // merging an object into itself takes its one lock once and doubles it.
+  std::unique_lock<std::mutex> own(mutex_, std::defer_lock), theirs(other.mutex_, std::defer_lock);
+  if (&other == this)
+    own.lock();
+  else
+    std::lock(own, theirs);
   require(other.K_ == K_, "cannot merge statistics of " + std::to_string(other.K_) +
                               " features into statistics of " + std::to_string(K_));
   require(other.with_gram_ == with_gram_ || !with_gram_,
@@ -186,10 +220,49 @@ void ActivationStats::merge(const ActivationStats& other) {
   n_ += other.n_;
 }
 
+namespace {
+
+// The first entry of v (K values) that is not finite or is negative, or -1.
+int64_t first_invalid(const double* v, int64_t K) {
+  for (int64_t k = 0; k < K; ++k)
+    if (!(std::isfinite(v[k]) && v[k] >= 0.0)) return k;
+  return -1;
+}
+
+}  // namespace
+
 void ActivationStats::set_state(int64_t n, const double* sa, const double* ss, const double* ma,
                                 const double* G) {
-  require(n >= 0, "token count must be >= 0");
-  require(!with_gram_ || G != nullptr, "the state lacks the Gram matrix");
+  // Everything is checked before anything changes: a bad state leaves these statistics as they were.
+  require(n >= 0, "invalid ActivationStats state: the token count is ", n, ", it must be >= 0");
+  require(!with_gram_ || G != nullptr, "invalid ActivationStats state: it lacks the Gram matrix");
+  require(with_gram_ || G == nullptr,
+          "invalid ActivationStats state: it has a Gram matrix but the statistics were made without one");
+  const char* names[3] = {"sum_abs", "sum_sq", "max_abs"};
+  const double* sums[3] = {sa, ss, ma};
+  for (int i = 0; i < 3; ++i) {
+    const int64_t k = first_invalid(sums[i], K_);
+    require(k < 0, "invalid ActivationStats state: ", names[i], "[", k, "] = ", k < 0 ? 0.0 : sums[i][k],
+            ", every entry must be finite and >= 0");
+    if (n == 0)
+      for (int64_t j = 0; j < K_; ++j)
+        require(sums[i][j] == 0.0, "invalid ActivationStats state: no tokens but ", names[i], "[", j, "] = ",
+                sums[i][j]);
+  }
+  if (with_gram_)
+    for (int64_t i = 0; i < K_; ++i) {
+      require(std::isfinite(G[i * K_ + i]) && G[i * K_ + i] >= 0.0, "invalid ActivationStats state: gram[", i,
+              ", ", i, "] = ", G[i * K_ + i], ", the diagonal of X^T X must be finite and >= 0");
+      for (int64_t j = i + 1; j < K_; ++j) {
+        require(std::isfinite(G[i * K_ + j]), "invalid ActivationStats state: gram[", i, ", ", j, "] = ",
+                G[i * K_ + j], ", it must be finite");
+        require(G[i * K_ + j] == G[j * K_ + i], "invalid ActivationStats state: the Gram matrix is not symmetric (gram[",
+                i, ", ", j, "] = ", G[i * K_ + j], ", gram[", j, ", ", i, "] = ", G[j * K_ + i], ")");
+      }
+      if (n == 0) require(G[i * K_ + i] == 0.0, "invalid ActivationStats state: no tokens but gram[", i, ", ", i,
+                          "] = ", G[i * K_ + i]);
+    }
+  std::lock_guard<std::mutex> lock(mutex_);
   std::copy(sa, sa + K_, sum_abs_.begin());
   std::copy(ss, ss + K_, sum_sq_.begin());
   std::copy(ma, ma + K_, max_abs_.begin());
@@ -199,17 +272,54 @@ void ActivationStats::set_state(int64_t n, const double* sa, const double* ss, c
   n_ = n;
 }
 
+void ActivationStats::state(int64_t* n, double* sa, double* ss, double* ma, double* G) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  *n = n_;
+  std::copy(sum_abs_.begin(), sum_abs_.end(), sa);
+  std::copy(sum_sq_.begin(), sum_sq_.end(), ss);
+  std::copy(max_abs_.begin(), max_abs_.end(), ma);
+  if (with_gram_) gram_unlocked(G);
+}
+
+int64_t ActivationStats::n_tokens() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return n_;
+}
+
+std::vector<double> ActivationStats::sum_abs() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return sum_abs_;
+}
+
+std::vector<double> ActivationStats::sum_sq() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return sum_sq_;
+}
+
+std::vector<double> ActivationStats::max_abs() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return max_abs_;
+}
+
 void ActivationStats::gram(double* out) const {
   require(with_gram_, "these statistics were collected without the Gram matrix; "
                       "create them with ActivationStats(in_features, gram=True)");
+  std::lock_guard<std::mutex> lock(mutex_);
+  gram_unlocked(out);
+}
+
+void ActivationStats::gram_unlocked(double* out) const {
   for (int64_t i = 0; i < K_; ++i)
     for (int64_t j = 0; j < K_; ++j)
       out[i * K_ + j] = j >= i ? gram_[i * Kp_ + j] : gram_[j * Kp_ + i];
 }
 
-GramPanels ActivationStats::gram_panels() const {
+GramPanels ActivationStats::gram_panels(int64_t* n_tokens) const {
   require(with_gram_, "the search needs the Gram matrix: collect the statistics with "
                       "ActivationStats(in_features, gram=True)");
+  std::lock_guard<std::mutex> lock(mutex_);
+  require_gram_in_search_range(gram_.data(), K_, Kp_);
+  *n_tokens = n_;
   return build_gram_panels(gram_.data(), K_, Kp_, /*with_amx=*/true);
 }
 
@@ -217,6 +327,7 @@ std::vector<double> ActivationStats::gram_group_blocks(int64_t gs) const {
   require(with_gram_, "the exact clip search needs the Gram matrix: collect the statistics with "
                       "ActivationStats(in_features, gram=True)");
   require(gs > 0 && K_ % gs == 0, "group_size must divide in_features");
+  std::lock_guard<std::mutex> lock(mutex_);
   const int64_t G = K_ / gs;
   std::vector<double> out(static_cast<size_t>(G * gs * gs));
   for (int64_t g = 0; g < G; ++g)

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -61,6 +62,10 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
   out.shrink_min.resize(N * G);
   const double inv_n = 1.0 / static_cast<double>(n_tokens);
   const int64_t n_row_blocks = (N + R - 1) / R;
+  // Errors cannot leave the parallel region: the first row whose clipped group has a scale
+  // that is not finite, and whether any error overflowed float32, are thrown after it.
+  std::atomic<int64_t> overflow_row{N};
+  std::atomic<bool> loss_overflow{false};
 
 #pragma omp parallel
   {
@@ -111,11 +116,17 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
             float scale;
             uint8_t zero;
             quantize(cur.data(), gs, spec.quant, nullptr, deq.data(), &scale, &zero);
+            if (!std::isfinite(scale)) {
+              int64_t first = overflow_row.load();
+              while (r0 + i < first && !overflow_row.compare_exchange_weak(first, r0 + i)) {}
+            }
             float* e = E.data() + (i * C + c) * Kp;
             for (int64_t k = 0; k < gs; ++k) e[k] = deq[k] - row[k];
           }
         }
         rowwise_quadratic_form(E.data(), rows, P, err.data(), scratch);
+        for (int64_t i = 0; i < nr * C; ++i)
+          if (!std::isfinite(err[i])) loss_overflow = true;
         for (int64_t i = 0; i < nr; ++i) {
           const double* e = err.data() + i * C;
           // The reference starts from an error of 1e9 and keeps the unclipped bound unless
@@ -137,6 +148,11 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
         }
       }
   }
+  if (overflow_row.load() < N) fail(scale_overflow_message("w", overflow_row.load(), spec.quant.fp16_scale));
+  require(!loss_overflow.load(),
+          "the clip objective overflows the search's float32 arithmetic (weight errors times the Gram blocks of "
+          "X^T X): the activations are too large; scale them down (the losses all scale by the same factor, so "
+          "the search's choice does not change)");
   return out;
 }
 

@@ -1,5 +1,10 @@
 #include "search/gram.h"
 
+#include <cfloat>
+#include <cmath>
+#include <sstream>
+
+#include "common/errors.h"
 #include "common/kernel_table.h"
 #include "search/amx.h"
 #include "search/tile_kernels.h"
@@ -9,6 +14,31 @@ namespace awqkit {
 GemmTileFn gemm_tile_kernel() { return active_kernels().gram_tile; }
 
 GemmDotTileFn gemm_dot_tile_kernel() { return active_kernels().gram_dot_tile; }
+
+double gram_search_limit() { return static_cast<double>(FLT_MAX) / 4.0; }
+
+void require_gram_in_search_range(const double* G, int64_t K, int64_t ld) {
+  const double limit = gram_search_limit();
+  double worst = 0.0;
+  bool finite = true;
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = i; j < K; ++j) {
+      const double a = std::fabs(G[i * ld + j]);
+      finite &= std::isfinite(a);
+      if (a > worst) worst = a;
+    }
+  if (finite && worst <= limit) return;
+  std::ostringstream os;
+  os << "the Gram matrix X^T X of the activations ";
+  if (finite)
+    os << "reaches " << worst;
+  else
+    os << "contains NaN or Inf";
+  os << ", beyond the float32 range of the search (its entries must stay below " << limit
+     << "): the activations are too large; scale them down before collecting statistics "
+        "(the losses all scale by the same factor, so the search's choice does not change)";
+  fail(os.str());
+}
 
 void gram_accumulate_upper(const float* Xc, int64_t T, int64_t Kp, int64_t ib_begin,
                            int64_t ib_end, double* acc) {

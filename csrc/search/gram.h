@@ -43,6 +43,14 @@ struct QuadraticFormScratch {
   std::vector<uint16_t> hi, lo;
 };
 
+// Largest |G_ij| the search takes: the panels hold 2 * G_ij in float32 and the quadratic
+// forms add such terms in float32, so the entries keep a factor of 4 below FLT_MAX.
+double gram_search_limit();
+
+// Throws unless every entry j >= i of the symmetric [K, K] matrix G (leading dimension ld)
+// is finite and within gram_search_limit(), with a message that says what to do.
+void require_gram_in_search_range(const double* G, int64_t K, int64_t ld);
+
 // From a symmetric [K, K] double matrix with leading dimension ld (only j >= i is read).
 // with_amx: also build the bf16 split panels when the AMX path is active.
 GramPanels build_gram_panels(const double* G, int64_t K, int64_t ld, bool with_amx = false);

@@ -47,13 +47,16 @@ RowIndex index_rows(const std::vector<MatrixView>& weights) {
 
 }  // namespace
 
-void check_weights(const std::vector<MatrixView>& weights, int64_t K) {
+void check_weights(const std::vector<MatrixView>& weights, int64_t K, const QuantSpec& spec) {
   require(!weights.empty(), "weights is empty: pass the list of linears that share this input");
+  const QuantizeGroupFn quantize = quantize_group_kernel();
+  const int64_t gs = spec.group_size;
   for (size_t v = 0; v < weights.size(); ++v) {
     const MatrixView& w = weights[v];
     require(w.cols == K, "weight " + std::to_string(v) + " has " + std::to_string(w.cols) +
                              " input features but the activations have K = " + std::to_string(K));
     std::atomic<bool> ok{true};
+    std::atomic<int64_t> overflow_row{w.rows};
 #pragma omp parallel
     {
       std::vector<float> buf(static_cast<size_t>(K));
@@ -62,10 +65,25 @@ void check_weights(const std::vector<MatrixView>& weights, int64_t K) {
         const float* row = weight_row(w, r, buf.data());
         bool fin = true;
         for (int64_t k = 0; k < K; ++k) fin &= std::isfinite(row[k]);
-        if (!fin) ok = false;
+        if (!fin) {
+          ok = false;
+          continue;
+        }
+        for (int64_t g = 0; g < K / gs; ++g) {
+          float scale;
+          uint8_t zero;
+          quantize(row + g * gs, gs, spec, nullptr, nullptr, &scale, &zero);
+          if (!std::isfinite(scale)) {
+            int64_t cur = overflow_row.load();
+            while (r < cur && !overflow_row.compare_exchange_weak(cur, r)) {}
+            break;
+          }
+        }
       }
     }
     require(ok.load(), "weight " + std::to_string(v) + " contains NaN or Inf");
+    if (overflow_row.load() < w.rows)
+      fail(scale_overflow_message("weights[" + std::to_string(v) + "]", overflow_row.load(), spec.fp16_scale));
   }
 }
 
@@ -117,8 +135,8 @@ void scale_candidate(const double* saliency, const double* w_mean, int64_t K, do
   }
 }
 
-std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const GramPanels& P,
-                                 int64_t n_tokens, const QuantSpec& spec, const float* S, int64_t C) {
+ScaleLosses scale_losses(const std::vector<MatrixView>& weights, const GramPanels& P, int64_t n_tokens,
+                         const QuantSpec& spec, const float* S, int64_t C) {
   const int64_t K = P.K, Kp = P.Kp, gs = spec.group_size, G = K / gs;
   const RowIndex ix = index_rows(weights);
   const int64_t N = static_cast<int64_t>(ix.row.size());
@@ -128,6 +146,7 @@ std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const G
   // so a busy machine that deschedules a thread costs little. Each row's loss is written by
   // one work item and the rows are summed in order afterwards: thread-count independent.
   std::vector<double> row_loss(static_cast<size_t>(C * N));
+  std::vector<uint8_t> row_excluded(static_cast<size_t>(C * N), 0);  // written like row_loss
 #pragma omp parallel
   {
     std::vector<float> E(static_cast<size_t>(kRowBlock * Kp)), buf(K), ws(K), deq(K);
@@ -144,8 +163,12 @@ std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const G
         for (int64_t k = 0; k < K; ++k) ws[k] = w[k] * s[k];
         float scale;
         uint8_t zero;
-        for (int64_t g = 0; g < G; ++g)
+        bool stored = true;
+        for (int64_t g = 0; g < G; ++g) {
           quantize(ws.data() + g * gs, gs, spec, nullptr, deq.data() + g * gs, &scale, &zero);
+          stored &= std::isfinite(scale);
+        }
+        row_excluded[c * N + r0 + i] = !stored;
         float* e = E.data() + i * Kp;
         for (int64_t k = 0; k < K; ++k) e[k] = w[k] - deq[k] / s[k];
       }
@@ -155,14 +178,29 @@ std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const G
       for (int64_t i = 0; i < nr; ++i) row_loss[c * N + r0 + i] = out[i];
     }
   }
-  std::vector<double> losses(static_cast<size_t>(C));
+  ScaleLosses out;
+  out.losses.resize(static_cast<size_t>(C));
+  out.excluded.resize(static_cast<size_t>(C));
   for (int64_t c = 0; c < C; ++c) {
     double total = 0.0;
-    for (int64_t r = 0; r < N; ++r) total += row_loss[c * N + r];
+    bool excluded = false;
+    for (int64_t r = 0; r < N; ++r) {
+      total += row_loss[c * N + r];
+      excluded |= row_excluded[c * N + r] != 0;
+    }
     const double loss = total / (static_cast<double>(n_tokens) * static_cast<double>(N));
-    losses[c] = std::isfinite(loss) ? loss : std::numeric_limits<double>::infinity();
+    out.excluded[c] = excluded;
+    if (excluded) {
+      out.losses[c] = std::numeric_limits<double>::infinity();
+      continue;
+    }
+    require(std::isfinite(loss), "the loss of scale candidate ", c,
+            " overflows the search's float32 arithmetic (weight errors times X^T X): the activations are too "
+            "large; scale them down before collecting statistics (the losses all scale by the same factor, so "
+            "the search's choice does not change)");
+    out.losses[c] = loss;
   }
-  return losses;
+  return out;
 }
 
 ScaleSearchOutput search_scale(const std::vector<MatrixView>& weights, const GramPanels& P,
@@ -192,18 +230,26 @@ ScaleSearchOutput search_scale(const std::vector<MatrixView>& weights, const Gra
   // s = 1 is evaluated in any case: it is the plain-rounding loss reported as rtn_loss.
   add(0.0, false, true);
   const int64_t C = static_cast<int64_t>(out.ratios.size());
-  out.losses = scale_losses(weights, P, n_tokens, spec.quant, out.candidates.data(), C);
+  ScaleLosses scored = scale_losses(weights, P, n_tokens, spec.quant, out.candidates.data(), C);
+  out.losses = std::move(scored.losses);
+  out.excluded = std::move(scored.excluded);
   out.rtn_loss = out.losses.back();
   if (!spec.identity) {
     out.ratios.pop_back();
     out.duo.pop_back();
     out.identity.pop_back();
     out.losses.pop_back();
+    out.excluded.pop_back();
     out.candidates.resize(out.candidates.size() - K);
   }
-  out.best = 0;
-  for (int64_t c = 1; c < static_cast<int64_t>(out.losses.size()); ++c)
-    if (out.losses[c] < out.losses[out.best]) out.best = c;
+  // The first lowest loss among the candidates that can be stored (ties keep the earlier one).
+  out.best = -1;
+  for (int64_t c = 0; c < static_cast<int64_t>(out.losses.size()); ++c)
+    if (!out.excluded[c] && (out.best < 0 || out.losses[c] < out.losses[out.best])) out.best = c;
+  require(out.best >= 0, "every scale candidate makes a group scale of the scaled weights overflow ",
+          spec.quant.fp16_scale ? "float16 (at most 65504)" : "float32",
+          ", so none can be stored; include the identity candidate (include_identity=True)",
+          spec.quant.fp16_scale ? " or use scale_dtype='float32'" : "");
   return out;
 }
 

@@ -12,8 +12,9 @@
 
 namespace awqkit {
 
-// Throws unless every weight is finite and they all have K columns.
-void check_weights(const std::vector<MatrixView>& weights, int64_t K);
+// Throws unless every weight is finite, they all have K columns and every group scale of
+// every weight is finite in the scale dtype of spec (the rule quantize applies).
+void check_weights(const std::vector<MatrixView>& weights, int64_t K, const QuantSpec& spec);
 
 // w_mean [K]: rows of all weights stacked, each group of group_size inputs divided by its
 // abs-max + 1e-6, then the mean over rows (double).
@@ -24,9 +25,16 @@ std::vector<double> weight_group_mean(const std::vector<MatrixView>& weights, in
 void scale_candidate(const double* saliency, const double* w_mean, int64_t K, double ratio, bool duo,
                      float* out);
 
-// Loss of each candidate (rows of S, [C, K] float); non-finite losses come back as +inf.
-std::vector<double> scale_losses(const std::vector<MatrixView>& weights, const GramPanels& P,
-                                 int64_t n_tokens, const QuantSpec& spec, const float* S, int64_t C);
+// Loss of each candidate (rows of S, [C, K] float). A candidate under which some group scale
+// of W diag(s) is not finite in the scale dtype cannot be stored: it is excluded (flag set,
+// loss +inf; AutoAWQ never picks such a candidate either). Any other non-finite loss means
+// the quadratic form overflowed float32, and throws.
+struct ScaleLosses {
+  std::vector<double> losses;
+  std::vector<uint8_t> excluded;
+};
+ScaleLosses scale_losses(const std::vector<MatrixView>& weights, const GramPanels& P, int64_t n_tokens,
+                         const QuantSpec& spec, const float* S, int64_t C);
 
 struct ScaleSearchSpec {
   QuantSpec quant;
@@ -38,12 +46,14 @@ struct ScaleSearchSpec {
 struct ScaleSearchOutput {
   std::vector<double> ratios, losses;
   std::vector<uint8_t> duo, identity;  // per candidate
+  std::vector<uint8_t> excluded;       // per candidate, see scale_losses
   std::vector<float> candidates;       // [C, K]
   std::vector<double> w_mean;          // [K], as weight_group_mean()
   int64_t best = 0;
   double rtn_loss = 0;
 };
 
+// Throws if every candidate is excluded.
 ScaleSearchOutput search_scale(const std::vector<MatrixView>& weights, const GramPanels& P,
                                int64_t n_tokens, const double* saliency, const ScaleSearchSpec& spec);
 

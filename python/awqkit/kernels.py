@@ -74,6 +74,13 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     return raw[off : off + nbytes]
 
 
+def _read_only(buf: np.ndarray) -> np.ndarray:
+    """A view of ``buf`` that cannot be written through: what a layer keeps and exposes of its weights."""
+    view = buf.view()
+    view.flags.writeable = False
+    return view
+
+
 def _aligned_copy(buf: np.ndarray) -> np.ndarray:
     """``buf`` itself if 64-byte aligned, else an aligned uint8 copy (cache-line aligned blocks stream best)."""
     if buf.ctypes.data % _ALIGN == 0:
@@ -98,7 +105,10 @@ class PackedLinear(_core.GemmLayer):
     __slots__ = ("_packed", "_bias", "_n", "_k", "_group_size")
 
     def __init__(self, packed: np.ndarray, out_features: int, in_features: int, group_size: int, bias=None):
-        """Wrap an existing packed buffer (as returned by :attr:`packed`); prefer :meth:`from_awq`."""
+        """Wrap an existing packed buffer (as returned by :attr:`packed`); prefer :meth:`from_awq`.
+
+        The layer reads ``packed`` in place when it is 64-byte aligned (else an aligned copy):
+        do not write to it afterwards. What the layer exposes of it is read-only."""
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
             raise TypeError("packed must be a 1-D uint8 numpy array (PackedLinear.packed)")
         n, k, gs = int(out_features), int(in_features), int(group_size)
@@ -110,7 +120,9 @@ class PackedLinear(_core.GemmLayer):
     def _init_native(self, packed: np.ndarray, n: int, k: int, gs: int, bias) -> None:
         # The native part checks the buffer once; calls then only check x. pybind11 ignores a
         # second __init__ on one object, so a re-initialised layer (__init__ or __setstate__
-        # called again) is rebound instead.
+        # called again) is rebound instead. The layer holds a read-only view, so nothing it
+        # hands out (packed, pickles, contiguous_layers) can overwrite the weights it runs on.
+        packed = _read_only(packed)
         if hasattr(self, "_packed"):
             self._rebind(packed, n, k, gs, bias)
         else:
@@ -118,6 +130,7 @@ class PackedLinear(_core.GemmLayer):
         self._n, self._k, self._group_size, self._bias, self._packed = n, k, gs, bias, packed
 
     def _set_packed(self, packed: np.ndarray) -> None:
+        packed = _read_only(packed)
         self._rebind(packed, self._n, self._k, self._group_size, self._bias)
         self._packed = packed
 
@@ -161,7 +174,7 @@ class PackedLinear(_core.GemmLayer):
 
     @property
     def packed(self) -> np.ndarray:
-        """The packed weight bytes (read it, do not modify it)."""
+        """The packed weight bytes (a read-only array)."""
         return self._packed
 
     @property
@@ -213,7 +226,8 @@ def _check_bias(bias, n: int) -> np.ndarray | None:
 def contiguous_layers(layers) -> np.ndarray:
     """Move the packed weights of ``layers`` into one buffer, back to back in the given
     order, and return that buffer (the layers now hold views of it; their old buffers are
-    freed once nothing else refers to them). Results do not change.
+    freed once nothing else refers to them). Results do not change. The buffer is read-only:
+    the layers run on it.
 
     Pass the layers in the order a forward pass calls them (``load_quantized`` does): a
     decode step then reads the weights as one ascending stream, and the hardware and
@@ -235,6 +249,7 @@ def contiguous_layers(layers) -> np.ndarray:
         view[...] = lin.packed
         lin._set_packed(view)
         offset += size
+    arena.flags.writeable = False
     return arena
 
 
@@ -243,7 +258,8 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
 
     A C-contiguous float32 ``x`` is used in place (no copy); float16 is converted to a
     float32 copy first. Non-contiguous ``x`` is refused (pass ``np.ascontiguousarray(x)``).
-    Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given).
+    Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given; ``out`` must
+    not share memory with ``x``, the bias or the layer's packed weights: ValueError).
     ``kernel`` forces ``"digits"``, ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"``
     picks by M and ISA: on AVX-512 digits below 16 rows and, where AMX-INT8 is active, from 16
     too, else gemm; gemv elsewhere).
@@ -255,6 +271,8 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     """
     if not isinstance(lin, PackedLinear):
         raise TypeError(f"gemm takes a PackedLinear, got {type(lin).__name__}")
+    if not hasattr(lin, "_packed"):
+        raise TypeError("the PackedLinear was made with __new__ and its __init__ never ran; build it with PackedLinear.from_awq")
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
     if kernel not in _PATHS:

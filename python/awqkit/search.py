@@ -39,7 +39,10 @@ class ScaleSearchResult:
     ``scales`` float32 [K] are the winning candidate (multiply the weights' input columns
     by them and divide the previous op's outputs by them). Candidate ``c`` has ratio
     ``ratios[c]``, family ``duo[c]`` (duo scaling or plain ``x_mean^r``), ``identity[c]``
-    (s = 1) and loss ``losses[c]``; ``candidates[c]`` is its scale vector.
+    (s = 1) and loss ``losses[c]``; ``candidates[c]`` is its scale vector. ``excluded[c]``:
+    the scaled weights ``W diag(s)`` of candidate ``c`` need a group scale beyond the scale
+    dtype's range (float16: 65504), so the candidate cannot be stored; its loss is +inf and it
+    is never chosen (AutoAWQ never picks one either: its loss is NaN there).
     """
 
     scales: np.ndarray
@@ -54,6 +57,7 @@ class ScaleSearchResult:
     candidates: np.ndarray = field(repr=False)
     saliency: np.ndarray = field(repr=False)
     w_mean: np.ndarray = field(repr=False)
+    excluded: np.ndarray = field(default=None, repr=False)
 
     @property
     def best_is_duo(self) -> bool:
@@ -149,6 +153,12 @@ def search_scale(
     mean over rows of |w| / group abs-max. Loss = mean over tokens and all outputs of
     ``(x W^T - x (Q(W diag(s)) / s)^T)^2``. ``duo_scaling="both"`` searches both families
     (duo first); ``include_identity`` appends s = 1. Lowest loss wins, ties keep the earlier.
+
+    The weights must be quantizable as they are (the rule of :func:`awqkit.quantize`: every
+    group scale fits the scale dtype) and the activations must keep the search's float32
+    arithmetic finite; otherwise ``ValueError`` says which and what to do. Candidates whose
+    scaled weights would need a group scale beyond the scale dtype are excluded (see
+    :class:`ScaleSearchResult`); if that leaves none, ``ValueError``.
     """
     ws = _weights_list(weights)
     k = ws[0].shape[1]
@@ -181,11 +191,17 @@ def search_scale(
         candidates=out["candidates"],
         saliency=sal,
         w_mean=out["w_mean"],
+        excluded=out["excluded"].astype(bool),
     )
 
 
 def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero_point: bool = True, scale_dtype: str = "float16"):
-    """The search objective for given ``scales`` [K] (or [C, K] -> C losses), natively via the Gram matrix."""
+    """The search objective for given ``scales`` [K] (or [C, K] -> C losses), natively via the Gram matrix.
+
+    A candidate whose scaled weights would need a group scale beyond the scale dtype's range
+    cannot be stored: its loss is +inf, as in :func:`search_scale`; ``ValueError`` when that
+    holds for every given candidate (so for a single [K] vector), or when the weights or the
+    activations break the rules :func:`search_scale` states."""
     ws = _weights_list(weights)
     k = ws[0].shape[1]
     bits = check_bits(bits)
@@ -199,7 +215,7 @@ def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError("scales must be finite and positive")
     stats = _gram_stats(x, k)
-    losses = _core.scale_losses(ws, stats._impl, -1, s, bits, gs, bool(zero_point), fp16)
+    losses = _core.scale_losses(ws, stats._impl, -1, s, bits, gs, bool(zero_point), fp16)["losses"]
     return float(losses[0]) if single else losses
 
 
@@ -225,6 +241,9 @@ def search_clip(
     does). ``n_sample_tokens=None`` uses every token exactly (``x`` may then be an
     :class:`ActivationStats` with a Gram matrix). ``asymmetric=True`` searches the upper
     bound ``max * f_i`` and lower bound ``min * f_j`` separately (n^2 candidates).
+
+    ``w`` must be quantizable as it is (the rule of :func:`awqkit.quantize`) and the
+    activations must keep the search's float32 arithmetic finite; otherwise ``ValueError``.
     """
     w = np.ascontiguousarray(as_weight(w))
     n, k = w.shape

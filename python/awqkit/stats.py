@@ -95,17 +95,32 @@ class ActivationStats:
 
     def __reduce__(self):
         """Pickle support, so statistics gathered in other processes or machines can be merged."""
-        impl = self._impl
-        state = (impl.n_tokens, impl.sum_abs(), impl.sum_sq(), impl.max_abs(), impl.gram() if self.has_gram else None)
-        return (_from_state, (self.in_features, self.has_gram, state))
+        # One native call: the state of one instant, even while other threads update.
+        return (_from_state, (self.in_features, self.has_gram, self._impl.state()))
 
     def __repr__(self) -> str:
         return f"ActivationStats(in_features={self.in_features}, gram={self.has_gram}, n_tokens={self.n_tokens})"
 
 
 def _from_state(in_features: int, gram: bool, state) -> ActivationStats:
+    """Statistics from a pickled state, refused (ValueError) unless it is one ``update`` could produce."""
     stats = ActivationStats(in_features, gram=gram)
-    n, sum_abs, sum_sq, max_abs, g = state
-    stats._impl.set_state(int(n), *(np.ascontiguousarray(a, dtype=np.float64) for a in (sum_abs, sum_sq, max_abs)),
-                          None if g is None else np.ascontiguousarray(g, dtype=np.float64))
+    k = stats.in_features
+    try:
+        n, sum_abs, sum_sq, max_abs, g = state
+    except (TypeError, ValueError):
+        raise ValueError("invalid ActivationStats state: expected (n_tokens, sum_abs, sum_sq, max_abs, gram)") from None
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 0 <= n < 2**63:
+        raise ValueError(f"invalid ActivationStats state: the token count must be an integer >= 0, got {n!r}")
+    arrays = []
+    for name, a, shape in (("sum_abs", sum_abs, (k,)), ("sum_sq", sum_sq, (k,)), ("max_abs", max_abs, (k,)), ("gram", g, (k, k))):
+        if a is None and name == "gram":
+            arrays.append(None)
+            continue
+        a = np.asarray(a)
+        if a.shape != shape or a.dtype.kind not in "fiu":
+            raise ValueError(f"invalid ActivationStats state: {name} must be a real array of shape {shape}, "
+                             f"got {a.dtype} {a.shape}")
+        arrays.append(np.ascontiguousarray(a, dtype=np.float64))
+    stats._impl.set_state(int(n), *arrays)  # checks the values: finite, >= 0, a symmetric Gram matrix
     return stats

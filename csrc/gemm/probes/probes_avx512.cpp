@@ -20,7 +20,14 @@ double read_lines(const uint8_t* buf, int64_t l0, int64_t l1) {
   }
   for (; l < l1; ++l) a0 = _mm512_add_epi32(a0, _mm512_load_si512(reinterpret_cast<const __m512i*>(buf + l * 64)));
   const __m512i s = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
-  return static_cast<double>(_mm512_reduce_add_epi32(s));
+  // The lanes wrap (vpaddd) and are added here as unsigned 64-bit integers:
+  // _mm512_reduce_add_epi32 adds them as signed int, an overflow (undefined behaviour) as
+  // soon as the lane sums are large, i.e. on any buffer of a few megabytes.
+  alignas(64) uint32_t lanes[16];
+  _mm512_store_si512(reinterpret_cast<__m512i*>(lanes), s);
+  uint64_t total = 0;
+  for (const uint32_t lane : lanes) total += lane;
+  return static_cast<double>(total);
 }
 }  // namespace
 
