@@ -171,3 +171,26 @@ def test_unknown_architecture_needs_mappings():
 
     with pytest.raises(ValueError, match="no built-in AWQ mappings"):
         layout_for(Cfg())
+
+
+def test_module_search_scores_overflowing_candidates_as_excluded():
+    """inspect="module" skips the candidates the native search excludes (scaled weights whose
+    float16 group scale overflows) instead of failing in pseudo_quantize, and a mapping with
+    no storable candidate is a clear error."""
+    import numpy as np
+    import torch
+
+    from awqkit.config import AWQConfig
+    from awqkit.model.search import search_module
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 16, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_(2.4e6)  # |w| up to 3e5: fits float16 scales alone, not once scaled up
+    x = torch.randn(256, 64)
+    x[:, 3] *= 1e4  # one very salient channel: s^ratio grows by ~1e2 at the top ratios
+    cfg = AWQConfig(bits=4, group_size=32)
+    choice = search_module(x, [lin], lambda: [lin(x)], cfg)
+    losses = np.asarray(choice.curve["losses"])
+    assert np.isfinite(choice.loss)
+    assert np.isinf(losses).any() and np.isfinite(losses).any()

@@ -34,6 +34,18 @@ def _pq(w: torch.Tensor, cfg: AWQConfig) -> torch.Tensor:
     return torch.from_numpy(pseudo_quantize(w.detach().contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point))
 
 
+def _fits_fp16_scales(w: torch.Tensor, cfg: AWQConfig) -> bool:
+    """Whether every group scale of ``w`` is representable in float16 (quantize's rule)."""
+    k = w.shape[1]
+    g = k if cfg.group_size == -1 else cfg.group_size
+    grouped = w.detach().to(torch.float32).reshape(-1, g)
+    if cfg.zero_point:
+        spread = (grouped.amax(dim=1) - grouped.amin(dim=1)) / (2**cfg.bits - 1)
+    else:
+        spread = grouped.abs().amax(dim=1) / (2 ** (cfg.bits - 1) - 1)
+    return bool(torch.isfinite(spread.to(torch.float16)).all())  # the stored scale: rounded to float16
+
+
 def _native_search(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig):
     """Statistics (with Gram) of ``x`` and ``awqkit.search_scale`` over ``weights``: the
     candidate scale vectors (with the configured saliency) and their native losses."""
@@ -45,7 +57,12 @@ def _native_search(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig)
 
 
 def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
-    """The first lowest loss among the candidates (ties keep the earlier one)."""
+    """The first lowest loss among the candidates (ties keep the earlier one). Excluded
+    candidates (scaled weights beyond the float16 scale range) carry +inf and never win."""
+    if not np.isfinite(losses).any():
+        raise ValueError("every scale candidate of this mapping needs a group scale beyond float16 "
+                         "(the weights times the candidate scales overflow it); use scale_dtype='float32' "
+                         "or check the weights and activations for outliers")
     best = int(np.argmin(losses))
     identity = bool(res.identity[best])
     ident_idx = int(np.flatnonzero(res.identity)[0])
@@ -87,14 +104,20 @@ def search_module(x: torch.Tensor, layers: list[nn.Linear], run_module, cfg: AWQ
     n_ref = sum(r.numel() for r in ref)
     applied, losses = [], []
     try:
-        for cand in res.candidates:
+        for cand, excluded in zip(res.candidates, res.excluded):
             s = torch.from_numpy(np.asarray(cand, dtype=np.float32))
             s = tie(s) if tie is not None else s
+            applied.append(s.numpy())
+            # As in the native search: a candidate whose scaled weights overflow the float16
+            # group scale (also only once tied across a GQA group) cannot be stored; it is
+            # scored +inf instead of being run.
+            if excluded or not all(_fits_fp16_scales(w * s.view(1, -1), cfg) for w in originals):
+                losses.append(float("inf"))
+                continue
             for lin, w in zip(layers, originals):
                 lin.weight.copy_(_pq(w * s.view(1, -1), cfg) / s.view(1, -1))
             out = run_module()
             losses.append(sum(float((o.to(torch.float32) - r).double().pow(2).sum()) for o, r in zip(out, ref)) / n_ref)
-            applied.append(s.numpy())
     finally:
         for lin, w in zip(layers, originals):
             lin.weight.copy_(w)
