@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from awqkit.model.capture import get_submodule
-from awqkit.model.folding import expand_gqa_scales, fold_scales, tie_gqa_scales
-from awqkit.model.mappings import layout_for
+from awqkit.model.families import layout_for
+from awqkit.model.folding import expand_gqa_scales, fold_mapping, fold_scales, mapping_tie, tie_gqa_scales
 from awqkit.model.pipeline import load_model
 
 
@@ -27,18 +27,12 @@ def test_folding_every_preset_mapping_preserves_the_function(data_dir):
         ref = model(ids).logits
     layout = layout_for(model.config)
     g = torch.Generator().manual_seed(0)
-    hd = model.config.head_dim
     for block in get_submodule(model, layout.layers_path):
         for m in layout.mappings:
-            prev = get_submodule(block, m.prev_op)
-            layers = [get_submodule(block, n) for n in m.layers]
-            k = layers[0].in_features
+            k = get_submodule(block, m.layers[0]).in_features
             s = torch.rand(k, generator=g) * 4 + 0.25
-            if isinstance(prev, torch.nn.Linear) and prev.out_features != k:  # GQA v -> o
-                s_prev = tie_gqa_scales(s, prev.out_features, hd)
-                fold_scales(prev, layers, s_prev, expand_gqa_scales(s_prev, k, hd))
-            else:
-                fold_scales(prev, layers, s, s)
+            _, tie = mapping_tie(get_submodule(block, m.prev_op), m, layout, k)
+            fold_mapping(block, m, layout, tie(s) if tie is not None else s)
     with torch.no_grad():
         out = model(ids).logits
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
@@ -47,3 +41,18 @@ def test_folding_every_preset_mapping_preserves_the_function(data_dir):
 def test_folding_into_a_module_without_weight_is_refused():
     with pytest.raises(ValueError, match="cannot fold"):
         fold_scales(torch.nn.ReLU(), [torch.nn.Linear(4, 4)], torch.ones(4), torch.ones(4))
+
+
+def test_offset_one_norm_fold_is_exact():
+    """Gemma's RMSNorm computes normed(x) * (1 + w): the fold is w <- (1 + w) / s - 1."""
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+
+    torch.manual_seed(0)
+    norm, lin = GemmaRMSNorm(16), torch.nn.Linear(16, 8)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(5, 16)
+    ref = lin(norm(x))
+    s = torch.rand(16) * 4 + 0.25
+    fold_scales(norm, [lin], s, s, norm="offset_one")
+    torch.testing.assert_close(lin(norm(x)), ref, rtol=1e-5, atol=1e-5)

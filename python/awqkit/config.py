@@ -17,7 +17,8 @@ __all__ = ["AWQConfig"]
 
 _PROPAGATIONS = ("fp", "quantized")
 _INSPECTS = ("linears", "module")
-_MAPPING_KEYS = {"prev_op", "layers", "inp", "module2inspect"}
+_MAPPING_KEYS = {"prev_op", "layers", "inp", "module2inspect", "prev_kind", "prev_rows", "gqa", "also_scaled"}
+_ON_FOLD_ERROR = ("raise", "drop")
 
 
 def _is_int(v) -> bool:
@@ -42,7 +43,12 @@ class AWQConfig:
     full-precision output (AutoAWQ); ``"quantized"`` feeds it the quantized output
     (llm-compressor). inspect: ``"linears"`` scores scale candidates with the native
     quadratic loss on the linears; ``"module"`` runs the PyTorch module (attention, MLP)
-    per candidate as AutoAWQ does.
+    per candidate as AutoAWQ does. fold_tolerance, on_fold_error: every fold is checked on the
+    block's output (a calibration chunk through the folded and the unfolded block): a relative
+    error max|y - y_ref| / max|y_ref| above ``fold_tolerance`` raises (``"raise"``) or undoes
+    that mapping and reports it (``"drop"``). The mapping keys beyond prev_op/layers/inp/
+    module2inspect (prev_kind, prev_rows, gqa, also_scaled) are described in
+    ``awqkit.model.families``.
     """
 
     bits: int = 4
@@ -63,6 +69,8 @@ class AWQConfig:
     gqa_tie: bool = True
     propagation: str = "fp"
     inspect: str = "linears"
+    fold_tolerance: float = 1e-4
+    on_fold_error: str = "raise"
 
     def __post_init__(self):
         self.validate()
@@ -90,6 +98,11 @@ class AWQConfig:
             raise ValueError(f"propagation must be one of {_PROPAGATIONS}, got {self.propagation!r}")
         if self.inspect not in _INSPECTS:
             raise ValueError(f"inspect must be one of {_INSPECTS}, got {self.inspect!r}")
+        if self.on_fold_error not in _ON_FOLD_ERROR:
+            raise ValueError(f"on_fold_error must be one of {_ON_FOLD_ERROR}, got {self.on_fold_error!r}")
+        if isinstance(self.fold_tolerance, bool) or not isinstance(self.fold_tolerance, Real) \
+                or not math.isfinite(self.fold_tolerance) or not 0.0 < self.fold_tolerance < 1.0:
+            raise ValueError(f"fold_tolerance must be in (0, 1), got {self.fold_tolerance!r}")
         if not _is_int(self.n_samples) or self.n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
         if not _is_int(self.seqlen) or self.seqlen < 1:
@@ -105,7 +118,7 @@ class AWQConfig:
             for i, m in enumerate(self.mappings):
                 if not isinstance(m, dict) or not {"prev_op", "layers"} <= set(m) or set(m) - _MAPPING_KEYS:
                     raise ValueError(
-                        f"mapping {i} must be a dict with keys prev_op, layers and optionally inp, module2inspect; got {m!r}"
+                        f"mapping {i} must be a dict with keys prev_op, layers and optionally {sorted(_MAPPING_KEYS - {'prev_op', 'layers'})}; got {m!r}"
                     )
                 if not isinstance(m["layers"], list) or not m["layers"]:
                     raise ValueError(f"mapping {i}: layers must be a non-empty list of names")

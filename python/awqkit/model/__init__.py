@@ -27,7 +27,7 @@ check_transformers_version(_installed_transformers_version())
 
 from .calibration import default_calibration_texts, get_calib_blocks, load_calibration_texts
 from .checkpoint import check_output_folder, load_quantized, save_quantized
-from .mappings import PRESETS, layout_for
+from .families import FAMILIES, ModelFamily, MoEExperts, layout_for, register_family
 from .perplexity import evaluate_perplexity
 from .pipeline import load_model, quantize_model, rtn_quantize_model
 from .qlinear import AWQLinear, QuantizedLinear
@@ -35,7 +35,9 @@ from .report import QuantizationReport
 
 __all__ = [
     "AWQLinear",
-    "PRESETS",
+    "FAMILIES",
+    "ModelFamily",
+    "MoEExperts",
     "QuantizationReport",
     "QuantizedLinear",
     "check_output_folder",
@@ -47,6 +49,7 @@ __all__ = [
     "load_model",
     "load_quantized",
     "quantize_model",
+    "register_family",
     "rtn_quantize_model",
     "save_quantized",
 ]

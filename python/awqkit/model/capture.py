@@ -1,5 +1,7 @@
-"""Capturing activations: the first decoder block's inputs, and every linear's input
-(plus the arguments of the modules inspected per candidate) while a block runs."""
+"""Capturing activations: what the model passes to every decoder block (the first block's
+hidden states, and each block's own arguments: attention mask, position embeddings, layer
+type), and every linear's input (plus the arguments of the modules inspected per candidate)
+while a block runs."""
 
 from __future__ import annotations
 
@@ -8,7 +10,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["BlockCapture", "BlockInputs", "capture_block", "capture_first_block_inputs", "get_submodule", "run_block", "set_submodule"]
+__all__ = [
+    "BlockCalls",
+    "BlockCapture",
+    "capture_block",
+    "capture_block_calls",
+    "get_submodule",
+    "run_block",
+    "set_submodule",
+]
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
@@ -22,45 +32,51 @@ def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent), leaf, new)
 
 
-class _Stop(Exception):
-    pass
-
-
 @dataclass
-class BlockInputs:
-    """The first block's inputs per calibration chunk: hidden states and the keyword
-    arguments the model passes to every block (masks, rotary embeddings, ...)."""
+class BlockCalls:
+    """How the model called one decoder block, per calibration chunk: the positional
+    arguments after the hidden states and the keyword arguments. Sliding-window and
+    full-attention layers get different masks and rotary embeddings, so every block keeps
+    its own (the tensors are shared between blocks where the model shares them)."""
 
-    hidden: list[torch.Tensor]
-    kwargs: list[dict]
+    args: list[tuple] = field(default_factory=list)
+    kwargs: list[dict] = field(default_factory=list)
+
+
+def _no_cache(v):
+    # A KV cache object would grow with every replay: blocks are replayed without one.
+    return None if type(v).__name__.endswith("Cache") or type(v).__name__ == "Cache" else v
 
 
 @torch.no_grad()
-def capture_first_block_inputs(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor, chunk: int) -> BlockInputs:
-    hidden, kwargs_list = [], []
-
-    def pre_hook(module, args, kwargs):
-        kw = dict(kwargs)
-        h = args[0] if args else kw.pop("hidden_states")
-        if len(args) > 1:
-            raise RuntimeError("decoder block called with several positional arguments; cannot replay it")
-        kw.pop("past_key_values", None)
-        kw.pop("past_key_value", None)
-        kw["use_cache"] = False
-        hidden.append(h.detach())
-        kwargs_list.append(kw)
-        raise _Stop
-
-    handle = blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor,
+                        chunk: int) -> tuple[list[torch.Tensor], list[BlockCalls]]:
+    """One full-precision forward of the calibration tokens (``chunk`` sequences at a time):
+    the first block's hidden states per chunk, and every block's call arguments."""
+    first_hidden: list[torch.Tensor] = []
+    calls = [BlockCalls() for _ in blocks]
+    handles = []
+    for i, block in enumerate(blocks):
+        def pre_hook(module, args, kwargs, i=i):
+            kw = {k: _no_cache(v) for k, v in kwargs.items()}
+            if args:
+                h, rest = args[0], tuple(_no_cache(a) for a in args[1:])
+            else:
+                h, rest = kw.pop("hidden_states"), ()
+            if "use_cache" in kw:
+                kw["use_cache"] = False
+            if i == 0:
+                first_hidden.append(h.detach())
+            calls[i].args.append(rest)
+            calls[i].kwargs.append(kw)
+        handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
-        for i in range(0, tokens.shape[0], chunk):
-            try:
-                model(input_ids=tokens[i : i + chunk], use_cache=False)
-            except _Stop:
-                pass
+        for s in range(0, tokens.shape[0], chunk):
+            model(input_ids=tokens[s : s + chunk], use_cache=False)
     finally:
-        handle.remove()
-    return BlockInputs(hidden, kwargs_list)
+        for h in handles:
+            h.remove()
+    return first_hidden, calls
 
 
 def _block_output(out):
@@ -68,8 +84,10 @@ def _block_output(out):
 
 
 @torch.no_grad()
-def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-    return [_block_output(block(h, **kw)) for h, kw in zip(inputs.hidden, inputs.kwargs)]
+def run_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, chunks: int | None = None) -> list[torch.Tensor]:
+    """The block's outputs for the first ``chunks`` chunks (all by default)."""
+    n = len(hidden) if chunks is None else min(chunks, len(hidden))
+    return [_block_output(block(hidden[c], *calls.args[c], **calls.kwargs[c])) for c in range(n)]
 
 
 @dataclass
@@ -82,10 +100,11 @@ class BlockCapture:
 
 
 @torch.no_grad()
-def capture_block(block: nn.Module, inputs: BlockInputs, linear_names: list[str], inspect_names: list[str]) -> tuple[BlockCapture, list[torch.Tensor]]:
+def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, linear_names: list[str],
+                  inspect_names: list[str]) -> tuple[BlockCapture, list[torch.Tensor]]:
     """Run ``block`` on every chunk with hooks; returns the capture and the block outputs."""
     per_name: dict[str, list[torch.Tensor]] = {n: [] for n in linear_names}
-    calls: dict[str, list] = {n: [] for n in inspect_names}
+    mcalls: dict[str, list] = {n: [] for n in inspect_names}
     handles = []
     for name in linear_names:
         def hook(mod, args, out, name=name):
@@ -93,14 +112,14 @@ def capture_block(block: nn.Module, inputs: BlockInputs, linear_names: list[str]
         handles.append(get_submodule(block, name).register_forward_hook(hook))
     for name in inspect_names:
         def pre(mod, args, kwargs, name=name):
-            calls[name].append((args, dict(kwargs)))
+            mcalls[name].append((args, dict(kwargs)))
         handles.append(get_submodule(block, name).register_forward_pre_hook(pre, with_kwargs=True))
     try:
-        outs = run_block(block, inputs)
+        outs = run_block(block, hidden, calls)
     finally:
         for h in handles:
             h.remove()
-    cap = BlockCapture(module_calls=calls)
+    cap = BlockCapture(module_calls=mcalls)
     # Linears fed the very same tensor objects share one concatenated copy, so a scale
     # division applied to it is seen by all of them (and memory holds it once).
     by_ids: dict[tuple, torch.Tensor] = {}

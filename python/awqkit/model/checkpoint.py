@@ -29,6 +29,8 @@ from ..footprint import parse_memory
 from ..kernels import contiguous_layers
 from ..layout import check_gemm_layout, group_size_problem
 from .capture import set_submodule
+from .conversions import convert_blocks
+from .families import family_for, layout_for
 from .qlinear import AWQLinear, QuantizedLinear
 
 __all__ = ["check_output_folder", "load_quantized", "save_quantized"]
@@ -255,6 +257,12 @@ def load_quantized(path: str, return_tokenizer: bool = False):
         del config.quantization_config  # we build the quantized modules ourselves
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
+    # The checkpoint names the modules the pipeline quantized: Conv1D and fused experts
+    # become per-expert nn.Linear first, as in quantize_model.
+    family = family_for(getattr(config, "model_type", None))
+    if family is not None:
+        layout = layout_for(config)
+        convert_blocks(model.get_submodule(layout.layers_path), layout)
     tensors = _read_tensors(path)
     qnames = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
     for name in qnames:

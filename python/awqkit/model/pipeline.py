@@ -1,19 +1,26 @@
 """Layer-by-layer AWQ (and the plain-rounding baseline) on a Hugging Face causal LM.
 
-For each decoder block: run it once with hooks (every linear's input, the inspected
-modules' arguments), search the scales of each mapping, fold them, search the clipping of
-every quantized linear except q/k projections, quantize, replace the linears by
-``QuantizedLinear``, and compute the next block's inputs (full-precision outputs with
-``propagation="fp"``, quantized outputs with ``"quantized"``). Only one block's
-activations are held at a time.
+The model's family (``awqkit.model.families``) gives the decoder blocks, the mappings and
+their fold kinds; the blocks are first converted where needed (Conv1D -> Linear, fused 3-D
+experts -> per-expert linears; ``awqkit.model.conversions``). One full-precision forward of
+the calibration text records the first block's inputs and every block's own call arguments
+(masks, rotary embeddings, layer type). Then, for each decoder block: run it once with hooks
+(every linear's input, the inspected modules' arguments), search the scales of each mapping,
+fold them and **check the fold on the block's output** (a calibration chunk through the folded
+and the unfolded block: a relative error above ``fold_tolerance`` is an error naming the
+mapping and the numbers, or with ``on_fold_error="drop"`` the mapping is undone and reported),
+search the clipping of every quantized linear except q/k projections, quantize, replace the
+linears by ``QuantizedLinear``, measure the block's output error against plain rounding's,
+and compute the next block's inputs (full-precision outputs with ``propagation="fp"``,
+quantized outputs with ``"quantized"``). Only one block's activations are held at a time.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
-import re
 import time
 
 import numpy as np
@@ -23,12 +30,13 @@ from torch import nn
 from ..config import AWQConfig
 from ..layout import gemm_layout_problem
 from ..packing import pack_awq
-from ..quantizer import quantize
+from ..quantizer import pseudo_quantize, quantize
 from ..search import apply_clip, search_clip
 from .calibration import get_calib_blocks
-from .capture import BlockInputs, capture_block, capture_first_block_inputs, get_submodule, run_block, set_submodule
-from .folding import expand_gqa_scales, fold_scales, tie_gqa_scales
-from .mappings import layout_for
+from .capture import capture_block, capture_block_calls, get_submodule, run_block, set_submodule
+from .conversions import convert_blocks
+from .families import BlockLayout, Mapping, layout_for
+from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter, _peak_rss_mb
 from .search import search_linears, search_module
@@ -37,9 +45,9 @@ __all__ = ["load_model", "quantize_model", "rtn_quantize_model"]
 
 log = logging.getLogger(__name__)
 
-# AutoAWQ never clips q/k: their error is amplified by the softmax and clipping hurts.
-_NO_CLIP = re.compile(r"(^|\.)(q_proj|k_proj|q|k|query|key|qkv_proj|query_key_value|Wqkv|c_attn)$")
 _CHUNK_SEQS = 8  # calibration sequences per forward: bounds attention scratch memory
+_CHECK_CHUNKS = 1  # calibration chunks each fold check and block error runs through the block
+_FP_WARN_SHARE = 0.10  # warn when more than this share of a block's weights stays in full precision
 
 
 def load_model(path: str):
@@ -58,14 +66,6 @@ def load_model(path: str):
         pass
     tok = AutoTokenizer.from_pretrained(path)
     return model, tok
-
-
-def _head_dim(cfg) -> int | None:
-    hd = getattr(cfg, "head_dim", None)
-    if hd:
-        return int(hd)
-    h, n = getattr(cfg, "hidden_size", None), getattr(cfg, "num_attention_heads", None)
-    return h // n if h and n else None
 
 
 def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
@@ -94,14 +94,17 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     ``calib``: list of strings, a .txt/.jsonl path, an int64 tensor [n, seqlen] of tokens,
     or None for the built-in default text. Returns ``(model, report)``: the model's
     quantized linears are ``QuantizedLinear`` (dequantized weights, packed tensors kept for
-    ``save_quantized``); ``report`` is a ``QuantizationReport``.
+    ``save_quantized``); ``report`` is a ``QuantizationReport``. ``method="rtn"`` is plain
+    rounding; ``method="fold"`` is a diagnostic for new mappings: search and fold the scales
+    but keep every weight in full precision (the model must compute what it did before).
     """
     from tqdm.auto import tqdm
 
     cfg = AWQConfig() if config is None else config
     cfg.validate()
-    if method not in ("awq", "rtn"):
-        raise ValueError(f"method must be 'awq' or 'rtn', got {method!r}")
+    if method not in ("awq", "rtn", "fold"):
+        raise ValueError(f"method must be 'awq', 'rtn' or 'fold', got {method!r}")
+    searched = method in ("awq", "fold")
     meter = StageMeter()
     t_start = time.perf_counter()
     with meter.stage("load"):
@@ -113,9 +116,11 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
             model.eval()
     layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
     blocks = get_submodule(model, layout.layers_path)
+    convert_blocks(blocks, layout)
     report = QuantizationReport(method=method, config=cfg.to_dict(), model_type=getattr(model.config, "model_type", None),
                                 n_blocks=len(blocks))
-    head_dim = _head_dim(model.config)
+    if layout.family is not None:
+        report.family = layout.family.name
 
     # Which linears get quantized (decided up front so what we evaluate is what we can save).
     skip: dict[str, str] = {}
@@ -124,7 +129,8 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         for rel, mod in block.named_modules():
             if isinstance(mod, nn.Linear):
                 n_linears += 1
-                reason = _exclusion_reason(f"{layout.layers_path}.{i}.{rel}", mod, cfg)
+                reason = "kept in full precision by the model family (router)" if layout.kept_fp(rel) else \
+                    _exclusion_reason(f"{layout.layers_path}.{i}.{rel}", mod, cfg)
                 if reason:
                     skip[f"{i}.{rel}"] = reason
     if len(skip) == n_linears:
@@ -137,11 +143,12 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         report.not_converted.append({"module": f"{layout.layers_path}.{key}", "reason": reason})
     if skip:
         kinds = sorted({k.split(".", 1)[1] for k in skip})
-        log.warning("%d linears stay in full precision (%s): %s", len(skip), ", ".join(kinds),
+        log.warning("%d linears stay in full precision (%s): %s", len(skip), ", ".join(kinds[:8]),
                     sorted({r for r in skip.values()}))
+    _report_full_precision(model, blocks, layout, skip, report)
 
     with torch.no_grad():
-        if method == "awq":
+        if searched:
             with meter.stage("calibration"):
                 if isinstance(calib, torch.Tensor):
                     tokens = calib.to(torch.long)
@@ -150,30 +157,42 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                         raise ValueError("quantize_model needs a tokenizer to tokenise calibration text (or pass calib as a token tensor)")
                     tokens = get_calib_blocks(tokenizer, calib, cfg.n_samples, cfg.seqlen, cfg.seed)
             report.calib_tokens = int(tokens.numel())
-            with meter.stage("capture_first_block"):
-                inputs = capture_first_block_inputs(model, blocks, tokens, _CHUNK_SEQS)
+            with meter.stage("capture_block_calls"):
+                hidden, calls = capture_block_calls(model, blocks, tokens, _CHUNK_SEQS)
 
         bar = tqdm(range(len(blocks)), desc=f"AWQ {method}", unit="block", disable=None)
         for i in bar:
             block = blocks[i]
             linears = {rel: m for rel, m in block.named_modules() if isinstance(m, nn.Linear)}
             quant_names = [rel for rel in linears if f"{i}.{rel}" not in skip]
-            if method == "awq":
+            if searched:
                 inspect_names = sorted({m.module2inspect for m in layout.mappings
                                         if cfg.inspect == "module" and not isinstance(get_submodule(block, m.module2inspect), nn.Linear)})
+                input_names = list(dict.fromkeys([*linears, *(m.inp for m in layout.mappings)]))
                 with meter.stage("capture"):
-                    cap, fp_out = capture_block(block, inputs, list(linears), inspect_names)
+                    cap, fp_out = capture_block(block, hidden, calls[i], input_names, inspect_names)
+                if method == "awq":
+                    with meter.stage("block_check"):
+                        rtn_err = _rtn_block_error(block, quant_names, hidden, calls[i], fp_out, cfg)
+                _report_experts(i, layout, cap, report)
                 with meter.stage("scale_search"):
                     for m in layout.mappings:
-                        entry = _search_and_fold(block, i, m, cap, cfg, skip, head_dim, report)
+                        entry = _search_and_fold(block, i, m, layout, cap, cfg, skip, report)
+                        if "skipped" not in entry and entry.get("ratio") is not None:
+                            with meter.stage("fold_check"):
+                                _check_fold(block, i, m, entry, hidden, calls[i], fp_out, cfg, report)
                         if entry.get("awq_loss") is not None:
                             bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
+            if method == "fold":  # the diagnostic: folded full-precision weights, no clip, no rounding
+                del cap
+                hidden = fp_out
+                continue
             # The weights after folding (AWQ) or as loaded (RTN), clipped below.
             new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
             if method == "awq" and cfg.clip:
                 with meter.stage("clip_search"):
                     for rel in quant_names:
-                        if _NO_CLIP.search(rel) or rel not in cap.inputs:
+                        if layout.never_clipped(rel) or rel not in cap.inputs:
                             continue
                         new_weights[rel] = _clip(new_weights[rel], cap.inputs[rel], cfg, report, i, rel)
             with meter.stage("quantize_pack"):
@@ -181,11 +200,14 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                     set_submodule(block, rel, _quantize_linear(linears[rel], new_weights[rel], cfg))
                     report.quantized_layers += 1
             if method == "awq":
+                with meter.stage("block_check"):
+                    awq_out = run_block(block, hidden, calls[i], _CHECK_CHUNKS)
+                    report.block_errors.append({"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
+                                                "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
+                                                              for o in fp_out[:_CHECK_CHUNKS])})
                 with meter.stage("propagate"):
                     del cap
-                    if cfg.propagation == "quantized":
-                        fp_out = run_block(block, inputs)
-                    inputs = BlockInputs(fp_out, inputs.kwargs)
+                    hidden = run_block(block, hidden, calls[i]) if cfg.propagation == "quantized" else fp_out
         bar.close()
     report.stages = meter.stages
     report.total_seconds = time.perf_counter() - t_start
@@ -195,27 +217,116 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     return model, report
 
 
-def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -> dict:
+def _relative_mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    num = sum(float((o.to(torch.float64) - r.to(torch.float64)).pow(2).sum()) for o, r in zip(out, ref))
+    den = sum(float(r.to(torch.float64).pow(2).sum()) for r in ref[: len(out)])
+    return num / den if den > 0 else 0.0
+
+
+def _max_relative(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    err = max(float((o.to(torch.float64) - r.to(torch.float64)).abs().max()) for o, r in zip(out, ref))
+    scale = max(float(r.abs().max()) for r in ref[: len(out)])
+    return err / scale if scale > 0 else err
+
+
+@torch.no_grad()
+def _rtn_block_error(block: nn.Module, quant_names: list[str], hidden, calls, fp_out, cfg: AWQConfig) -> float:
+    """Plain rounding's output error on the check chunks: a copy of the block (before any
+    fold) with its quantized linears rounded, for the report's AWQ-vs-RTN comparison."""
+    rtn = copy.deepcopy(block)
+    for rel in quant_names:
+        lin = rtn.get_submodule(rel)
+        w = lin.weight.detach().to(torch.float32).contiguous().numpy()
+        lin.weight.copy_(torch.from_numpy(pseudo_quantize(w, cfg.bits, cfg.group_size, cfg.zero_point)))
+    err = _relative_mse(run_block(rtn, hidden, calls, _CHECK_CHUNKS), fp_out)
+    del rtn
+    return err
+
+
+@torch.no_grad()
+def _check_fold(block, i, m: Mapping, entry: dict, hidden, calls, fp_out, cfg: AWQConfig, report) -> None:
+    """The folded block must compute what the unfolded one did (before quantization)."""
+    undo = entry.pop("_undo")
+    err = _max_relative(run_block(block, hidden, calls, _CHECK_CHUNKS), fp_out)
+    entry["fold_error"] = err
+    report.fold_checks.append({"block": i, "mapping": m.name, "max_relative_error": err})
+    if err <= cfg.fold_tolerance:
+        return
+    msg = (f"block {i}, mapping {m.name}: folding the scales changed the block's output by {err:.3g} "
+           f"(max |y - y_ref| / max |y_ref| on {_CHECK_CHUNKS} calibration chunk(s); tolerance {cfg.fold_tolerance:g}). "
+           "The mapping does not preserve the network's function: check prev_op/prev_kind/prev_rows (a fold never "
+           "crosses a non-linearity such as GELU) and the family's norm kind")
+    if cfg.on_fold_error == "raise":
+        raise ValueError(msg + "; AWQConfig(on_fold_error='drop') undoes such mappings instead")
+    saved, divided, s = undo
+    restore(block, saved)
+    for t in divided:
+        t.mul_(s.view(1, -1))
+    entry.update({"dropped": f"fold check failed: max relative error {err:.3g} > {cfg.fold_tolerance:g}",
+                  "ratio": None, "duo": None, "awq_loss": entry["rtn_loss"]})
+    log.warning("%s; the mapping was undone (on_fold_error='drop')", msg)
+
+
+def _report_full_precision(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, skip: dict, report) -> None:
+    """Every weight of the blocks (2-D and more) left in full precision, with its share of the
+    model's parameters; a warning for blocks that keep more than 10% of theirs."""
+    total = sum(p.numel() for p in model.parameters())
+    heavy: list[str] = []
+    for i, block in enumerate(blocks):
+        block_total, kept = 0, 0
+        for rel, mod in block.named_modules():
+            for pname, p in mod.named_parameters(recurse=False):
+                if p.dim() < 2:
+                    continue
+                block_total += p.numel()
+                quantized = isinstance(mod, nn.Linear) and pname == "weight" and f"{i}.{rel}" not in skip
+                if quantized:
+                    continue
+                kept += p.numel()
+                reason = skip.get(f"{i}.{rel}") or (f"{type(mod).__name__} is not an nn.Linear" if not isinstance(mod, nn.Linear)
+                                                    else "not a quantized weight")
+                report.full_precision.append({"name": f"{layout.layers_path}.{i}.{rel}.{pname}", "params": p.numel(),
+                                              "share_of_model": p.numel() / total, "reason": reason})
+        if block_total and kept / block_total > _FP_WARN_SHARE:
+            heavy.append(f"{i} ({100 * kept / block_total:.0f}%)")
+    if heavy:
+        log.warning("blocks keeping more than %.0f%% of their weights in full precision: %s (see report.full_precision)",
+                    100 * _FP_WARN_SHARE, ", ".join(heavy))
+
+
+def _report_experts(i: int, layout: BlockLayout, cap, report) -> None:
+    if layout.moe is None:
+        return
+    for e in range(layout.num_experts):
+        name = f"{layout.moe.path}.{e}.{layout.moe.gate}"
+        x = cap.inputs.get(name)
+        tokens = 0 if x is None else int(x.shape[0])
+        entry = {"block": i, "expert": e, "tokens": tokens}
+        if tokens == 0:
+            entry["flag"] = "no calibration token was routed here: plain rounding, no scale or clip search"
+        report.experts.append(entry)
+
+
+def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQConfig, skip, report) -> dict:
     entry = {"block": i, "mapping": m.name}
     skipped = [l for l in m.layers if f"{i}.{l}" in skip]
     if skipped:
-        entry["skipped"] = f"not quantized: {', '.join(skipped)}"
+        entry["skipped"] = f"not quantized: {', '.join(skipped[:3])}" + (" ..." if len(skipped) > 3 else "")
+        report.mappings.append(entry)
+        return entry
+    x = cap.inputs.get(m.inp)
+    if x is None or x.shape[0] == 0:
+        entry["skipped"] = "no calibration token reached this mapping (an expert no token was routed to)"
         report.mappings.append(entry)
         return entry
     prev = get_submodule(block, m.prev_op)
     layers = [get_submodule(block, l) for l in m.layers]
-    x = cap.inputs[m.inp]
     k = x.shape[1]
-    gqa = isinstance(prev, nn.Linear) and prev.out_features != k
-    if gqa:
-        if not cfg.gqa_tie or head_dim is None:
-            entry["skipped"] = f"grouped-query attention ({prev.out_features} -> {k}) and gqa_tie is off"
-            report.mappings.append(entry)
-            return entry
-        p = prev.out_features
-        tie = lambda s: expand_gqa_scales(tie_gqa_scales(s, p, head_dim), k, head_dim)  # noqa: E731
-    else:
-        tie = None
+    _, tie = mapping_tie(prev, m, layout, k)
+    if tie is not None and not cfg.gqa_tie:
+        entry["skipped"] = f"grouped-query attention ({layout.kv_heads} KV heads for {layout.heads} query heads) and gqa_tie is off"
+        report.mappings.append(entry)
+        return entry
 
     if cfg.inspect == "module":
         mod = get_submodule(block, m.module2inspect)
@@ -232,18 +343,20 @@ def _search_and_fold(block, i, m, cap, cfg: AWQConfig, skip, head_dim, report) -
         if tie is not None:
             entry["untied_loss"] = float(res.loss)  # what the same search reaches without the tie
     entry.update({"ratio": choice.ratio, "duo": choice.duo, "rtn_loss": choice.rtn_loss, "awq_loss": choice.loss,
-                  "gqa_tied": gqa, "curve": choice.curve})
+                  "gqa_tied": tie is not None, "curve": choice.curve})
     report.mappings.append(entry)
     if choice.ratio is None:
         return entry  # identity: nothing to fold
     s = choice.scales.to(torch.float32)
-    s_prev = tie_gqa_scales(s, prev.out_features, head_dim) if gqa else s
-    fold_scales(prev, layers, s_prev, s)
-    # The captured inputs of these linears are now x / s (the folded network's inputs).
-    x.div_(s.view(1, -1))
-    for l in m.layers:
-        if cap.inputs.get(l) is not None and cap.inputs[l] is not x:
-            cap.inputs[l].div_(s.view(1, -1))
+    saved = snapshot(block, m)
+    fold_mapping(block, m, layout, s)
+    # The captured inputs of the modules reading this input are now x / s (the folded
+    # network's inputs); linears fed one tensor share it, so each tensor is divided once.
+    divided = list({id(t): t for t in (cap.inputs.get(n) for n in (m.inp, *m.layers, *m.also_scaled))
+                    if t is not None}.values())
+    for t in divided:
+        t.div_(s.view(1, -1))
+    entry["_undo"] = (saved, divided, s)  # taken by _check_fold
     return entry
 
 

@@ -67,7 +67,7 @@ def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
     identity = bool(res.identity[best])
     ident_idx = int(np.flatnonzero(res.identity)[0])
     curve = {"ratios": res.ratios.tolist(), "duo": res.duo.tolist(), "identity": res.identity.tolist(),
-             "losses": [float(v) for v in losses]}
+             "losses": [float(v) if np.isfinite(v) else None for v in losses]}  # None: excluded candidate
     return ScaleChoice(
         scales=torch.from_numpy(np.array(scales[best], dtype=np.float32)),
         ratio=None if identity else float(res.ratios[best]),
