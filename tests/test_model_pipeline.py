@@ -104,7 +104,7 @@ def test_variants_run_and_do_not_lose_to_rtn_on_their_objective(stories, calib, 
 def test_module_search_scores_the_native_candidates(saliency):
     """inspect="module" runs the same candidates as the native search (same saliency); on a
     lone linear its module loss is the native loss, so both choose the same ratio."""
-    from awqkit.model.search import search_module
+    from awqkit.model.mapping_search import search_module
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 64, generator=g)
@@ -140,7 +140,7 @@ def test_search_losses_match_the_direct_objective(stories, calib, gqa):
     from awqkit.model.calibration import get_calib_blocks
     from awqkit.model.capture import capture_block, capture_block_calls
     from awqkit.model.folding import expand_gqa_scales, tie_gqa_scales
-    from awqkit.model.search import search_linears
+    from awqkit.model.mapping_search import search_linears
 
     model, tok = load_model(stories)
     cfg = stories_config()
@@ -181,7 +181,7 @@ def test_module_search_scores_overflowing_candidates_as_excluded():
     import torch
 
     from awqkit.config import AWQConfig
-    from awqkit.model.search import search_module
+    from awqkit.model.mapping_search import search_module
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 16, bias=False)

@@ -56,11 +56,11 @@ def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, to
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(qnames):
         m = model.get_submodule(name)
-        if m.packed is None:
+        if m.awq_tensors is None:
             raise ValueError(f"{name} is {m.bits}-bit: the AWQ gemm checkpoint format holds 4-bit weights only")
         check_gemm_layout(name, m.out_features, m.in_features, group_size)  # what the loader will demand
         for key in ("qweight", "qzeros", "scales"):
-            tensors[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(m.packed[key]))
+            tensors[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(m.awq_tensors[key]))
         if m.bias is not None:
             tensors[f"{name}.bias"] = m.bias.detach().to(torch.float16).contiguous()
     seen: dict[int, str] = {}

@@ -39,7 +39,7 @@ from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter, _peak_rss_mb
-from .search import search_linears, search_module
+from .mapping_search import search_linears, search_module
 
 __all__ = ["load_model", "quantize_model", "rtn_quantize_model"]
 
@@ -78,9 +78,9 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
 
 def _quantize_linear(lin: nn.Linear, w: torch.Tensor, cfg: AWQConfig) -> QuantizedLinear:
     qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point)
-    packed = pack_awq(qt) if cfg.bits == 4 else None
+    awq_tensors = pack_awq(qt) if cfg.bits == 4 else None
     deq = torch.from_numpy(qt.dequantize())
-    return QuantizedLinear(deq, lin.bias, cfg.bits, qt.group_size, cfg.zero_point, packed)
+    return QuantizedLinear(deq, lin.bias, cfg.bits, qt.group_size, cfg.zero_point, awq_tensors)
 
 
 def rtn_quantize_model(model_or_path, config: AWQConfig | None = None):
@@ -93,7 +93,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
 
     ``calib``: list of strings, a .txt/.jsonl path, an int64 tensor [n, seqlen] of tokens,
     or None for the built-in default text. Returns ``(model, report)``: the model's
-    quantized linears are ``QuantizedLinear`` (dequantized weights, packed tensors kept for
+    quantized linears are ``QuantizedLinear`` (dequantized weights, AutoAWQ tensors kept for
     ``save_quantized``); ``report`` is a ``QuantizationReport``. ``method="rtn"`` is plain
     rounding; ``method="fold"`` is a diagnostic for new mappings: search and fold the scales
     but keep every weight in full precision (the model must compute what it did before).
