@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 import torch  # the [torch] extra (installed in CI)
 
 from awqkit.model.calibration import default_calibration_texts, get_calib_blocks, load_calibration_texts

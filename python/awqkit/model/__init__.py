@@ -25,13 +25,13 @@ def _installed_transformers_version() -> str:
 
 check_transformers_version(_installed_transformers_version())
 
-from .calibration import default_calibration_texts, get_calib_blocks, load_calibration_texts
-from .checkpoint import check_output_folder, load_quantized, save_quantized
-from .families import FAMILIES, ModelFamily, MoEExperts, layout_for, register_family
-from .perplexity import evaluate_perplexity
-from .pipeline import load_model, quantize_model, rtn_quantize_model
-from .qlinear import AWQLinear, QuantizedLinear
-from .report import QuantizationReport
+from .calibration import default_calibration_texts, get_calib_blocks, load_calibration_texts  # noqa: E402 (after the version check, on purpose)
+from .checkpoint import check_output_folder, load_quantized, save_quantized  # noqa: E402 (after the version check, on purpose)
+from .families import FAMILIES, ModelFamily, MoEExperts, layout_for, register_family  # noqa: E402 (after the version check, on purpose)
+from .perplexity import evaluate_perplexity  # noqa: E402 (after the version check, on purpose)
+from .pipeline import load_model, quantize_model, rtn_quantize_model  # noqa: E402 (after the version check, on purpose)
+from .qlinear import AWQLinear, QuantizedLinear  # noqa: E402 (after the version check, on purpose)
+from .report import QuantizationReport  # noqa: E402 (after the version check, on purpose)
 
 __all__ = [
     "AWQLinear",

@@ -37,9 +37,9 @@ from .capture import capture_block, capture_block_calls, get_submodule, run_bloc
 from .conversions import convert_blocks
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
+from .mapping_search import search_linears, search_module
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter, _peak_rss_mb
-from .mapping_search import search_linears, search_module
 
 __all__ = ["load_model", "quantize_model", "rtn_quantize_model"]
 
