@@ -57,7 +57,7 @@ sanitize: deps-system
 
 # In-tree build for development: the module lands in python/awqkit/, use PYTHONPATH=python.
 dev: deps-system
-	cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DAWQKIT_INPLACE=ON \
+	cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DAWQKIT_INPLACE=ON -DAWQKIT_BENCH_PROBES=ON \
 	  -Dpybind11_DIR=$$($(PYTHON) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
 	cmake --build build/dev
 
@@ -69,11 +69,11 @@ check-portable: deps-system
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q g++-aarch64-linux-gnu >/dev/null || { apt-get update -q && apt-get install -y -q g++-aarch64-linux-gnu >/dev/null; }; \
 	  else sudo apt-get install -y -q g++-aarch64-linux-gnu >/dev/null; fi; }
 	rm -rf $(PORTABLE_DIR) && mkdir -p $(PORTABLE_DIR)
-	@set -e; for f in $$(find csrc -name '*.cpp' | grep -v -E '_(avx2|avx512)\.cpp$$' | sort); do \
+	@set -e; for f in $$(find csrc -name '*.cpp' | grep -v -E '_(avx2|avx512_vnni|amx)\.cpp$$' | sort); do \
 	  aarch64-linux-gnu-g++ -std=c++17 -O1 -fopenmp -fPIC -Wall -DAWQKIT_X86_SIMD=0 -DEIGEN_DONT_PARALLELIZE \
 	    -Icsrc -I/usr/include/eigen3 $$($(PYTHON) -m pybind11 --includes) -c $$f -o $(PORTABLE_DIR)/$$(echo $$f | tr / _).o; \
 	done
-	@if aarch64-linux-gnu-nm -C --undefined-only $(PORTABLE_DIR)/*.o | grep -E 'awqkit::.*(avx2|avx512|probes)::'; then \
+	@if aarch64-linux-gnu-nm -C --undefined-only $(PORTABLE_DIR)/*.o | grep -E 'awqkit::.*(avx2|avx512_vnni|amx|bench_probes)::'; then \
 	  echo "check-portable: the scalar-only build still needs the x86 symbols above"; exit 1; fi
 	@echo "check-portable: ok (csrc builds for aarch64 with the scalar kernels only)"
 

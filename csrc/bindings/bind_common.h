@@ -101,7 +101,7 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
 }
 
-void register_gemm(py::module_& m);
+void register_int4_linear(py::module_& m);
 void register_quant(py::module_& m);
 void register_isa(py::module_& m);
 void register_search(py::module_& m);

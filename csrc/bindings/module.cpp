@@ -15,7 +15,7 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     }
   });
-  awqkit::bind::register_gemm(m);
+  awqkit::bind::register_int4_linear(m);
   awqkit::bind::register_isa(m);
   awqkit::bind::register_quant(m);
   awqkit::bind::register_search(m);
