@@ -10,7 +10,7 @@ export AWQKIT_DATA_DIR ?= $(DATA_DIR)
 NUMPY_TESTS := $(filter-out tests/test_model_%,$(wildcard tests/test_*.py))
 SANITIZE_DIR := build/sanitize
 
-.PHONY: demo test test-avx2 install deps-system dev sanitize check-portable bench clean
+.PHONY: demo test test-avx2 install deps-system dev lint sanitize check-portable bench clean
 
 deps-system:
 	@if ! [ -f /usr/include/eigen3/Eigen/Core ]; then \
@@ -18,18 +18,27 @@ deps-system:
 	  else sudo apt-get update -q && sudo apt-get install -y -q libeigen3-dev g++ cmake; fi; \
 	fi
 
+# The benchmark probes' module (awqkit._bench_probes, CMake AWQKIT_BENCH_PROBES) is built here for
+# the tests, notebook 04 and make bench; a wheel built with the defaults does not ship it.
 install: deps-system
-	$(PIP) install -q ".[torch,test,notebooks]"
+	$(PIP) install -q --config-settings=cmake.define.AWQKIT_BENCH_PROBES=ON ".[torch,test,notebooks,lint]"
 	$(PIP) install -q --no-deps autoawq==0.2.9  # only its pure-torch unpacking code is used (interop test)
 
 demo: install
 	$(PYTHON) -m awqkit demo
 
 test: install
+	$(MAKE) --no-print-directory lint
 	$(PYTHON) -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 tests notebooks
 	$(MAKE) --no-print-directory test-avx2
 	$(MAKE) --no-print-directory sanitize
 	$(MAKE) --no-print-directory check-portable
+
+# ruff (sources, tests, benchmarks, notebooks) and mypy on the Python API; configuration in
+# pyproject.toml. make install installs both (the [lint] extra).
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 
 # The numpy-level tests again with the kernels capped at AVX2 (AWQKIT_ISA is a ceiling for the
 # process): the paths that CPUs without AVX-512 take stay green on every CI machine.
@@ -43,10 +52,10 @@ test-avx2:
 # at exit are not ours). --capture=sys: a report on stderr must reach the log, not die in
 # pytest's captured file descriptor when the sanitizer halts the process.
 sanitize: deps-system
-	$(PIP) install -q "numpy>=1.24" "pytest>=8" "hypothesis>=6.100" "pybind11>=2.12"
+	$(PIP) install -q "numpy>=1.24" "pytest>=8" "hypothesis>=6.100" "pybind11>=2.12,<4"
 	rm -rf $(SANITIZE_DIR)/site && mkdir -p $(SANITIZE_DIR)/site
-	cp -r python/awqkit $(SANITIZE_DIR)/site/ && rm -f $(SANITIZE_DIR)/site/awqkit/_core*.so
-	cmake -S . -B $(SANITIZE_DIR)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAWQKIT_SANITIZE=ON \
+	cp -r python/awqkit $(SANITIZE_DIR)/site/ && rm -f $(SANITIZE_DIR)/site/awqkit/_core*.so $(SANITIZE_DIR)/site/awqkit/_bench_probes*.so
+	cmake -S . -B $(SANITIZE_DIR)/cmake -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAWQKIT_SANITIZE=ON -DAWQKIT_BENCH_PROBES=ON \
 	  -DAWQKIT_OUTPUT_DIR=$(abspath $(SANITIZE_DIR))/site/awqkit \
 	  -Dpybind11_DIR=$$($(PYTHON) -m pybind11 --cmakedir) -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
 	cmake --build $(SANITIZE_DIR)/cmake -j 2
@@ -81,4 +90,4 @@ bench: install
 	$(PYTHON) benchmarks/bench_quant.py
 
 clean:
-	rm -rf build python/awqkit/_core*.so
+	rm -rf build python/awqkit/_core*.so python/awqkit/_bench_probes*.so

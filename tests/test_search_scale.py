@@ -77,7 +77,7 @@ def test_gram_loss_agrees_with_direct_computation():
 
 def test_awq_never_worse_than_rounding():
     rng = np.random.default_rng(8)
-    for trial in range(3):
+    for _trial in range(3):
         x = planted_activations(rng, 600, 128)
         ws = linear_weights(rng, [64], 128)
         res = awqkit.search_scale(x, ws, n_grid=5)

@@ -14,7 +14,8 @@ scale-search loss (AMX-BF16) and the prefill product (AMX-INT8); ``AWQKIT_AMX=0`
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from . import _core
 

@@ -137,7 +137,7 @@ class PackedLinear(_core.Int4Linear):
         self._packed = packed
 
     @classmethod
-    def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int, bias=None) -> "PackedLinear":
+    def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int, bias=None) -> PackedLinear:
         """Repack AutoAWQ gemm tensors (``qweight`` int32 [K, N/8], ``qzeros`` int32 [G, N/8],
         ``scales`` float16 [G, N]) once. ``group_size`` must divide K and be a multiple of 8
         (-1: one group per row); N must be a multiple of 8. ``bias`` float32 [N] or None."""
@@ -317,7 +317,7 @@ def stream_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     import time
 
     try:
-        from . import _bench_probes  # type: ignore[attr-defined]
+        from . import _bench_probes
     except ImportError as e:
         raise RuntimeError("the streaming-read probe is in awqkit._bench_probes, not built here "
                            "(build with -DAWQKIT_BENCH_PROBES=ON: make dev or make install)") from e

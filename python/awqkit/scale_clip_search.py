@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
-from .isa import amx_active, amx_supported, use_amx  # re-exported: the search's AMX-BF16 loss
 from ._checks import as_weight, check_bits, check_int, check_scale_dtype, resolve_group_size
+from .isa import amx_active, amx_supported, use_amx  # re-exported: the search's AMX-BF16 loss
 from .saliency import compute_saliency
 from .stats import ActivationStats, as_activations
 
@@ -57,7 +57,7 @@ class ScaleSearchResult:
     candidates: np.ndarray = field(repr=False)
     saliency: np.ndarray = field(repr=False)
     w_mean: np.ndarray = field(repr=False)
-    excluded: np.ndarray = field(default=None, repr=False)
+    excluded: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def best_is_duo(self) -> bool:

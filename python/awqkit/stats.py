@@ -39,13 +39,13 @@ class ActivationStats:
             raise ValueError(f"in_features must be positive, got {in_features}")
         self._impl = _core.ActivationStats(int(in_features), bool(gram))
 
-    def update(self, x) -> "ActivationStats":
+    def update(self, x) -> ActivationStats:
         """Add a batch ``x`` [tokens, K] (float32 or float16; [..., K] is flattened)."""
         x = as_activations(x, self.in_features)
         self._impl.update(x)
         return self
 
-    def merge(self, other: "ActivationStats") -> "ActivationStats":
+    def merge(self, other: ActivationStats) -> ActivationStats:
         """Add the statistics of ``other`` (same ``in_features``) into these."""
         if not isinstance(other, ActivationStats):
             raise TypeError(f"merge takes an ActivationStats, got {type(other).__name__}")
@@ -112,7 +112,7 @@ def _from_state(in_features: int, gram: bool, state) -> ActivationStats:
         raise ValueError("invalid ActivationStats state: expected (n_tokens, sum_abs, sum_sq, max_abs, gram)") from None
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 0 <= n < 2**63:
         raise ValueError(f"invalid ActivationStats state: the token count must be an integer >= 0, got {n!r}")
-    arrays = []
+    arrays: list[np.ndarray | None] = []
     for name, a, shape in (("sum_abs", sum_abs, (k,)), ("sum_sq", sum_sq, (k,)), ("max_abs", max_abs, (k,)), ("gram", g, (k, k))):
         if a is None and name == "gram":
             arrays.append(None)

@@ -110,7 +110,7 @@ def search_clip_ref(x, w, bits=4, group_size=128, zero_point=True, n_grid=20, ma
     w = np.asarray(w, dtype=np.float32)
     org_w_shape = w.shape
     gs = org_w_shape[1] if group_size == -1 else group_size
-    input_feat = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    input_feat: np.ndarray = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
     input_feat = input_feat.reshape(1, input_feat.shape[0], -1, gs)
     step_size = 1 if n_sample_token is None else max(1, input_feat.shape[1] // n_sample_token)
     input_feat = input_feat[:, ::step_size].astype(dtype)
