@@ -35,8 +35,7 @@ class ActivationStats:
     def __init__(self, in_features: int, gram: bool = False):
         if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)):
             raise TypeError(f"in_features must be an int, got {type(in_features).__name__}")
-        if in_features <= 0:
-            raise ValueError(f"in_features must be positive, got {in_features}")
+        # in_features <= 0: the core's ValueError (search/activation_stats.cpp).
         self._impl = _core.ActivationStats(int(in_features), bool(gram))
 
     def update(self, x) -> ActivationStats:
