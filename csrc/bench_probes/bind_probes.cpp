@@ -101,13 +101,7 @@ PYBIND11_MODULE(_bench_probes, m) {
   using namespace awqkit;
   using namespace awqkit::bench_probes;
   m.doc() = "awqkit benchmark probes (not shipped; built with -DAWQKIT_BENCH_PROBES=ON)";
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const awqkit::type_error& e) {
-      PyErr_SetString(PyExc_TypeError, e.what());
-    }
-  });
+  bind::register_error_translator();
   // Decode with no Python between layers (as ggml's C graph runs them): median seconds per
   // call of the automatic path over passes through `layers`, x float32 [M, K] shared by all.
   m.def("probe_decode_rotation", [](const std::vector<py::handle>& objects, const py::array& x, int passes) {
