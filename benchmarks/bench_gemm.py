@@ -18,7 +18,7 @@ measured in the same run: a native AVX-512 streaming-read probe over a 1 GiB buf
   C++ (no Python between layers, as ggml's C graph runs them), "read ceiling" that loop
   with the arithmetic left out: each call only reads its layer's blocks, split over the
   threads and synchronised per call as the kernel is (what any kernel called once per
-  layer could reach; ``_core.probe_read_rotation``).
+  layer could reach; ``_bench_probes.probe_read_rotation``).
 * prefill (M = 64, 512): warm weights, GFLOP/s = 2*M*N*K / time; "out=" writes into a
   preallocated output (no fresh pages per call, which a model's forward can arrange).
   "awqkit" is the automatic path (the digits product: VNNI GEMV below 6 rows, AMX-INT8
@@ -76,7 +76,7 @@ def worker(threads: int, quick: bool) -> dict:
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import awqkit
-    from awqkit import _core
+    from awqkit import _bench_probes, _core  # _bench_probes: built by make bench / make dev (AWQKIT_BENCH_PROBES)
 
     try:
         import torch
@@ -92,10 +92,10 @@ def worker(threads: int, quick: bool) -> dict:
     # Limits: streaming-read bandwidth over 1 GiB, fp32 FMA peak.
     buf = aligned_buffer(np, ROTATE_BYTES)
     buf[:] = 1
-    out["probe_gbs"] = buf.nbytes / median_time(lambda: _core.probe_stream_read(buf), 5, 7, 2.0) / 1e9
+    out["probe_gbs"] = buf.nbytes / median_time(lambda: _bench_probes.probe_stream_read(buf), 5, 7, 2.0) / 1e9
     del buf
     iters = 2_000_000
-    out["fma_gflops"] = _core.probe_fma_peak(iters) / median_time(lambda: _core.probe_fma_peak(iters), 3, 5, 1.0) / 1e9
+    out["fma_gflops"] = _bench_probes.probe_fma_peak(iters) / median_time(lambda: _bench_probes.probe_fma_peak(iters), 3, 5, 1.0) / 1e9
     # Fixed cost of one call (Python, pybind11, OpenMP fork/join): a 64x64 layer, M = 1, warm.
     tiny = awqkit.pack_awq(awqkit.quantize(rng.standard_normal((64, 64), dtype=np.float32), bits=4, group_size=64))
     tiny_lin = awqkit.PackedLinear.from_awq(tiny["qweight"], tiny["qzeros"], tiny["scales"], 64)
@@ -121,14 +121,14 @@ def worker(threads: int, quick: bool) -> dict:
         lins = [lin] + [awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(copies - 1)]
         scattered = [awqkit.PackedLinear(lin.packed.copy(), n, k, gs) for _ in range(copies)]
         awqkit.contiguous_layers(lins)
-        t_read = _core.probe_read_rotation(lins, 5)
+        t_read = _bench_probes.probe_read_rotation(lins, 5)
         ws = list(np.broadcast_to(wdq, (math.ceil(rotate / wdq.nbytes),) + wdq.shape).copy())  # one array, in order
         for m in DECODE_MS:
             x = rng.standard_normal((m, k), dtype=np.float32)
             t_awq = rotation_time([(lambda l=l: l(x)) for l in lins])
             t_scattered = rotation_time([(lambda l=l: l(x)) for l in scattered])
             # The same calls from a C++ loop: the kernel without Python between layers.
-            t_native = _core.probe_decode_rotation(lins, x, 5)
+            t_native = _bench_probes.probe_decode_rotation(lins, x, 5)
             t_gemv = rotation_time([(lambda l=l: l(x, kernel="gemv")) for l in lins])
             t_np = rotation_time([(lambda v=v: x @ v.T) for v in ws])
             row = {"N": n, "K": k, "gs": gs, "M": m, "awq_s": t_awq, "scattered_s": t_scattered, "native_s": t_native,

@@ -124,7 +124,7 @@ def test_isa_selection():
 _ISA_REPORT = (
     "import awqkit\n"
     "print(awqkit.active_isa(), ','.join(awqkit.available_isas()))\n"
-    "levels = ['scalar', 'avx2', 'avx512']\n"
+    "levels = [lvl['name'] for lvl in awqkit.isa_levels()]\n"
     "above = levels[levels.index(awqkit.available_isas()[-1]) + 1:]\n"
     "for name in above:\n"
     "    try:\n"
@@ -135,7 +135,7 @@ _ISA_REPORT = (
 )
 
 
-@pytest.mark.parametrize("cap", ["scalar", "avx2"])
+@pytest.mark.parametrize("cap", [lvl["name"] for lvl in awqkit.isa_levels()[:-1]])
 def test_isa_env_variable_caps_the_level(cap):
     """AWQKIT_ISA is a ceiling for the whole process: the tests' ``isa`` fixture iterates
     available_isas(), so a capped run must neither list nor reach a level above it."""
@@ -143,8 +143,8 @@ def test_isa_env_variable_caps_the_level(cap):
     import subprocess
     import sys
 
-    levels = ["scalar", "avx2", "avx512"]
-    on_cpu = levels[: levels.index(awqkit.detected_isa()) + 1]
+    levels = [lvl["name"] for lvl in awqkit.isa_levels()]
+    on_cpu = [lvl["name"] for lvl in awqkit.isa_levels() if lvl["on_cpu"]]
     if cap not in on_cpu:
         pytest.skip(f"this CPU has no {cap}")
     out = subprocess.run(
@@ -161,9 +161,38 @@ def test_isa_env_variable_caps_the_level(cap):
     assert all("AWQKIT_ISA" in ln for ln in lines[1:])
 
 
+def test_isa_levels_are_the_kernel_table():
+    levels = awqkit.isa_levels()
+    assert levels[0]["name"] == "scalar" and levels[0]["on_cpu"]
+    assert awqkit.available_isas() == [lvl["name"] for lvl in levels if lvl["on_cpu"]][: len(awqkit.available_isas())]
+    assert awqkit.detected_isa() == [lvl["name"] for lvl in levels if lvl["on_cpu"]][-1]
+    # The scalar level provides every kernel family that has a reference; the others fall back.
+    assert {"quantize_group", "gram_tile", "gemv", "gemv_digits"} <= set(levels[0]["kernels"])
+    for lvl in levels:
+        assert lvl["requires"] and isinstance(lvl["kernels"], list)
+
+
+def test_avx512_is_an_alias_of_avx512_vnni():
+    """The avx512_vnni level was called "avx512" (it always needed VNNI): the old name still works."""
+    import os
+    import subprocess
+    import sys
+
+    if "avx512_vnni" not in awqkit.available_isas():
+        with pytest.raises(ValueError, match="avx512_vnni"):
+            awqkit.set_isa("avx512")
+        return
+    with awqkit.use_isa("scalar"):
+        with awqkit.use_isa("avx512"):
+            assert awqkit.active_isa() == "avx512_vnni"
+    out = subprocess.run([sys.executable, "-c", "import awqkit; print(awqkit.available_isas()[-1])"],
+                         env={**os.environ, "AWQKIT_ISA": "avx512"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "avx512_vnni"
+
+
 def test_use_amx_off_works_on_every_cpu():
     """use_amx(False) must be a no-op where there is no AMX (it raised on exit there)."""
-    from awqkit import _isa
+    from awqkit import isa as _isa
 
     with awqkit.use_amx(False):
         assert not _isa.amx_active() and not _isa.amx_int8_active()

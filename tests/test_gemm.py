@@ -7,6 +7,7 @@ import pytest
 
 import awqkit
 from gemm_helpers import error_bound, exact, make_layer, make_x
+from isa_helpers import levels_without, native_levels
 
 ISAS = awqkit.available_isas()
 KERNELS = ("auto", "gemv", "gemm", "digits")
@@ -65,7 +66,7 @@ def test_one_and_two_threads_identical(isa, kernel):
 def test_gemm_function_and_call_agree():
     lin, _, _, _ = make_layer(24, 128, 32, bias=True)
     x = make_x(5, 128)
-    np.testing.assert_array_equal(awqkit.gemm(x, lin), lin(x))
+    np.testing.assert_array_equal(awqkit.int4_matmul(x, lin), lin(x))
 
 
 def test_larger_layer_gemm_path():
@@ -117,14 +118,14 @@ def test_int8_nan_group_poisons_its_row():
 
 
 # The digits product on AMX-INT8 tiles (many rows) where this CPU has them, VNNI anyway.
-AMX_MODES = [False] + ([True] if awqkit._isa.amx_int8_supported() else [])
-HAS_AVX512 = "avx512" in ISAS
+AMX_MODES = [False] + ([True] if awqkit.isa.amx_int8_supported() else [])
+HAS_NATIVE_DIGITS = bool(native_levels("gemv_digits"))
 # Beyond SHAPES: tile depths 32 / 8 (group 96, 24, 8), groups larger than the two resident
 # code tiles (96, 1024 = per-channel), group sizes with a masked half vector in the split (24, 40).
 DIGIT_SHAPES = SHAPES + [(40, 288, 96), (24, 240, 24), (16, 80, 8), (24, 200, 40), (16, 1024, 1024)]
 
 
-@pytest.mark.skipif(not HAS_AVX512, reason="the digits kernels have SIMD engines on AVX-512 only")
+@pytest.mark.skipif(not HAS_NATIVE_DIGITS, reason="no level on this CPU has SIMD digits kernels (AVX-512 VNNI)")
 @pytest.mark.parametrize("shape", DIGIT_SHAPES, ids=lambda s: f"N{s[0]}-K{s[1]}-gs{s[2]}")
 @pytest.mark.parametrize("amx", AMX_MODES, ids=lambda a: "amx" if a else "no-amx")
 def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(shape, amx):
@@ -141,7 +142,7 @@ def test_digits_kernel_matches_its_scalar_reference_bit_for_bit(shape, amx):
             np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref, err_msg=f"M={m}")
 
 
-@pytest.mark.skipif(not HAS_AVX512, reason="the digits kernels have SIMD engines on AVX-512 only")
+@pytest.mark.skipif(not HAS_NATIVE_DIGITS, reason="no level on this CPU has SIMD digits kernels (AVX-512 VNNI)")
 @pytest.mark.parametrize("amx", AMX_MODES, ids=lambda a: "amx" if a else "no-amx")
 def test_digits_kernel_many_blocks_one_thread(amx):
     # One thread walks all 37 blocks: more than one 32-block chunk of the AMX loop.
@@ -153,7 +154,7 @@ def test_digits_kernel_many_blocks_one_thread(amx):
         np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref)
 
 
-@pytest.mark.skipif(not HAS_AVX512, reason="the digits kernels have SIMD engines on AVX-512 only")
+@pytest.mark.skipif(not HAS_NATIVE_DIGITS, reason="no level on this CPU has SIMD digits kernels (AVX-512 VNNI)")
 def test_digits_kernel_exact_for_a_huge_group():
     # group_size 2^18: x = 6291583 * 2^-23 has the digits (96, 0, 127) at step 2^-23, so the
     # lowest digit's group sum 127 * (2^18 - 1) is odd and above 2^24, not a float; the
@@ -167,21 +168,22 @@ def test_digits_kernel_exact_for_a_huge_group():
     np.testing.assert_array_equal(lin(x, kernel="digits"), y_ref)
 
 
-@pytest.mark.skipif(not awqkit._isa.amx_int8_supported(), reason="this CPU/OS has no AMX-INT8 (VNNI is tested everywhere)")
+@pytest.mark.skipif(not awqkit.isa.amx_int8_supported(), reason="this CPU/OS has no AMX-INT8 (VNNI is tested everywhere)")
 def test_amx_runs_the_automatic_prefill_path():
     lin, w, _, b = make_layer(296, 1152, 128, bias=True, seed=7)
     x = make_x(37, 1152)
     with awqkit.use_isa("scalar"):
         y_ref = lin(x, kernel="digits")
     with awqkit.use_amx(True):  # on even where AWQKIT_AMX=0 is set
-        assert awqkit._isa.amx_int8_active()
+        assert awqkit.isa.amx_int8_active()
         np.testing.assert_array_equal(lin(x), y_ref)  # auto = digits on AMX for M >= 16
     with awqkit.use_amx(False):
-        assert not awqkit._isa.amx_int8_active()
+        assert not awqkit.isa.amx_int8_active()
         y_float = lin(x)  # auto = float GEMM without AMX
     assert np.all(np.abs(y_float - exact(x, w, b)) <= error_bound(x, w, b))
-    with awqkit.use_isa("avx2"):
-        assert not awqkit._isa.amx_int8_active()  # AMX belongs to the avx512 level
+    for name in levels_without("gemm_digits_amx"):  # AMX belongs to the levels whose table has it
+        with awqkit.use_isa(name):
+            assert not awqkit.isa.amx_int8_active()
 
 
 def _digits_bound(x, w, b, gs):

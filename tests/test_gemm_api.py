@@ -11,6 +11,12 @@ import awqkit
 from awqkit import _core
 from gemm_helpers import make_layer, make_x
 
+try:  # the benchmark probes' module: built by make dev / make install (AWQKIT_BENCH_PROBES), not by a plain wheel
+    from awqkit import _bench_probes
+except ImportError:
+    _bench_probes = None
+needs_probes = pytest.mark.skipif(_bench_probes is None, reason="awqkit._bench_probes not built (-DAWQKIT_BENCH_PROBES=ON)")
+
 
 @pytest.mark.parametrize("n,k,gs", [(8, 32, 32), (24, 96, 32), (40, 320, 64), (72, 256, 128), (16, 128, -1)])
 def test_to_awq_round_trip_exact(n, k, gs):
@@ -114,7 +120,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="bias must have shape"):
         awqkit.PackedLinear.from_awq(qw, qz, sc, 32, bias=np.zeros(23, np.float32))
     with pytest.raises(TypeError, match="PackedLinear"):
-        awqkit.gemm(x, "not a layer")
+        awqkit.int4_matmul(x, "not a layer")
 
 
 def test_out_sharing_memory_with_x_is_refused():
@@ -147,7 +153,7 @@ def test_call_slot_fast_and_checked_paths_agree():
         fast = lin(x)
         assert fast.dtype == np.float32 and fast.shape == (m, 40) and fast.flags.c_contiguous
         np.testing.assert_array_equal(fast, lin(x, kernel="auto"))
-        np.testing.assert_array_equal(fast, awqkit.gemm(x, lin))
+        np.testing.assert_array_equal(fast, awqkit.int4_matmul(x, lin))
         np.testing.assert_array_equal(lin(x[0]), fast[0])  # 1-D: checked path
     x = make_x(4, 128)
     np.testing.assert_array_equal(lin(x.view(type("Sub", (np.ndarray,), {}))), lin(x))  # ndarray subclass
@@ -178,7 +184,7 @@ def test_call_slot_fast_and_checked_paths_agree():
     with pytest.raises(AssertionError):
         only_fast(x[0])
     # The bare native layer takes the same fast call; its checked path is the native one.
-    core = _core.GemmLayer(lin.packed, 40, 128, 64, lin.bias)
+    core = _core.Int4Linear(lin.packed, 40, 128, 64, lin.bias)
     np.testing.assert_array_equal(core(x), lin(x))
     np.testing.assert_array_equal(core(x, path=1), lin(x, kernel="gemv"))
     with pytest.raises(TypeError, match="float32"):
@@ -234,30 +240,32 @@ def test_contiguous_layers_share_one_buffer_and_keep_results():
         awqkit.contiguous_layers([layers[0], np.zeros(3)])
 
 
+@needs_probes
 def test_decode_rotation_probe_checks_its_layers():
     a, _, _, _ = make_layer(24, 64, 32, bias=True)
     b, _, _, _ = make_layer(40, 64, 32, bias=False)
-    assert _core.probe_decode_rotation([a, b], make_x(2, 64), 2) > 0
+    assert _bench_probes.probe_decode_rotation([a, b], make_x(2, 64), 2) > 0
     with pytest.raises(ValueError, match="in_features"):
-        _core.probe_decode_rotation([a, make_layer(8, 96, 32, bias=False)[0]], make_x(1, 64), 1)
+        _bench_probes.probe_decode_rotation([a, make_layer(8, 96, 32, bias=False)[0]], make_x(1, 64), 1)
     with pytest.raises(ValueError, match="at least one layer"):
-        _core.probe_decode_rotation([], make_x(1, 64), 1)
-    with pytest.raises(ValueError, match="initialised GemmLayer"):
-        _core.probe_decode_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], make_x(1, 64), 1)
+        _bench_probes.probe_decode_rotation([], make_x(1, 64), 1)
+    with pytest.raises(ValueError, match="initialised Int4Linear"):
+        _bench_probes.probe_decode_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], make_x(1, 64), 1)
 
 
-@pytest.mark.skipif(_core.detected_isa() != "avx512", reason="the read probe needs AVX-512")
+@needs_probes
+@pytest.mark.skipif(_core.detected_isa() != "avx512_vnni", reason="the read probe needs AVX-512")
 def test_read_rotation_probe_checks_its_layers():
     a, _, _, _ = make_layer(24, 64, 32, bias=True)
     b, _, _, _ = make_layer(40, 64, 32, bias=False)
-    assert _core.probe_read_rotation([a, b], 2) > 0
+    assert _bench_probes.probe_read_rotation([a, b], 2) > 0
     with pytest.raises(ValueError, match="at least one layer"):
-        _core.probe_read_rotation([a], 0)
-    with pytest.raises(ValueError, match="initialised GemmLayer"):
-        _core.probe_read_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], 1)
+        _bench_probes.probe_read_rotation([a], 0)
+    with pytest.raises(ValueError, match="initialised Int4Linear"):
+        _bench_probes.probe_read_rotation([a, awqkit.PackedLinear.__new__(awqkit.PackedLinear)], 1)
 
 
-AMX_SETTINGS = [False] + ([True] if awqkit._isa.amx_int8_supported() else [])
+AMX_SETTINGS = [False] + ([True] if awqkit.isa.amx_int8_supported() else [])
 
 
 @pytest.mark.parametrize("amx", AMX_SETTINGS, ids=lambda a: "amx" if a else "no-amx")
@@ -272,3 +280,11 @@ def test_a_row_has_the_same_bits_whatever_the_batch(isa, amx, gs):
             y = lin(x)
             for i in range(m):
                 np.testing.assert_array_equal(y[i], lin(x[i : i + 1])[0], err_msg=f"M={m} row {i}")
+
+
+def test_gemm_is_a_deprecated_alias_of_int4_matmul():
+    lin, _, _, _ = make_layer(24, 64, 32, bias=True)
+    x = make_x(3, 64)
+    with pytest.warns(DeprecationWarning, match="int4_matmul"):
+        y = awqkit.gemm(x, lin)
+    np.testing.assert_array_equal(y, awqkit.int4_matmul(x, lin))

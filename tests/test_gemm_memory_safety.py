@@ -14,6 +14,11 @@ import awqkit
 from awqkit import _core
 from gemm_helpers import make_layer, make_x
 
+try:  # the benchmark probes' module (AWQKIT_BENCH_PROBES): make dev / make install build it
+    from awqkit import _bench_probes
+except ImportError:
+    _bench_probes = None
+
 
 def test_packed_weights_are_exposed_read_only():
     lin, _, _, _ = make_layer(40, 128, 64, bias=True)
@@ -36,7 +41,7 @@ def test_out_may_not_share_memory_with_the_packed_weights():
         lin(x, out=lin.packed[: 2 * 40 * 4].view(np.float32).reshape(2, 40))
     # A writable buffer that the native layer runs on (a caller's own array).
     buf = lin.packed.copy()
-    core = _core.GemmLayer(buf, 40, 128, 64, lin.bias)
+    core = _core.Int4Linear(buf, 40, 128, 64, lin.bias)
     for offset in (0, 64, buf.nbytes - 64 - 2 * 40 * 4):
         out = buf[offset : offset + 2 * 40 * 4].view(np.float32).reshape(2, 40)
         with pytest.raises(ValueError, match="packed weights"):
@@ -50,12 +55,12 @@ def test_shapes_whose_packed_size_overflows_are_refused():
     # 2^64 bytes, which used to come out as a 64-byte layer.
     for n, k, gs in [(2**40, 2**40, 2**40), (2**26, 2**22 * 131064, 131064), (2**63 - 8, 8, 8), (8, 2**62, 2**62)]:
         with pytest.raises(ValueError, match="2\\^63 bytes"):
-            _core.gemm_packed_nbytes(n, k, gs)
+            _core.int4_packed_nbytes(n, k, gs)
     with pytest.raises(ValueError, match="2\\^63 bytes"):
         awqkit.PackedLinear(np.zeros(64, np.uint8), 2**26, 2**22 * 131064, 131064)
     with pytest.raises(ValueError, match="2\\^63 bytes"):
-        _core.GemmLayer(np.zeros(64, np.uint8), 2**26, 2**22 * 131064, 131064, None)
-    assert _core.gemm_packed_nbytes(40, 128, 64) == make_layer(40, 128, 64, bias=False)[0].packed.nbytes
+        _core.Int4Linear(np.zeros(64, np.uint8), 2**26, 2**22 * 131064, 131064, None)
+    assert _core.int4_packed_nbytes(40, 128, 64) == make_layer(40, 128, 64, bias=False)[0].packed.nbytes
 
 
 # Runs in a subprocess: before the fix some of these calls read freed or uninitialised
@@ -65,6 +70,10 @@ _UNINITIALISED = textwrap.dedent(
     import numpy as np
     import awqkit
     from awqkit import _core
+    try:
+        from awqkit import _bench_probes as probes
+    except ImportError:
+        probes = None
 
     failures = []
 
@@ -87,14 +96,15 @@ _UNINITIALISED = textwrap.dedent(
     packed = lin.packed
     del lin
     x = np.ones((1, 1024), np.float32)
-    for cls in (_core.GemmLayer, awqkit.PackedLinear):
+    for cls in (_core.Int4Linear, awqkit.PackedLinear):
         layer = cls.__new__(cls)
         name = cls.__name__
         expect_error(f"{name}._forward", lambda: layer._forward(x))
         expect_error(f"{name}(x)", lambda: layer(x))
         expect_error(f"{name}(x, out=None)", lambda: layer(x, out=None))
         expect_error(f"{name}._rebind", lambda: layer._rebind(packed, 1024, 1024, 128, None))
-        expect_error(f"probe_decode_rotation({name})", lambda: _core.probe_decode_rotation([layer], x, 1), "initialised")
+        if probes is not None:
+            expect_error(f"probe_decode_rotation({name})", lambda: probes.probe_decode_rotation([layer], x, 1), "initialised")
 
     real = _core.ActivationStats(8, True)
     real.update(np.ones((4, 8), np.float32))
@@ -132,11 +142,12 @@ def test_objects_whose_init_never_ran_raise_instead_of_crashing():
     assert run.returncode == 0, f"exit {run.returncode} (negative: killed by a signal)\n{run.stdout}\n{run.stderr}"
 
 
-@pytest.mark.skipif("avx512" not in awqkit.available_isas(), reason="the probe needs AVX-512")
+@pytest.mark.skipif(_bench_probes is None, reason="awqkit._bench_probes not built (-DAWQKIT_BENCH_PROBES=ON)")
+@pytest.mark.skipif(awqkit.detected_isa() != "avx512_vnni", reason="the probe needs AVX-512")
 def test_stream_read_checksum_is_the_exact_sum_of_the_lanes():
     # Two int32 lanes at INT32_MAX: their sum does not fit int32 (the probe once added the
     # lanes as signed int: undefined behaviour, -2 here).
     buf = np.zeros(128, np.uint8)
     line = buf[(-buf.ctypes.data) % 64 :][:64]
     line.view(np.int32)[:2] = np.iinfo(np.int32).max
-    assert _core.probe_stream_read(line) == 2 * (2**31 - 1)
+    assert _bench_probes.probe_stream_read(line) == 2 * (2**31 - 1)

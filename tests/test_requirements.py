@@ -2,11 +2,11 @@
 awqkit.model enforces at import."""
 
 import re
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.version import Version
 
 import awqkit.model

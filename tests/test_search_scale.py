@@ -5,6 +5,7 @@ import pytest
 
 import awqkit
 from awqkit.reference import direct_loss_ref, search_scale_ref, w_mean_ref
+from isa_helpers import levels_without
 from search_data import linear_weights, planted_activations, scalar_and_isa_results
 
 
@@ -76,7 +77,7 @@ def test_gram_loss_agrees_with_direct_computation():
 
 def test_awq_never_worse_than_rounding():
     rng = np.random.default_rng(8)
-    for trial in range(3):
+    for _trial in range(3):
         x = planted_activations(rng, 600, 128)
         ws = linear_weights(rng, [64], 128)
         res = awqkit.search_scale(x, ws, n_grid=5)
@@ -190,21 +191,22 @@ def test_bad_input():
         awqkit.search_scale("activations", [w], group_size=32)
 
 
-@pytest.mark.skipif(not awqkit.search.amx_supported(), reason="this CPU/OS has no AMX-BF16 (the float32 tiles are tested everywhere)")
+@pytest.mark.skipif(not awqkit.scale_clip_search.amx_supported(), reason="this CPU/OS has no AMX-BF16 (the float32 tiles are tested everywhere)")
 def test_amx_path_against_float32_tiles():
     rng = np.random.default_rng(14)
     k = 512
     x = planted_activations(rng, 1200, k)
     ws = linear_weights(rng, [200, 40], k)
-    assert awqkit.search.amx_active()
-    with awqkit.search.use_amx(False):
-        assert not awqkit.search.amx_active()
+    assert awqkit.scale_clip_search.amx_active()
+    with awqkit.scale_clip_search.use_amx(False):
+        assert not awqkit.scale_clip_search.amx_active()
         ref = awqkit.search_scale(x, ws, n_grid=8)
     got = awqkit.search_scale(x, ws, n_grid=8)
     assert got.best == ref.best
     np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-5)
-    with awqkit.use_isa("avx2"):
-        assert not awqkit.search.amx_active()  # AMX belongs to the avx512 level
+    for name in levels_without("quadratic_form_amx"):  # AMX belongs to the levels whose table has it
+        with awqkit.use_isa(name):
+            assert not awqkit.scale_clip_search.amx_active()
 
 
 def test_native_layer_refuses_an_empty_weight_list():

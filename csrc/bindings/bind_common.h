@@ -101,7 +101,19 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
 }
 
-void register_gemm(py::module_& m);
+// awqkit::type_error (it derives from std::invalid_argument) -> TypeError; pybind11 translates the
+// rest (std::invalid_argument -> ValueError). Every module of the package registers it.
+inline void register_error_translator() {
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const awqkit::type_error& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    }
+  });
+}
+
+void register_int4_linear(py::module_& m);
 void register_quant(py::module_& m);
 void register_isa(py::module_& m);
 void register_search(py::module_& m);

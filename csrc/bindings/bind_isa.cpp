@@ -1,8 +1,9 @@
 #include <omp.h>
 
 #include "bindings/bind_common.h"
-#include "common/amx.h"
+#include "common/amx_support.h"
 #include "common/cpu_features.h"
+#include "common/kernel_table.h"
 
 namespace awqkit::bind {
 
@@ -19,6 +20,22 @@ void register_isa(py::module_& m) {
   m.def("available_isas", [] {
     std::vector<std::string> out;
     for (Isa i : available_isas()) out.emplace_back(isa_name(i));
+    return out;
+  });
+  // The kernel table (common/kernel_table.cpp): every level compiled in, lowest first, with what
+  // it needs, whether this CPU has it, and the kernels it provides itself (the rest fall back).
+  m.def("isa_levels", [] {
+    py::list out;
+    for (const IsaLevel& level : isa_levels()) {
+      py::dict d;
+      d["name"] = level.name;
+      d["requires"] = level.requires;
+      d["on_cpu"] = static_cast<int>(level.isa) <= static_cast<int>(detected_isa());
+      py::list kernels;
+      for (const char* k : provided_kernels(level)) kernels.append(k);
+      d["kernels"] = kernels;
+      out.append(d);
+    }
     return out;
   });
   m.def("max_threads", [] { return omp_get_max_threads(); });

@@ -4,7 +4,7 @@
 #include "bindings/bind_common.h"
 #include "quant/quantize.h"
 #include "search/activation_stats.h"
-#include "search/amx.h"
+#include "search/quadratic_form_amx.h"
 #include "search/clip_search.h"
 #include "search/gram.h"
 #include "search/scale_search.h"

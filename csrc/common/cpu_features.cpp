@@ -80,6 +80,8 @@ const char* isa_name(Isa isa) {
 }
 
 Isa parse_isa(const std::string& name) {
+  // Compatibility: the avx512_vnni level was called "avx512" (it always required VNNI).
+  if (name == "avx512") return parse_isa("avx512_vnni");
   std::string known;
   for (const IsaLevel& level : isa_levels()) {
     if (name == level.name) return level.isa;

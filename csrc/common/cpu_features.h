@@ -11,7 +11,7 @@
 namespace awqkit {
 
 // Positions in the fallback chain of kernel_table.cpp (each level falls back to the one before).
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2 };
 
 // Highest level this CPU supports (each level's needs: IsaLevel::requires).
 Isa detected_isa();
@@ -23,7 +23,9 @@ Isa active_isa();
 void set_isa(Isa isa);
 
 const char* isa_name(Isa isa);
-Isa parse_isa(const std::string& name);  // throws std::invalid_argument
+// A level's name, or an alias of one ("avx512": avx512_vnni, its name before 0.2); throws
+// std::invalid_argument.
+Isa parse_isa(const std::string& name);
 std::vector<Isa> available_isas();       // scalar .. max_isa()
 
 }  // namespace awqkit

@@ -29,11 +29,11 @@ std::vector<IsaLevel> build_levels() {
     t.quantize_group = scalar::quantize_group;
     t.gram_tile = scalar::gemm_tile;
     t.gram_dot_tile = scalar::gemm_dot_tile;
-    t.gemv = gemm::scalar::gemv;
-    t.split_digits = gemm::scalar::split_digits;
-    t.gemv_digits = gemm::scalar::gemv_digits;
-    t.quantize_act = gemm::scalar::quantize_act;
-    t.gemm_int8 = gemm::scalar::gemm_int8;
+    t.gemv = int4_linear::scalar::gemv;
+    t.split_digits = int4_linear::scalar::split_digits;
+    t.gemv_digits = int4_linear::scalar::gemv_digits;
+    t.quantize_act = int4_linear::scalar::quantize_act;
+    t.gemm_int8 = int4_linear::scalar::gemm_int8;
     levels.push_back({Isa::scalar, "scalar", "any CPU", always, t});
   }
 #if AWQKIT_X86_SIMD
@@ -42,26 +42,31 @@ std::vector<IsaLevel> build_levels() {
     t.quantize_group = avx2::quantize_group;
     t.gram_tile = avx2::gemm_tile;
     t.gram_dot_tile = avx2::gemm_dot_tile;
-    t.gemv = gemm::avx2::gemv;
+    t.gemv = int4_linear::avx2::gemv;
     levels.push_back({Isa::avx2, "avx2", "AVX2, FMA, F16C", has_avx2_fma_f16c, t});
   }
   {
     KernelTable t{};
-    t.quantize_group = avx512::quantize_group;
-    t.gram_tile = avx512::gemm_tile;
-    t.gram_dot_tile = avx512::gemm_dot_tile;
-    t.gemv = gemm::avx512::gemv;
-    t.gemm = gemm::avx512::gemm;
-    t.split_digits = gemm::avx512::split_digits;
-    t.gemv_digits = gemm::avx512::gemv_digits;
-    t.quantize_act = gemm::avx512::quantize_act;
-    t.gemm_int8 = gemm::avx512::gemm_int8;
-    // AMX tiles run beside AVX-512 code (the kernels stage and finish tiles with it).
-    t.split_bf16 = avx512::split_bf16;
-    t.quadratic_form_amx = avx512::quadratic_form_amx;
-    t.digits_to_amx_tiles = gemm::avx512::digits_to_amx_tiles;
-    t.gemm_digits_amx = gemm::avx512::gemm_digits_amx;
-    levels.push_back({Isa::avx512, "avx512", "AVX-512 F, BW, DQ, VL and VNNI (+ AVX2, FMA, F16C)", has_avx512_vnni, t});
+    t.quantize_group = avx512_vnni::quantize_group;
+    t.gram_tile = avx512_vnni::gemm_tile;
+    t.gram_dot_tile = avx512_vnni::gemm_dot_tile;
+    t.gemv = int4_linear::avx512_vnni::gemv;
+    t.gemm = int4_linear::avx512_vnni::gemm;
+    t.split_digits = int4_linear::avx512_vnni::split_digits;
+    t.gemv_digits = int4_linear::avx512_vnni::gemv_digits;
+    t.quantize_act = int4_linear::avx512_vnni::quantize_act;
+    t.gemm_int8 = int4_linear::avx512_vnni::gemm_int8;
+#if AWQKIT_AMX_KERNELS
+    // AMX tiles (*_amx.cpp) run beside AVX-512 code (the kernels stage and finish tiles with
+    // it), so they belong to this level; they run only where the CPU and OS grant the tiles
+    // (common/amx_support.cpp) and AMX is enabled.
+    t.split_bf16 = amx::split_bf16;
+    t.quadratic_form_amx = amx::quadratic_form_amx;
+    t.digits_to_amx_tiles = int4_linear::amx::digits_to_amx_tiles;
+    t.gemm_digits_amx = int4_linear::amx::gemm_digits_amx;
+#endif
+    levels.push_back({Isa::avx512_vnni, "avx512_vnni", "AVX-512 F, BW, DQ, VL and VNNI (+ AVX2, FMA, F16C)",
+                      has_avx512_vnni, t});
   }
 #endif
   return levels;
@@ -72,8 +77,12 @@ void fill(Fn& entry, Fn below) {
   if (!entry) entry = below;
 }
 
-// resolve() fills every field: a field added to KernelTable must be added there too.
-static_assert(sizeof(KernelTable) == 13 * sizeof(void*), "KernelTable changed: update resolve()");
+// resolve() fills every field: a field added to KernelTable must be added to
+// AWQKIT_KERNEL_TABLE_FIELDS too.
+#define AWQKIT_COUNT_FIELD(f) +1
+static_assert(sizeof(KernelTable) == (0 AWQKIT_KERNEL_TABLE_FIELDS(AWQKIT_COUNT_FIELD)) * sizeof(void*),
+              "KernelTable changed: update AWQKIT_KERNEL_TABLE_FIELDS");
+#undef AWQKIT_COUNT_FIELD
 
 std::vector<KernelTable> resolve(const std::vector<IsaLevel>& levels) {
   std::vector<KernelTable> out;
@@ -81,19 +90,9 @@ std::vector<KernelTable> resolve(const std::vector<IsaLevel>& levels) {
     KernelTable t = levels[i].kernels;
     if (i > 0) {
       const KernelTable& b = out[i - 1];
-      fill(t.quantize_group, b.quantize_group);
-      fill(t.gram_tile, b.gram_tile);
-      fill(t.gram_dot_tile, b.gram_dot_tile);
-      fill(t.gemv, b.gemv);
-      fill(t.gemm, b.gemm);
-      fill(t.split_digits, b.split_digits);
-      fill(t.gemv_digits, b.gemv_digits);
-      fill(t.quantize_act, b.quantize_act);
-      fill(t.gemm_int8, b.gemm_int8);
-      fill(t.split_bf16, b.split_bf16);
-      fill(t.quadratic_form_amx, b.quadratic_form_amx);
-      fill(t.digits_to_amx_tiles, b.digits_to_amx_tiles);
-      fill(t.gemm_digits_amx, b.gemm_digits_amx);
+#define AWQKIT_FILL_FIELD(f) fill(t.f, b.f);
+      AWQKIT_KERNEL_TABLE_FIELDS(AWQKIT_FILL_FIELD)
+#undef AWQKIT_FILL_FIELD
     }
     out.push_back(t);
   }
@@ -120,5 +119,14 @@ const KernelTable& kernels_for(Isa isa) {
 }
 
 const KernelTable& active_kernels() { return kernels_for(active_isa()); }
+
+std::vector<const char*> provided_kernels(const IsaLevel& level) {
+  std::vector<const char*> out;
+#define AWQKIT_LIST_FIELD(f) \
+  if (level.kernels.f) out.push_back(#f);
+  AWQKIT_KERNEL_TABLE_FIELDS(AWQKIT_LIST_FIELD)
+#undef AWQKIT_LIST_FIELD
+  return out;
+}
 
 }  // namespace awqkit

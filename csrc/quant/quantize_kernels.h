@@ -1,4 +1,4 @@
-// Per-group quantization kernels, one set per ISA (quantize_group_{scalar,avx2,avx512}.cpp).
+// Per-group quantization kernels, one set per ISA (quantize_group_{scalar,avx2,avx512_vnni}.cpp).
 #pragma once
 #include <cstdint>
 
@@ -19,7 +19,7 @@ namespace avx2 {
 void quantize_group(const float* w, int64_t n, const QuantSpec& spec, uint8_t* codes, float* deq,
                     float* scale, uint8_t* zero);
 }
-namespace avx512 {
+namespace avx512_vnni {
 void quantize_group(const float* w, int64_t n, const QuantSpec& spec, uint8_t* codes, float* deq,
                     float* scale, uint8_t* zero);
 }

@@ -6,7 +6,7 @@
 
 #include "common/errors.h"
 #include "common/kernel_table.h"
-#include "search/amx.h"
+#include "search/quadratic_form_amx.h"
 #include "search/tile_kernels.h"
 
 namespace awqkit {

@@ -32,7 +32,7 @@ struct GramPanels {
   int64_t K = 0, Kp = 0;  // Kp = K rounded up to 32; rows of E are padded to Kp
   std::vector<float> data;
   std::vector<int64_t> offset;  // start of panel J in data
-  // Optional bf16 hi/lo split of the panels for the AMX path (see amx.h), same offsets.
+  // Optional bf16 hi/lo split of the panels for the AMX path (see quadratic_form_amx.h), same offsets.
   std::vector<uint16_t> hi, lo;
   const float* panel(int64_t J) const { return data.data() + offset[J]; }
 };

@@ -11,7 +11,7 @@
 #include "common/errors.h"
 #include "common/half.h"
 #include "quant/quantize_kernels.h"
-#include "search/amx.h"
+#include "search/quadratic_form_amx.h"
 #include "search/tile_kernels.h"
 
 namespace awqkit {

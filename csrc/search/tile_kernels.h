@@ -1,4 +1,4 @@
-// Register-tile kernels of the search engine, one set per ISA (tile_kernels_{scalar,avx2,avx512}.cpp).
+// Register-tile kernels of the search engine, one set per ISA (tile_kernels_{scalar,avx2,avx512_vnni}.cpp).
 //
 // Both the Gram accumulation (X^T X) and the loss quadratic forms (rows of E times G)
 // are products of a 12-wide "A" operand and a 32-wide "B" operand over a run of k:
@@ -34,7 +34,7 @@ AWQKIT_DECLARE_TILE_KERNELS
 namespace avx2 {
 AWQKIT_DECLARE_TILE_KERNELS
 }
-namespace avx512 {
+namespace avx512_vnni {
 AWQKIT_DECLARE_TILE_KERNELS
 }
 #undef AWQKIT_DECLARE_TILE_KERNELS

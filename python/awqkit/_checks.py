@@ -1,4 +1,11 @@
-"""Python-side argument checks shared by the public API (the binding re-checks)."""
+"""Python-side argument checks shared by the public API.
+
+One boundary validates: the binding (csrc/bindings/bind_common.h: dtypes, ranks, layout,
+empty arrays) and the core it calls (value ranges: bits, group size, in_features), with the
+messages the tests hold. What stays here is what only Python can see or what the Python code
+needs before it reaches the binding: Python types (a bool or a float where an int goes, a
+list where an array goes), and the effective group size the Python side computes shapes with.
+"""
 
 from __future__ import annotations
 
@@ -39,10 +46,9 @@ def check_scale_dtype(scale_dtype: str) -> bool:
 
 
 def check_bits(bits: int) -> int:
+    """An int (not a bool); the range (2..8) is the core's check (quant/quantize.cpp)."""
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise TypeError(f"bits must be an int, got {type(bits).__name__}")
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be between 2 and 8, got {bits}")
     return int(bits)
 
 

@@ -27,6 +27,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if have_model:
         from .demo_model import run_model_demo
 
+        assert data is not None  # have_model checked it
         run_model_demo(data, Path(args.out), group_size=args.group_size, overwrite=args.overwrite)
         return 0
     from .demo import run_demo

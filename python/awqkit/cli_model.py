@@ -96,10 +96,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _fmt_bytes(n: int) -> str:
     if n < 1024:
         return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"
 
 
 def _cmd_footprint(args: argparse.Namespace) -> int:

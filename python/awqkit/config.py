@@ -75,7 +75,7 @@ class AWQConfig:
     def __post_init__(self):
         self.validate()
 
-    def validate(self) -> "AWQConfig":
+    def validate(self) -> AWQConfig:
         if not _is_int(self.bits) or not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be an integer in 2..8, got {self.bits!r}")
         problem = group_size_problem(self.group_size)
@@ -128,7 +128,7 @@ class AWQConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AWQConfig":
+    def from_dict(cls, d: dict[str, Any]) -> AWQConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -143,7 +143,7 @@ class AWQConfig:
         return text
 
     @classmethod
-    def from_json(cls, text_or_path: str) -> "AWQConfig":
+    def from_json(cls, text_or_path: str) -> AWQConfig:
         s = text_or_path.lstrip()
         if not s.startswith("{"):
             with open(text_or_path, encoding="utf-8") as f:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _isa
+from . import isa
 from ._safetensors import read_header
 from .data import data_dir
 from .packing import pack_awq, unpack_awq
@@ -50,7 +50,7 @@ def _demo_weights() -> tuple[str, dict[str, np.ndarray]]:
 def run_demo(group_size: int = 32) -> None:
     source, weights = _demo_weights()
     print(f"awqkit demo on {source}")
-    print(f"native kernels: ISA {_isa.active_isa()} (available: {', '.join(_isa.available_isas())}), {_isa.num_threads()} threads")
+    print(f"native kernels: ISA {isa.active_isa()} (available: {', '.join(isa.available_isas())}), {isa.num_threads()} threads")
     print(f"4-bit, group size {group_size} (per channel where it does not divide K), float16 scales\n")
     header = f"{'layer':<42}{'shape':>12}{'rel. RMS err':>14}{'max abs err':>13}{'fp32 bytes':>12}{'packed bytes':>14}{'ratio':>7}"
     print(header)

@@ -20,8 +20,7 @@ PROMPT = "Once upon a time"
 def run_model_demo(data: Path, out_dir: Path, group_size: int = 32, overwrite: bool = False) -> None:
     from transformers.utils import logging as hf_logging
 
-    from .model import (check_output_folder, evaluate_perplexity, load_model, load_quantized, quantize_model,
-                        rtn_quantize_model, save_quantized)
+    from .model import check_output_folder, evaluate_perplexity, load_model, load_quantized, quantize_model, rtn_quantize_model, save_quantized
 
     hf_logging.set_verbosity_error()  # the demo's own lines are the story; keep library chatter out
     hf_logging.disable_progress_bar()

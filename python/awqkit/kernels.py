@@ -1,7 +1,7 @@
-"""Fused INT4 linear layers on the CPU: :class:`PackedLinear` and :func:`gemm`.
+"""Fused INT4 linear layers on the CPU: :class:`PackedLinear` and :func:`int4_matmul`.
 
-``PackedLinear.from_awq`` repacks AutoAWQ "gemm" tensors once into the native layout
-(see ``csrc/gemm/packed_layout.h``): output channels in blocks of 16; per block and group
+``PackedLinear.from_awq`` repacks AutoAWQ "gemm"-format tensors once into the native layout
+(see ``csrc/int4_linear/packed_layout.h``): output channels in blocks of 16; per block and group
 the 16 fp16 scales and zeros, then the codes as 64-byte runs of 8 inputs x 16 channels
 (one dword per channel, nibble i = input i: the AWQ interleave undone). ``lin(x)`` then
 computes ``x @ dequantize(W).T + bias`` without materialising the dequantized weight:
@@ -26,16 +26,16 @@ computes ``x @ dequantize(W).T + bias`` without materialising the dequantized we
   automatic choice does not depend on M otherwise, so a row's output has the same bits
   whatever batch it is in (prefill and decode agree);
 * ``activation="int8"`` (opt-in) quantizes x per row and group to a single int8 and
-  multiplies with the codes in integers (AVX-512 VNNI ``vpdpbusd``) at a relative error
-  of ~6e-3 (benchmarks/README.md).
+  multiplies with the codes in integers (AVX-512 VNNI ``vpdpbusd``), less exact (its
+  measured error is in benchmarks/README.md).
 
 A decode call on a small layer is a few microseconds of work, so the call path is kept
 short: the packed buffer and bias are checked once when the layer is built (PackedLinear is
-a Python subclass of the native ``_core.GemmLayer``, which holds them), and ``lin(x)`` on one
+a Python subclass of the native ``_core.Int4Linear``, which holds them), and ``lin(x)`` on one
 aligned, C-contiguous float32 [M, K] array is taken by the native call slot straight to the
-kernel, with no Python frame and no argument matching (~0.35 us per call in all on one
-thread; on one thread no OpenMP region is entered either). Everything else (keywords, out=,
-float16, N-D, bad input) goes through :func:`gemm`'s checks. x is split on the calling thread
+kernel, with no Python frame and no argument matching (on one thread no OpenMP region is
+entered either; the call overhead measured is in benchmarks/README.md). Everything else
+(keywords, out=, float16, N-D, bad input) goes through :func:`int4_matmul`'s checks. x is split on the calling thread
 for a few rows, so the worker threads meet only once. :func:`contiguous_layers` puts a model's layers
 back to back in call order, so decode streams them as one sequence.
 
@@ -57,11 +57,13 @@ or Inf makes its whole row NaN.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import _core
 
-__all__ = ["PackedLinear", "contiguous_layers", "gemm", "stream_read_bandwidth"]
+__all__ = ["PackedLinear", "contiguous_layers", "gemm", "int4_matmul", "stream_read_bandwidth"]
 
 _PATHS = {"auto": 0, "gemv": 1, "gemm": 2, "digits": 3}
 _ACTIVATIONS = {"float": 0, "int8": 1}
@@ -90,16 +92,16 @@ def _aligned_copy(buf: np.ndarray) -> np.ndarray:
     return out
 
 
-class PackedLinear(_core.GemmLayer):
+class PackedLinear(_core.Int4Linear):
     """An INT4 ``Linear`` (out_features N, in_features K) in the fused-kernel layout.
 
     Build it with :meth:`from_awq`; call it on float32 ``x`` of shape ``[..., K]``:
-    ``lin(x, out=None, kernel="auto", activation="float")`` is :func:`gemm` ``(x, lin, ...)``.
+    ``lin(x, out=None, kernel="auto", activation="float")`` is :func:`int4_matmul` ``(x, lin, ...)``.
     Picklable (its state is a few numpy arrays and ints); :attr:`packed` and
     :attr:`bias` are the buffers a torch module may hold.
     """
 
-    # The native base (_core.GemmLayer) holds the checked buffer view and bias and is the
+    # The native base (_core.Int4Linear) holds the checked buffer view and bias and is the
     # call slot: ``lin(x)`` on one float32 [M, K] array runs the kernel with no Python frame;
     # every other call comes back to :meth:`_call_slow`.
     __slots__ = ("_packed", "_bias", "_n", "_k", "_group_size")
@@ -112,7 +114,7 @@ class PackedLinear(_core.GemmLayer):
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8 or packed.ndim != 1:
             raise TypeError("packed must be a 1-D uint8 numpy array (PackedLinear.packed)")
         n, k, gs = int(out_features), int(in_features), int(group_size)
-        expected = _core.gemm_packed_nbytes(n, k, gs) if n > 0 and k > 0 and gs > 0 and k % gs == 0 else -1
+        expected = _core.int4_packed_nbytes(n, k, gs) if n > 0 and k > 0 and gs > 0 and k % gs == 0 else -1
         if packed.size != expected:
             raise ValueError(f"packed has {packed.size} bytes, expected {expected} for N={n}, K={k}, group_size={gs}")
         self._init_native(_aligned_copy(np.ascontiguousarray(packed)), n, k, gs, _check_bias(bias, n))
@@ -126,7 +128,7 @@ class PackedLinear(_core.GemmLayer):
         if hasattr(self, "_packed"):
             self._rebind(packed, n, k, gs, bias)
         else:
-            _core.GemmLayer.__init__(self, packed, n, k, gs, bias)
+            _core.Int4Linear.__init__(self, packed, n, k, gs, bias)
         self._n, self._k, self._group_size, self._bias, self._packed = n, k, gs, bias, packed
 
     def _set_packed(self, packed: np.ndarray) -> None:
@@ -135,7 +137,7 @@ class PackedLinear(_core.GemmLayer):
         self._packed = packed
 
     @classmethod
-    def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int, bias=None) -> "PackedLinear":
+    def from_awq(cls, qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int, bias=None) -> PackedLinear:
         """Repack AutoAWQ gemm tensors (``qweight`` int32 [K, N/8], ``qzeros`` int32 [G, N/8],
         ``scales`` float16 [G, N]) once. ``group_size`` must divide K and be a multiple of 8
         (-1: one group per row); N must be a multiple of 8. ``bias`` float32 [N] or None."""
@@ -147,12 +149,12 @@ class PackedLinear(_core.GemmLayer):
         gs = int(group_size)
         if gs == -1 and qweight.ndim == 2:
             gs = qweight.shape[0]
-        packed = _core.gemm_pack(qweight, qzeros, scales, gs)
+        packed = _core.int4_pack_from_awq(qweight, qzeros, scales, gs)
         return cls(packed, qweight.shape[1] * 8, qweight.shape[0], gs, bias)
 
     def to_awq(self) -> dict[str, np.ndarray]:
         """The AutoAWQ tensors this layer was built from, bit for bit."""
-        qweight, qzeros, scales = _core.gemm_unpack(self._packed, self._n, self._k, self._group_size)
+        qweight, qzeros, scales = _core.int4_unpack_to_awq(self._packed, self._n, self._k, self._group_size)
         return {"qweight": qweight, "qzeros": qzeros, "scales": scales}
 
     @property
@@ -187,10 +189,10 @@ class PackedLinear(_core.GemmLayer):
         return int(self._packed.nbytes + (self._bias.nbytes if self._bias is not None else 0))
 
     # __call__(x, out=None, kernel="auto", activation="float") is the native slot of the
-    # base: ``x @ W.T + bias``, see :func:`gemm`; ``x`` is used in place when it is
+    # base: ``x @ W.T + bias``, see :func:`int4_matmul`; ``x`` is used in place when it is
     # C-contiguous float32. Calls it does not take itself land here.
     def _call_slow(self, x, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
-        return gemm(x, self, out=out, kernel=kernel, activation=activation)
+        return int4_matmul(x, self, out=out, kernel=kernel, activation=activation)
 
     def __reduce__(self):
         # Through the constructor, so every pickle protocol works (0 and 1 would otherwise
@@ -253,15 +255,15 @@ def contiguous_layers(layers) -> np.ndarray:
     return arena
 
 
-def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
+def int4_matmul(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
     """``x @ dequantize(W).T + bias`` for ``x`` float32 (or float16) of shape ``[..., K]``.
 
     A C-contiguous float32 ``x`` is used in place (no copy); float16 is converted to a
     float32 copy first. Non-contiguous ``x`` is refused (pass ``np.ascontiguousarray(x)``).
     Returns float32 ``[..., N]`` (written into ``out`` [M, N] float32 when given; ``out`` must
     not share memory with ``x``, the bias or the layer's packed weights: ValueError).
-    ``kernel`` forces ``"digits"``, ``"gemv"`` or ``"gemm"`` (tests and benchmarks; ``"auto"``
-    picks by M and ISA: on AVX-512 digits below 16 rows and, where AMX-INT8 is active, from 16
+    ``kernel`` forces ``"digits"``, ``"gemv"`` (the float GEMV) or ``"gemm"`` (the float panel
+    GEMM) (tests and benchmarks; ``"auto"`` picks by M and ISA: on AVX-512 VNNI digits below 16 rows and, where AMX-INT8 is active, from 16
     too, else gemm; gemv elsewhere).
 
     ``activation="int8"`` (opt-in, for prefill): x is quantized per row and per weight
@@ -270,7 +272,7 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     exact: see benchmarks/README.md for its measured error. ``kernel`` does not apply.
     """
     if not isinstance(lin, PackedLinear):
-        raise TypeError(f"gemm takes a PackedLinear, got {type(lin).__name__}")
+        raise TypeError(f"int4_matmul takes a PackedLinear, got {type(lin).__name__}")
     if not hasattr(lin, "_packed"):
         raise TypeError("the PackedLinear was made with __new__ and its __init__ never ran; build it with PackedLinear.from_awq")
     if not isinstance(x, np.ndarray):
@@ -297,22 +299,36 @@ def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "aut
     return y if out is not None else y.reshape(*lead, lin.out_features)
 
 
+def gemm(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str = "auto", activation: str = "float") -> np.ndarray:
+    """Deprecated name of :func:`int4_matmul` ("gemm" also names the AutoAWQ format and a
+    kernel path); kept for compatibility, same arguments and results."""
+    warnings.warn("awqkit.gemm is deprecated; use awqkit.int4_matmul", DeprecationWarning, stacklevel=2)
+    return int4_matmul(x, lin, out=out, kernel=kernel, activation=activation)
+
+
 def stream_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     """The machine's streaming-read bandwidth in GB/s (median of ``repeats`` passes over a
     fresh ``nbytes`` buffer with the current thread count): the bound a decode GEMV can reach.
 
-    Uses the native AVX-512 probe; ``RuntimeError`` on CPUs without AVX-512.
+    Uses the native AVX-512 probe of the benchmark module ``awqkit._bench_probes``, which a
+    wheel built with the defaults does not have (``make dev`` and ``make install`` build it:
+    CMake option ``AWQKIT_BENCH_PROBES``). ``RuntimeError`` without it or without AVX-512.
     """
     import time
 
-    if _core.active_isa() != "avx512":
-        raise RuntimeError(f"the streaming-read probe needs AVX-512 (active ISA: {_core.active_isa()})")
+    try:
+        from . import _bench_probes
+    except ImportError as e:
+        raise RuntimeError("the streaming-read probe is in awqkit._bench_probes, not built here "
+                           "(build with -DAWQKIT_BENCH_PROBES=ON: make dev or make install)") from e
+    if _core.detected_isa() != "avx512_vnni":
+        raise RuntimeError(f"the streaming-read probe needs AVX-512 (this CPU's level: {_core.detected_isa()})")
     nbytes -= nbytes % _ALIGN
     buf = _aligned_copy(np.ones(nbytes, dtype=np.uint8))
-    _core.probe_stream_read(buf)  # warm: fault the pages in
+    _bench_probes.probe_stream_read(buf)  # warm: fault the pages in
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
-        _core.probe_stream_read(buf)
+        _bench_probes.probe_stream_read(buf)
         times.append(time.perf_counter() - t0)
     return nbytes / float(np.median(times)) / 1e9

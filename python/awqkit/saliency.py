@@ -22,13 +22,14 @@ A one-off callable or a precomputed array [K] can be passed directly as ``salien
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 __all__ = ["available_saliencies", "compute_saliency", "register_saliency"]
 
-SaliencyFn = Callable[[object, list], np.ndarray]
+SaliencyFn = Callable[[Any, list], np.ndarray]  # (ActivationStats, weights) -> [K]
 
 _REGISTRY: dict[str, SaliencyFn] = {}
 
@@ -69,6 +70,7 @@ register_saliency("hessian_diag", lambda stats, weights: stats.mean_sq())
 def compute_saliency(saliency, stats, weights) -> np.ndarray:
     """Resolve a name, array or callable to a checked float64 [K] array."""
     k = stats.in_features
+    value: Any
     if isinstance(saliency, str):
         if saliency not in _REGISTRY:
             raise ValueError(f"unknown saliency {saliency!r}; available: {', '.join(available_saliencies())}")

@@ -35,17 +35,16 @@ class ActivationStats:
     def __init__(self, in_features: int, gram: bool = False):
         if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)):
             raise TypeError(f"in_features must be an int, got {type(in_features).__name__}")
-        if in_features <= 0:
-            raise ValueError(f"in_features must be positive, got {in_features}")
+        # in_features <= 0: the core's ValueError (search/activation_stats.cpp).
         self._impl = _core.ActivationStats(int(in_features), bool(gram))
 
-    def update(self, x) -> "ActivationStats":
+    def update(self, x) -> ActivationStats:
         """Add a batch ``x`` [tokens, K] (float32 or float16; [..., K] is flattened)."""
         x = as_activations(x, self.in_features)
         self._impl.update(x)
         return self
 
-    def merge(self, other: "ActivationStats") -> "ActivationStats":
+    def merge(self, other: ActivationStats) -> ActivationStats:
         """Add the statistics of ``other`` (same ``in_features``) into these."""
         if not isinstance(other, ActivationStats):
             raise TypeError(f"merge takes an ActivationStats, got {type(other).__name__}")
@@ -112,7 +111,7 @@ def _from_state(in_features: int, gram: bool, state) -> ActivationStats:
         raise ValueError("invalid ActivationStats state: expected (n_tokens, sum_abs, sum_sq, max_abs, gram)") from None
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or not 0 <= n < 2**63:
         raise ValueError(f"invalid ActivationStats state: the token count must be an integer >= 0, got {n!r}")
-    arrays = []
+    arrays: list[np.ndarray | None] = []
     for name, a, shape in (("sum_abs", sum_abs, (k,)), ("sum_sq", sum_sq, (k,)), ("max_abs", max_abs, (k,)), ("gram", g, (k, k))):
         if a is None and name == "gram":
             arrays.append(None)

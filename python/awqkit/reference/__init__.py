@@ -5,7 +5,7 @@ Written independently of the C++ code, in the plainest numpy, favouring clarity 
 
 from .packing import pack_awq_ref, unpack_awq_ref
 from .quant import dequantize_ref, pseudo_quantize_ref, quantize_ref
-from .search import (
+from .search_ref import (
     direct_loss_ref,
     scale_candidate_ref,
     search_clip_ref,
