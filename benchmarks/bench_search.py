@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import awqkit
-import awqkit.search
+import awqkit.isa
 from awqkit.reference import direct_loss_ref, scale_candidate_ref, search_clip_ref, w_mean_ref, x_mean_ref
 
 # (N, K, tokens, reference candidates timed)
@@ -74,8 +74,8 @@ def bench_case(rng, n, k, t, m, repeat):
     t_gram, stats = timed(lambda: awqkit.ActivationStats(k, gram=True).update(x), rep)
     t_search, res = timed(lambda: awqkit.search_scale(stats, ws, group_size=gs), rep)
     t_f32 = None
-    if awqkit.search.amx_active() and n * k * k <= 4096**3:  # the float32 tiles too, where affordable
-        with awqkit.search.use_amx(False):
+    if awqkit.isa.amx_active() and n * k * k <= 4096**3:  # the float32 tiles too, where affordable
+        with awqkit.isa.use_amx(False):
             t_f32, res32 = timed(lambda: awqkit.search_scale(stats, ws, group_size=gs), rep)
         assert res32.best == res.best
     # Reference: setup once (x_mean, w_mean, full-precision outputs), then m candidates.
@@ -201,7 +201,7 @@ def main():
     t_start = time.perf_counter()
     print(f"awqkit search benchmark: ISA {awqkit.active_isa()}, {awqkit.num_threads()} threads, 4-bit, "
           f"group 128 (64 when K=576), fp16 scales, n_grid=20 duo + identity = {N_CAND} candidates\n")
-    print(f"loss tiles: {'AMX-BF16 (hi/lo split)' if awqkit.search.amx_active() else 'float32 ' + awqkit.active_isa()}\n")
+    print(f"loss tiles: {'AMX-BF16 (hi/lo split)' if awqkit.isa.amx_active() else 'float32 ' + awqkit.active_isa()}\n")
     print("| N x K | tokens | Gram (ours) | search (ours) | search, float32 tiles | ours total | per candidate | numpy ref total | ref per candidate | ref candidates timed | speedup | max loss rel. diff vs ref |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []

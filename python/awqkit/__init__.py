@@ -40,8 +40,8 @@ def _read_version() -> str:
 
 __version__ = _read_version()
 
-# Former module names, kept importable: ``awqkit.search`` (now ``awqkit.scale_clip_search``;
-# awqkit.model and the benchmarks import it) and ``awqkit._isa`` (now the public ``awqkit.isa``).
+# Former module names, kept importable for code written against them: ``awqkit.search`` (now
+# ``awqkit.scale_clip_search``) and ``awqkit._isa`` (now the public ``awqkit.isa``).
 # Registered as aliases of the same module objects, not as files, so each name has one source.
 search = scale_clip_search
 _isa = isa

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
-from ..search import scale_loss, search_scale
+from ..scale_clip_search import scale_loss, search_scale
 from ..stats import ActivationStats
 
 __all__ = ["ScaleChoice", "search_linears", "search_module"]

@@ -31,7 +31,7 @@ from ..config import AWQConfig
 from ..layout import gemm_layout_problem
 from ..packing import pack_awq
 from ..quantizer import pseudo_quantize, quantize
-from ..search import apply_clip, search_clip
+from ..scale_clip_search import apply_clip, search_clip
 from .calibration import get_calib_blocks
 from .capture import capture_block, capture_block_calls, get_submodule, run_block, set_submodule
 from .conversions import convert_blocks
