@@ -13,10 +13,15 @@ checkpoint's tensor names are the converted modules'.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from .families import BlockLayout, MoEExperts
+
+# Module attributes (weight, gate_up_proj, act_fn) type as Tensor | Module to mypy: the
+# conversions read them as the tensors and callables these transformers modules hold.
 
 __all__ = ["UnfusedExperts", "convert_blocks", "linear_from_conv1d"]
 
@@ -26,7 +31,7 @@ def _is_conv1d(mod: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def linear_from_conv1d(conv: nn.Module) -> nn.Linear:
+def linear_from_conv1d(conv: Any) -> nn.Linear:
     k, n = conv.weight.shape
     lin = nn.Linear(k, n, bias=conv.bias is not None, dtype=conv.weight.dtype, device=conv.weight.device)
     lin.weight.copy_(conv.weight.t())
@@ -47,7 +52,7 @@ class UnfusedExperts(nn.ModuleList):
     """The fused experts' forward (same signature, same routing arithmetic) over per-expert
     linears: ``act(gate(x)) * up(x) -> down``, weighted by the router and summed per token."""
 
-    def __init__(self, fused: nn.Module, names: MoEExperts):
+    def __init__(self, fused: Any, names: MoEExperts):
         gu, down = fused.gate_up_proj, fused.down_proj
         n_exp, two_inter, hidden = gu.shape
         inter = two_inter // 2
@@ -60,9 +65,10 @@ class UnfusedExperts(nn.ModuleList):
         # per-expert checkpoints name them (the activation has no parameters).
         object.__setattr__(self, "act_fn", fused.act_fn)
         self._names = (names.gate, names.up, names.down)
+        self.act_fn: Any
         with torch.no_grad():
-            for e, ex in enumerate(self):
-                gate, up, dn = (getattr(ex, n) for n in self._names)
+            for e in range(n_exp):
+                gate, up, dn = (getattr(self[e], n) for n in self._names)
                 gate.weight.copy_(gu[e, :inter])
                 up.weight.copy_(gu[e, inter:])
                 dn.weight.copy_(down[e])
@@ -74,7 +80,7 @@ class UnfusedExperts(nn.ModuleList):
             top_k_pos, token_idx = torch.where((top_k_index == e).t())  # the fused loop's order
             if token_idx.numel() == 0:
                 continue
-            ex = self[e]
+            ex: Any = self[e]
             x = hidden_states[token_idx]
             h = self.act_fn(getattr(ex, gate_n)(x)) * getattr(ex, up_n)(x)
             h = getattr(ex, down_n)(h) * top_k_weights[token_idx, top_k_pos, None]

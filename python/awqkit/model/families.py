@@ -92,7 +92,7 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 
 def family_for(model_type: str | None) -> ModelFamily | None:
-    return FAMILIES.get(model_type)
+    return FAMILIES.get(model_type) if model_type is not None else None
 
 
 def attention_shape(config) -> tuple[int | None, int | None, int | None]:

@@ -74,6 +74,8 @@ def mapping_tie(prev: nn.Module, m: Mapping, layout: BlockLayout, k: int):
     maps a candidate [k] to the [k] actually applied (None where every channel is free)."""
     if prev_kind(prev, m) != "linear":
         return k, None
+    if not isinstance(prev, nn.Linear):
+        raise ValueError(f"{m.prev_op} is declared a linear prev_op but is a {type(prev).__name__}")
     rows = prev_rows(prev, m, layout)
     p = rows.stop - rows.start
     if not m.gqa:
@@ -128,7 +130,7 @@ def fold_mapping(block: nn.Module, m: Mapping, layout: BlockLayout, s: torch.Ten
     s = s.to(torch.float32)
     prev = block.get_submodule(m.prev_op)
     p, tie = mapping_tie(prev, m, layout, s.numel())
-    s_prev = tie_gqa_scales(s, p, layout.head_dim) if tie is not None else s
+    s_prev = tie_gqa_scales(s, p, layout.head_dim) if tie is not None and layout.head_dim else s
     _divide_prev(prev, m, layout, s_prev)
     for name in (*m.layers, *m.also_scaled):
         _scale_inputs(block.get_submodule(name), name, s)

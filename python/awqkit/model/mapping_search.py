@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
-from ..scale_clip_search import scale_loss, search_scale
+from ..scale_clip_search import ScaleSearchResult, scale_loss, search_scale
 from ..stats import ActivationStats
 
 __all__ = ["ScaleChoice", "search_linears", "search_module"]
@@ -78,7 +78,7 @@ def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
     )
 
 
-def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig, tie=None) -> tuple[ScaleChoice, object]:
+def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig, tie=None) -> tuple[ScaleChoice, ScaleSearchResult]:
     """``awqkit.search_scale`` over the mapping's linears, on streamed statistics with a Gram
     matrix. With ``tie`` (grouped-query attention), every candidate of the search is tied
     and re-scored natively (``awqkit.scale_loss``), so the best *tied* candidate wins."""

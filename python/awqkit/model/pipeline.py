@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,11 +51,11 @@ _CHECK_CHUNKS = 1  # calibration chunks each fold check and block error runs thr
 _FP_WARN_SHARE = 0.10  # warn when more than this share of a block's weights stays in full precision
 
 
-def load_model(path: str):
+def load_model(path: str | os.PathLike):
     """(model float32 in eval mode, tokenizer) from a Hugging Face model folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.eval()
     model._awqkit_source_dir = os.fspath(path)
     # We compute in float32; the checkpoint keeps the source's dtype for unquantized tensors.
@@ -116,6 +117,8 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
             model.eval()
     layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
     blocks = get_submodule(model, layout.layers_path)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(f"{layout.layers_path} is a {type(blocks).__name__}, not the ModuleList of decoder blocks")
     convert_blocks(blocks, layout)
     report = QuantizationReport(method=method, config=cfg.to_dict(), model_type=getattr(model.config, "model_type", None),
                                 n_blocks=len(blocks))
@@ -235,7 +238,7 @@ def _rtn_block_error(block: nn.Module, quant_names: list[str], hidden, calls, fp
     fold) with its quantized linears rounded, for the report's AWQ-vs-RTN comparison."""
     rtn = copy.deepcopy(block)
     for rel in quant_names:
-        lin = rtn.get_submodule(rel)
+        lin: Any = rtn.get_submodule(rel)
         w = lin.weight.detach().to(torch.float32).contiguous().numpy()
         lin.weight.copy_(torch.from_numpy(pseudo_quantize(w, cfg.bits, cfg.group_size, cfg.zero_point)))
     err = _relative_mse(run_block(rtn, hidden, calls, _CHECK_CHUNKS), fp_out)
@@ -301,7 +304,7 @@ def _report_experts(i: int, layout: BlockLayout, cap, report) -> None:
         name = f"{layout.moe.path}.{e}.{layout.moe.gate}"
         x = cap.inputs.get(name)
         tokens = 0 if x is None else int(x.shape[0])
-        entry = {"block": i, "expert": e, "tokens": tokens}
+        entry: dict[str, Any] = {"block": i, "expert": e, "tokens": tokens}
         if tokens == 0:
             entry["flag"] = "no calibration token was routed here: plain rounding, no scale or clip search"
         report.experts.append(entry)
@@ -320,7 +323,7 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
         report.mappings.append(entry)
         return entry
     prev = get_submodule(block, m.prev_op)
-    layers = [get_submodule(block, l) for l in m.layers]
+    layers: list[Any] = [get_submodule(block, l) for l in m.layers]
     k = x.shape[1]
     _, tie = mapping_tie(prev, m, layout, k)
     if tie is not None and not cfg.gqa_tie:

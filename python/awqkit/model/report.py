@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from collections.abc import Iterable
 
 __all__ = ["QuantizationReport", "StageMeter"]
 
@@ -117,6 +118,7 @@ class QuantizationReport:
 def _first_non_finite(value, path: str) -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{path} = {value}"
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, (list, tuple)):
