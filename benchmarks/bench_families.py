@@ -77,14 +77,14 @@ def run_cell(path: Path, method: str, texts: dict[str, str], calib: str, args) -
     model, tok = load_model(str(path))
     cell: dict = {"load_seconds": round(time.perf_counter() - t0, 1)}
     if method != "fp":
-        extra = {}
-        from awqkit.model.mappings import PRESETS
+        extra: dict = {}
+        from awqkit.model import FAMILIES
 
-        if method == "rtn" and model.config.model_type not in PRESETS:
+        if method == "rtn" and model.config.model_type not in FAMILIES:
             # Plain rounding uses no mappings, only the decoder-block list: an architecture
-            # without a preset can still get its RTN baseline (the mapping given is not used).
+            # without a family can still get its RTN baseline (the mapping given is not used).
             extra = dict(layers_path="model.layers", mappings=[{"prev_op": "self_attn.v_proj", "layers": ["self_attn.o_proj"]}])
-            cell["note"] = "no preset: RTN run with layers_path='model.layers' (RTN uses no mappings)"
+            cell["note"] = "no family: RTN run with layers_path='model.layers' (RTN uses no mappings)"
         cfg = awqkit.AWQConfig(bits=args.bits, group_size=args.group_size, n_samples=args.n_samples, seqlen=512, **extra)
         t0 = time.perf_counter()
         if method == "rtn":
@@ -92,7 +92,10 @@ def run_cell(path: Path, method: str, texts: dict[str, str], calib: str, args) -
         else:
             model, report = awqkit.quantize_model(model, cfg, calib=calib, tokenizer=tok)
         cell.update(quantize_seconds=round(time.perf_counter() - t0, 1), quantized_layers=report.quantized_layers,
-                    not_converted=len(report.not_converted), calib_tokens=getattr(report, "calib_tokens", None))
+                    not_converted=len(report.not_converted), calib_tokens=getattr(report, "calib_tokens", None),
+                    summary=report.summary())
+        if report.block_errors:  # AWQ's block-output error against plain rounding's, per block
+            cell["block_errors"] = [{k: b[k] for k in ("block", "awq", "rtn")} for b in report.block_errors]
     with torch.no_grad():
         for tname, text in texts.items():
             t0 = time.perf_counter()

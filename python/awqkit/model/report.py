@@ -7,10 +7,10 @@ import json
 import math
 import resource
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from collections.abc import Iterable
 
 __all__ = ["QuantizationReport", "StageMeter"]
 
