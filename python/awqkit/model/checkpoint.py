@@ -14,6 +14,7 @@ do not match their index. Which linears the layout holds: ``awqkit.layout``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..footprint import parse_memory
-from ..kernels import contiguous_layers
+from .. import _core
+from ..kernels import _ALIGN, _aligned_empty
 from ..layout import check_gemm_layout, group_size_problem
 from .capture import set_submodule
 from .conversions import convert_blocks
@@ -222,18 +224,140 @@ def _weight_files(path: str) -> list[str]:
     return present
 
 
-def _read_tensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+# safetensors dtype names -> torch dtypes (https://github.com/huggingface/safetensors, format spec)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
 
-    out: dict[str, torch.Tensor] = {}
-    for fname in _weight_files(path):
-        out.update(load_file(os.path.join(path, fname)))
-    return out
+
+class _TensorReader:
+    """A checkpoint's safetensors files, one tensor at a time, read with plain reads into
+    memory the caller then owns.
+
+    Deliberately not memory-mapped (safetensors' ``safe_open`` maps the file): the pages of
+    a mapped file count in the process's resident set while mapped, so mapping a checkpoint
+    and converting its tensors would peak at about twice its size."""
+
+    def __init__(self, path: str, files: list[str]):
+        self._where: dict[str, tuple[str, torch.dtype, tuple[int, ...], int]] = {}
+        self._files: dict[str, object] = {}
+        for fname in files:
+            fpath = os.path.join(path, fname)
+            size = os.path.getsize(fpath)
+            with open(fpath, "rb") as f:
+                head = f.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                if not 0 < n <= size - 8:
+                    raise ValueError(f"{fpath} is not a safetensors file (bad header length): save the checkpoint again")
+                try:
+                    header = json.loads(f.read(n))
+                except ValueError as e:
+                    raise ValueError(f"{fpath} has an unreadable safetensors header ({e}): save the checkpoint again") from None
+            base = 8 + n
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                dtype = _ST_DTYPES.get(info.get("dtype"))
+                if dtype is None:
+                    raise ValueError(f"{fpath}: tensor {name} has dtype {info.get('dtype')!r}, which awqkit does not read")
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(o) for o in info["data_offsets"])
+                nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+                if end - begin != nbytes or begin < 0 or base + end > size:
+                    raise ValueError(f"{fpath}: tensor {name} lies outside the file or has the wrong size: "
+                                     "the file is truncated or corrupt; save the checkpoint again")
+                if name in self._where:
+                    raise ValueError(f"{path}: tensor {name} is in two weight files")
+                self._where[name] = (fpath, dtype, shape, base + begin)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name][2]
+
+    def read(self, name: str) -> torch.Tensor:
+        fpath, dtype, shape, offset = self._where[name]
+        f = self._files.get(fpath)
+        if f is None:
+            f = self._files[fpath] = open(fpath, "rb", buffering=0)
+        t = torch.empty(shape, dtype=dtype)
+        view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        f.seek(offset)
+        done = 0
+        while done < len(view):
+            got = f.readinto(view[done:])
+            if not got:
+                raise ValueError(f"{fpath} ended inside tensor {name}: the file is truncated; save the checkpoint again")
+            done += got
+        return t
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build modules whose parameters live on the meta device (no memory, no init work) while
+    their buffers are computed on the CPU as usual: non-persistent buffers (rotary
+    ``inv_freq``, Gemma's embedding scale, masks) are not in a checkpoint and keep the values
+    the model's own code gives them. (accelerate's ``init_empty_weights()`` does the same.)
+    Not thread-safe: modules built by other threads meanwhile get meta parameters too."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        p = module._parameters.get(name)
+        if p is not None and p.device.type != "meta":
+            module._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _assign(model: nn.Module, key: str, value: torch.Tensor) -> bool:
+    """Put ``value`` in place of the parameter or persistent buffer ``key`` (as
+    ``load_state_dict(assign=True)``, cast to the model's dtype for it); False when the
+    model has no such entry."""
+    owner_name, _, leaf = key.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name) if owner_name else model
+    except AttributeError:
+        return False
+    old = owner._parameters.get(leaf)
+    is_param = old is not None
+    if not is_param:
+        old = owner._buffers.get(leaf)
+        if old is None or leaf in owner._non_persistent_buffers_set:
+            return False
+    if tuple(old.shape) != tuple(value.shape):
+        raise ValueError(f"{key}: the checkpoint holds shape {tuple(value.shape)}, the model expects {tuple(old.shape)}")
+    value = value.to(old.dtype)
+    if is_param:
+        owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        owner._buffers[leaf] = value
+    return True
 
 
 def load_quantized(path: str, return_tokenizer: bool = False):
     """A transformers model from an AWQ gemm checkpoint whose quantized linears are
-    ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU)."""
+    ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU).
+
+    Never builds float32 weights for the quantized linears: the model skeleton is made with
+    its parameters on the meta device, each quantized linear's tensors are read from the
+    files and repacked straight into one buffer (all layers back to back in the order a
+    forward pass calls them), and every other tensor is read and materialised in float32,
+    one at a time. Peak memory is about the packed weights plus the float32 size of the
+    unquantized tensors (embeddings, norms, head)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = os.fspath(path)
@@ -251,46 +375,83 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     problem = group_size_problem(group_size)
     if problem:
         raise ValueError(f"{path}: quantization_config: {problem}")
-    _weight_files(path)  # an incomplete folder fails here, before the model is built
+    files = _weight_files(path)  # an incomplete folder fails here, before the model is built
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # we build the quantized modules ourselves
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with _parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
     # The checkpoint names the modules the pipeline quantized: Conv1D and fused experts
-    # become per-expert nn.Linear first, as in quantize_model.
+    # become per-expert nn.Linear first, as in quantize_model (on meta: no data is copied).
     family = family_for(getattr(config, "model_type", None))
     if family is not None:
         layout = layout_for(config)
         convert_blocks(model.get_submodule(layout.layers_path), layout)
-    tensors = _read_tensors(path)
-    qnames = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
-    for name in qnames:
-        lin = model.get_submodule(name)
-        if not isinstance(lin, nn.Linear):
-            raise ValueError(f"{name} in the checkpoint is not a Linear in {type(model).__name__}")
-        qweight = tensors.pop(f"{name}.qweight")
-        check_gemm_layout(f"{path}: {name}", qweight.shape[1] * 8, qweight.shape[0], group_size)
-        bias = tensors.pop(f"{name}.bias", None)
-        mod = AWQLinear(qweight.numpy(), tensors.pop(f"{name}.qzeros").numpy(),
-                        tensors.pop(f"{name}.scales").numpy(), group_size,
-                        None if bias is None else bias.to(torch.float32).numpy())
-        set_submodule(model, name, mod)
-    missing, unexpected = model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()}, strict=False)
+
+    with _TensorReader(path, files) as reader:
+        names = set(reader.keys())
+        qset = {k[: -len(".qweight")] for k in names if k.endswith(".qweight")}
+        # Module order is the order a forward pass calls them: decode then streams one arena.
+        order = [name for name, _ in model.named_modules() if name in qset]
+        stray = sorted(qset - set(order))
+        if stray:
+            raise ValueError(f"{stray[0]} in the checkpoint is not a module of {type(model).__name__}")
+        sizes = []
+        for name in order:
+            if not isinstance(model.get_submodule(name), nn.Linear):
+                raise ValueError(f"{name} in the checkpoint is not a Linear in {type(model).__name__}")
+            for key in ("qzeros", "scales"):
+                if f"{name}.{key}" not in names:
+                    raise ValueError(f"tensors missing from {path}: {name}.{key}")
+            k, n8 = reader.shape(f"{name}.qweight")
+            check_gemm_layout(f"{path}: {name}", n8 * 8, k, group_size)
+            size = _core.gemm_packed_nbytes(n8 * 8, k, k if group_size == -1 else group_size)
+            sizes.append(-(-size // _ALIGN) * _ALIGN)
+        # What contiguous_layers builds, filled one layer at a time: each layer's repacked
+        # bytes are copied in and the temporary freed, so no second copy of the weights exists.
+        arena = _aligned_empty(sum(sizes))
+        offset = 0
+        consumed = set()
+        for name, size in zip(order, sizes):
+            keys = [f"{name}.{key}" for key in ("qweight", "qzeros", "scales", "bias")]
+            qweight, qzeros, scales = (reader.read(key).numpy() for key in keys[:3])
+            bias = reader.read(keys[3]).to(torch.float32).numpy() if keys[3] in names else None
+            mod = AWQLinear(qweight, qzeros, scales, group_size, bias)
+            del qweight, qzeros, scales, bias
+            packed = mod.lin.packed
+            view = arena[offset : offset + packed.nbytes]
+            view[...] = packed
+            mod.lin._set_packed(view)
+            del packed
+            offset += size
+            set_submodule(model, name, mod)
+            consumed.update(keys)
+        arena.flags.writeable = False
+
+        unexpected, loaded = [], set()
+        for key in sorted(names - consumed):
+            if _assign(model, key, reader.read(key)):
+                loaded.add(key)
+            else:
+                unexpected.append(key)
     if unexpected:
         raise ValueError(f"unexpected tensors in {path}: {unexpected[:5]}")
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    missing = [k for k in missing if k not in tied]
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    if getattr(config, "tie_word_embeddings", False):
+        tied.add("lm_head.weight")
+    missing = [k for k in model.state_dict() if k not in loaded and k not in tied]
     if missing:
         raise ValueError(f"tensors missing from {path}: {missing[:5]}")
     if tied:
         model.tie_weights()
-    # Module order is the order a forward pass calls them: decode then streams one arena.
-    contiguous_layers([m.lin for m in model.modules() if isinstance(m, AWQLinear)])
+    still_meta = [k for k, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+                  if t.device.type == "meta"]
+    if still_meta:
+        raise ValueError(f"tensors missing from {path}: {still_meta[:5]}")
     model._awqkit_source_dir = os.fspath(path)
     if return_tokenizer:
         from transformers import AutoTokenizer
 
         return model, AutoTokenizer.from_pretrained(path)
     return model
-
