@@ -35,7 +35,7 @@ from .conversions import convert_blocks
 from .families import family_for, layout_for
 from .qlinear import AWQLinear, QuantizedLinear
 
-__all__ = ["check_output_folder", "load_quantized", "save_quantized"]
+__all__ = ["check_output_folder", "checkpoint_dtype", "load_quantized", "round_to_checkpoint_dtype", "save_quantized"]
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,83 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _source_dtype(config) -> torch.dtype:
-    d = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+def _dtype_named(d) -> torch.dtype | None:
     if isinstance(d, torch.dtype):
+        return d if d in _DTYPES.values() else None
+    return _DTYPES.get(str(d).replace("torch.", "")) if d else None
+
+
+def _source_dtype(config) -> torch.dtype:
+    return _dtype_named(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)) or torch.float32
+
+
+def checkpoint_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype a checkpoint of ``model`` stores its unquantized tensors in: the source
+    model's. In order: what ``load_model`` recorded from the source's config.json
+    (``_awqkit_source_dtype``); for a model loaded elsewhere, the dtype in the config.json of
+    the folder it came from (``config._name_or_path``: transformers sets ``config.dtype`` to
+    the dtype it was *loaded* in, float32 for a bf16 model loaded as float32); else its
+    config's ``dtype``; else float32."""
+    d = _dtype_named(getattr(model, "_awqkit_source_dtype", None))
+    if d is not None:
         return d
-    return _DTYPES.get(str(d).replace("torch.", ""), torch.float32)
+    src = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if src and os.path.isfile(os.path.join(src, "config.json")):
+        try:
+            with open(os.path.join(src, "config.json")) as f:
+                raw = json.load(f)
+            d = _dtype_named(raw.get("dtype") or raw.get("torch_dtype"))
+        except (OSError, ValueError):
+            d = None
+        if d is not None:
+            return d
+    return _source_dtype(model.config)
+
+
+def _kept_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The model's state outside its quantized linears, each tensor once: a tied copy
+    (``lm_head.weight`` = ``embed_tokens.weight``, per the model's tied-weights table, or any
+    second name for the same memory) is left out, as transformers saves it. And the names of
+    the quantized linears."""
+    qnames = {name for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    state = model.state_dict()
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    out: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+    for key, t in state.items():
+        if key.rsplit(".", 1)[0] in qnames:
+            continue
+        if key in tied and tied[key] in state:
+            src = state[tied[key]]
+            if not (src.shape == t.shape and torch.equal(src, t)):
+                raise ValueError(f"{key} differs from {tied[key]}, which the model's config ties it to: a reloaded "
+                                 "model would use the latter for both; untie them in the config (tie_word_embeddings) first")
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and ident in seen:  # the same tensor under a second name: stored once
+            continue
+        seen[ident] = key
+        out[key] = t
+    return out, qnames
+
+
+@torch.no_grad()
+def round_to_checkpoint_dtype(model: nn.Module) -> torch.dtype:
+    """Round, in place, every floating tensor a checkpoint of ``model`` stores unquantized
+    (embeddings, norms, head, linears kept in full precision) to ``checkpoint_dtype(model)``
+    and back, so the model computes what ``save_quantized`` will write (AWQ's folded norms
+    are float32 values a bf16 checkpoint cannot hold). Storage stays float32. Returns the dtype."""
+    dtype = checkpoint_dtype(model)
+    kept, _ = _kept_tensors(model)
+    for t in kept.values():
+        if t.is_floating_point() and t.dtype != dtype:
+            t.copy_(t.to(dtype))
+    return dtype
 
 
 def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, torch.Tensor], list[str]]:
-    src = getattr(model, "_awqkit_source_dtype", None)
-    dtype = _DTYPES.get(str(src), torch.float32) if src else _source_dtype(model.config)
-    qnames = {name for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
+    dtype = checkpoint_dtype(model)
+    kept, qnames = _kept_tensors(model)
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(qnames):
         m = model.get_submodule(name)
@@ -65,15 +131,7 @@ def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, to
             tensors[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(m.awq_tensors[key]))
         if m.bias is not None:
             tensors[f"{name}.bias"] = m.bias.detach().to(torch.float16).contiguous()
-    seen: dict[int, str] = {}
-    for key, t in model.state_dict().items():
-        owner = key.rsplit(".", 1)[0]
-        if owner in qnames:
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:  # tied weights (lm_head = embed_tokens): stored once, as transformers does
-            continue
-        seen[ptr] = key
+    for key, t in kept.items():
         tensors[key] = t.detach().to(dtype if t.is_floating_point() else t.dtype).contiguous()
     return tensors, sorted(qnames)
 
@@ -170,6 +228,8 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
         not_converted = [e["module"] for e in report.not_converted]
         config = model.config.to_dict()
+        config["dtype"] = str(checkpoint_dtype(model)).replace("torch.", "")  # what the tensors are, not what we computed in
+        config.pop("torch_dtype", None)
         config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True, allow_nan=False)
