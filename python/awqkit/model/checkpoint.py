@@ -344,21 +344,35 @@ class _TensorReader:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._where[name][2]
 
-    def read(self, name: str) -> torch.Tensor:
-        fpath, dtype, shape, offset = self._where[name]
-        f = self._files.get(fpath)
-        if f is None:
-            f = self._files[fpath] = open(fpath, "rb", buffering=0)
-        t = torch.empty(shape, dtype=dtype)
-        view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
-        f.seek(offset)
+    def _read_into(self, f, fpath: str, name: str, buf: memoryview) -> None:
         done = 0
-        while done < len(view):
-            got = f.readinto(view[done:])
+        while done < len(buf):
+            got = f.readinto(buf[done:])
             if not got:
                 raise ValueError(f"{fpath} ended inside tensor {name}: the file is truncated; save the checkpoint again")
             done += got
-        return t
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor ``name``, converted to ``dtype`` if given: then in chunks of about 8 MiB
+        of the file, so a bf16 embedding becomes float32 without a whole bf16 copy beside it."""
+        fpath, src_dtype, shape, offset = self._where[name]
+        f = self._files.get(fpath)
+        if f is None:
+            f = self._files[fpath] = open(fpath, "rb", buffering=0)
+        f.seek(offset)
+        if dtype is None or dtype == src_dtype:
+            t = torch.empty(shape, dtype=src_dtype)
+            self._read_into(f, fpath, name, memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            return t
+        out = torch.empty(shape, dtype=dtype)
+        flat = out.reshape(-1)
+        step = max(1, (8 << 20) // torch.empty((), dtype=src_dtype).element_size())
+        chunk = torch.empty(min(step, flat.numel()), dtype=src_dtype)
+        for start in range(0, flat.numel(), step):
+            part = chunk[: min(step, flat.numel() - start)]
+            self._read_into(f, fpath, name, memoryview(part.view(torch.uint8).numpy()))
+            flat[start : start + part.numel()].copy_(part)
+        return out
 
 
 @contextlib.contextmanager
@@ -383,8 +397,8 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def _assign(model: nn.Module, key: str, value: torch.Tensor) -> bool:
-    """Put ``value`` in place of the parameter or persistent buffer ``key`` (as
+def _assign(model: nn.Module, key: str, reader: _TensorReader, name: str) -> bool:
+    """Read tensor ``name`` in place of the parameter or persistent buffer ``key`` (as
     ``load_state_dict(assign=True)``, cast to the model's dtype for it); False when the
     model has no such entry."""
     owner_name, _, leaf = key.rpartition(".")
@@ -398,9 +412,9 @@ def _assign(model: nn.Module, key: str, value: torch.Tensor) -> bool:
         old = owner._buffers.get(leaf)
         if old is None or leaf in owner._non_persistent_buffers_set:
             return False
-    if tuple(old.shape) != tuple(value.shape):
-        raise ValueError(f"{key}: the checkpoint holds shape {tuple(value.shape)}, the model expects {tuple(old.shape)}")
-    value = value.to(old.dtype)
+    if tuple(old.shape) != reader.shape(name):
+        raise ValueError(f"{key}: the checkpoint holds shape {reader.shape(name)}, the model expects {tuple(old.shape)}")
+    value = reader.read(name, old.dtype)
     if is_param:
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
     else:
@@ -491,7 +505,7 @@ def load_quantized(path: str, return_tokenizer: bool = False):
 
         unexpected, loaded = [], set()
         for key in sorted(names - consumed):
-            if _assign(model, key, reader.read(key)):
+            if _assign(model, key, reader, key):
                 loaded.add(key)
             else:
                 unexpected.append(key)
