@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _core
 from ..config import AWQConfig
 from ..footprint import parse_memory
-from .. import _core
 from ..kernels import _ALIGN, _aligned_empty
 from ..layout import check_gemm_layout, group_size_problem
 from .capture import set_submodule
@@ -480,7 +480,7 @@ def load_quantized(path: str, return_tokenizer: bool = False):
                     raise ValueError(f"tensors missing from {path}: {name}.{key}")
             k, n8 = reader.shape(f"{name}.qweight")
             check_gemm_layout(f"{path}: {name}", n8 * 8, k, group_size)
-            size = _core.gemm_packed_nbytes(n8 * 8, k, k if group_size == -1 else group_size)
+            size = _core.int4_packed_nbytes(n8 * 8, k, k if group_size == -1 else group_size)
             sizes.append(-(-size // _ALIGN) * _ALIGN)
         # What contiguous_layers builds, filled one layer at a time: each layer's repacked
         # bytes are copied in and the temporary freed, so no second copy of the weights exists.
