@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import shutil
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -124,6 +125,7 @@ def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, to
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(qnames):
         m = model.get_submodule(name)
+        assert isinstance(m, QuantizedLinear)
         if m.awq_tensors is None:
             raise ValueError(f"{name} is {m.bits}-bit: the AWQ gemm checkpoint format holds 4-bit weights only")
         check_gemm_layout(name, m.out_features, m.in_features, group_size)  # what the loader will demand
@@ -227,7 +229,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
         not_converted = [e["module"] for e in report.not_converted]
-        config = model.config.to_dict()
+        config = cast(Any, model).config.to_dict()
         config["dtype"] = str(checkpoint_dtype(model)).replace("torch.", "")  # what the tensors are, not what we computed in
         config.pop("torch_dtype", None)
         config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
@@ -300,7 +302,7 @@ class _TensorReader:
 
     def __init__(self, path: str, files: list[str]):
         self._where: dict[str, tuple[str, torch.dtype, tuple[int, ...], int]] = {}
-        self._files: dict[str, object] = {}
+        self._files: dict[str, BinaryIO] = {}
         for fname in files:
             fpath = os.path.join(path, fname)
             size = os.path.getsize(fpath)
@@ -358,11 +360,11 @@ class _TensorReader:
         fpath, src_dtype, shape, offset = self._where[name]
         f = self._files.get(fpath)
         if f is None:
-            f = self._files[fpath] = open(fpath, "rb", buffering=0)
+            f = self._files[fpath] = cast(BinaryIO, open(fpath, "rb", buffering=0))
         f.seek(offset)
         if dtype is None or dtype == src_dtype:
             t = torch.empty(shape, dtype=src_dtype)
-            self._read_into(f, fpath, name, memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            self._read_into(f, fpath, name, memoryview(cast(Any, t.reshape(-1).view(torch.uint8).numpy())))
             return t
         out = torch.empty(shape, dtype=dtype)
         flat = out.reshape(-1)
@@ -370,7 +372,7 @@ class _TensorReader:
         chunk = torch.empty(min(step, flat.numel()), dtype=src_dtype)
         for start in range(0, flat.numel(), step):
             part = chunk[: min(step, flat.numel() - start)]
-            self._read_into(f, fpath, name, memoryview(part.view(torch.uint8).numpy()))
+            self._read_into(f, fpath, name, memoryview(cast(Any, part.view(torch.uint8).numpy())))
             flat[start : start + part.numel()].copy_(part)
         return out
 
@@ -390,11 +392,11 @@ def _parameters_on_meta():
         if p is not None and p.device.type != "meta":
             module._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
 
-    nn.Module.register_parameter = on_meta
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
-        nn.Module.register_parameter = register
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 def _assign(model: nn.Module, key: str, reader: _TensorReader, name: str) -> bool:
@@ -406,7 +408,7 @@ def _assign(model: nn.Module, key: str, reader: _TensorReader, name: str) -> boo
         owner = model.get_submodule(owner_name) if owner_name else model
     except AttributeError:
         return False
-    old = owner._parameters.get(leaf)
+    old: Any = owner._parameters.get(leaf)
     is_param = old is not None
     if not is_param:
         old = owner._buffers.get(leaf)

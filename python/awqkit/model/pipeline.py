@@ -35,6 +35,7 @@ from ..quantizer import pseudo_quantize, quantize
 from ..scale_clip_search import apply_clip, search_clip
 from .calibration import get_calib_blocks
 from .capture import capture_block, capture_block_calls, get_submodule, run_block, set_submodule
+from .checkpoint import round_to_checkpoint_dtype
 from .conversions import convert_blocks
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
@@ -212,6 +213,10 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                     del cap
                     hidden = run_block(block, hidden, calls[i]) if cfg.propagation == "quantized" else fp_out
         bar.close()
+    if method != "fold":  # fold is a diagnostic: its function check stays exact in float32
+        # What is evaluated is what the checkpoint holds: the kept tensors (norms carrying the
+        # folded scales, embeddings) rounded to the dtype they will be stored in.
+        round_to_checkpoint_dtype(model)
     report.stages = meter.stages
     report.total_seconds = time.perf_counter() - t_start
     report.peak_rss_mb = max((s["peak_rss_mb"] for s in meter.stages.values()), default=_peak_rss_mb())

@@ -33,6 +33,9 @@ class QuantizedLinear(nn.Module):
         # PackedLinear.packed is something else: the native kernel's bytes.
         self.awq_tensors = awq_tensors
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
