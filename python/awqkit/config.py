@@ -48,7 +48,9 @@ class AWQConfig:
     error max|y - y_ref| / max|y_ref| above ``fold_tolerance`` raises (``"raise"``) or undoes
     that mapping and reports it (``"drop"``). The mapping keys beyond prev_op/layers/inp/
     module2inspect (prev_kind, prev_rows, gqa, also_scaled) are described in
-    ``awqkit.model.families``.
+    ``awqkit.model.families``. block_fallback: each block's output error is measured on a
+    calibration chunk for AWQ and for plain rounding; where AWQ's is higher, the block keeps plain
+    rounding of its original weights (reported in ``report.block_errors`` as ``kept: "rtn"``).
     """
 
     bits: int = 4
@@ -71,6 +73,7 @@ class AWQConfig:
     inspect: str = "linears"
     fold_tolerance: float = 1e-4
     on_fold_error: str = "raise"
+    block_fallback: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -87,7 +90,7 @@ class AWQConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("zero_point", "clip", "gqa_tie"):
+        for name in ("zero_point", "clip", "gqa_tie", "block_fallback"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.layers_path is not None and not isinstance(self.layers_path, str):

@@ -178,6 +178,8 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                 if method == "awq":
                     with meter.stage("block_check"):
                         rtn_err = _rtn_block_error(block, quant_names, hidden, calls[i], fp_out, cfg)
+                    # The block as loaded, for the fallback below (one block's weights).
+                    original = {k: v.detach().clone() for k, v in block.state_dict().items()} if cfg.block_fallback else None
                 _report_experts(i, layout, cap, report)
                 with meter.stage("scale_search"):
                     for m in layout.mappings:
@@ -206,9 +208,23 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
             if method == "awq":
                 with meter.stage("block_check"):
                     awq_out = run_block(block, hidden, calls[i], _CHECK_CHUNKS)
-                    report.block_errors.append({"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
-                                                "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
-                                                              for o in fp_out[:_CHECK_CHUNKS])})
+                    entry = {"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
+                             "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
+                                           for o in fp_out[:_CHECK_CHUNKS])}
+                    if original is not None and entry["awq"] > entry["rtn"]:
+                        # AWQ lost to plain rounding at this block's output: the block keeps plain
+                        # rounding of its original weights, and the report says so.
+                        for rel in quant_names:
+                            set_submodule(block, rel, linears[rel])
+                        block.load_state_dict(original)
+                        for rel in quant_names:
+                            set_submodule(block, rel, _quantize_linear(linears[rel], linears[rel].weight, cfg))
+                        entry["kept"] = "rtn"
+                        for m in report.mappings:
+                            if m["block"] == i and m.get("ratio") is not None:
+                                m["reverted"] = "the block kept plain rounding (lower block output error)"
+                    report.block_errors.append(entry)
+                    original = None
                 with meter.stage("propagate"):
                     del cap
                     hidden = run_block(block, hidden, calls[i]) if cfg.propagation == "quantized" else fp_out

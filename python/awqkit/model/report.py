@@ -103,13 +103,17 @@ class QuantizationReport:
         """A one-line health check. ``block_error_awq_over_rtn``: mean over blocks of AWQ's block
         output error over plain rounding's, measured on the blocks' real outputs (what the search
         optimises only through the linears); ``mean_awq_over_rtn``: the searched linears' losses;
-        ``mean_clip_after_over_before``: the clip gain. None where there is nothing to average
+        ``mean_clip_after_over_before``: the clip gain; ``blocks_kept_rtn``: blocks where AWQ lost to
+        plain rounding at the output and kept plain rounding. None where there is nothing to average
         (an RTN run searches nothing)."""
         searched = [m for m in self.mappings if m.get("rtn_loss")]
         clipped = [c for c in self.clip if c.get("loss_before")]
         blocks = [b for b in self.block_errors if b.get("rtn")]
         return {
-            "block_error_awq_over_rtn": sum(b["awq"] / b["rtn"] for b in blocks) / len(blocks) if blocks else None,
+            # what the model holds: a block that kept plain rounding counts as 1
+            "block_error_awq_over_rtn": sum((1.0 if b.get("kept") == "rtn" else b["awq"] / b["rtn"]) for b in blocks) / len(blocks)
+            if blocks else None,
+            "blocks_kept_rtn": sum(b.get("kept") == "rtn" for b in self.block_errors) if self.block_errors else None,
             "mean_awq_over_rtn": sum(m["awq_loss"] / m["rtn_loss"] for m in searched) / len(searched) if searched else None,
             "mean_clip_after_over_before": sum(c["loss_after"] / c["loss_before"] for c in clipped) / len(clipped) if clipped else None,
         }
