@@ -14,3 +14,16 @@ def stories_config(**kw) -> awqkit.AWQConfig:
     base = dict(bits=4, group_size=32, **CALIB_KW)
     base.update(kw)
     return awqkit.AWQConfig(**base)
+
+
+def checkpoint_tensors(folder):
+    """Every tensor of a checkpoint folder's safetensors files, by name."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            out.update({k: st.get_tensor(k) for k in st.keys()})
+    return out

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
 
 import awqkit
 from awqkit.model import AWQLinear, QuantizedLinear, evaluate_perplexity, load_model, load_quantized, save_quantized
-from model_helpers import STORIES, stories_config
+from model_helpers import STORIES, checkpoint_tensors, stories_config
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +22,6 @@ def quantized(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "stories-awq"
     save_quantized(model, out)
     return model, tok, out
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(f, "pt") as st:
-            out.update({k: st.get_tensor(k) for k in st.keys()})
-    return out
 
 
 def test_layout_and_config(quantized, data_dir):
@@ -43,14 +34,14 @@ def test_layout_and_config(quantized, data_dir):
     assert {k: q[k] for k in ("quant_method", "bits", "group_size", "zero_point", "version")} == \
         {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}
     assert "model.layers.0.mlp.down_proj" in q["modules_to_not_convert"] and len(q["modules_to_not_convert"]) == 15
-    t = _tensors(out)
+    t = checkpoint_tensors(out)
     name = "model.layers.2.self_attn.k_proj"
     assert t[name + ".qweight"].dtype == torch.int32 and t[name + ".qweight"].shape == (64, 32 // 8)
     assert t[name + ".qzeros"].dtype == torch.int32 and t[name + ".qzeros"].shape == (64 // 32, 32 // 8)
     assert t[name + ".scales"].dtype == torch.float16 and t[name + ".scales"].shape == (2, 32)
     assert name + ".weight" not in t
     # everything else as in the source (fp32, tied lm_head stored once as in the source)
-    src = _tensors(data_dir / STORIES)
+    src = checkpoint_tensors(data_dir / STORIES)
     for k in ("model.layers.0.mlp.down_proj.weight", "model.norm.weight"):
         assert t[k].dtype == src[k].dtype and t[k].shape == src[k].shape
     qnames = {k[: -len(".qweight")] for k in t if k.endswith(".qweight")}
@@ -83,7 +74,7 @@ def test_autoawq_reads_the_weights_we_evaluated(quantized):
     gptqmodel."""
     pu = _autoawq_packing_utils()
     model, _, out = quantized
-    t = _tensors(out)
+    t = checkpoint_tensors(out)
     names = sorted(n for n, m in model.named_modules() if isinstance(m, QuantizedLinear))
     assert len(names) == 20
     for name in names:
@@ -122,7 +113,7 @@ def test_sharding(quantized, tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
     assert len(shards) >= 3 and all((out / s).is_file() for s in shards)
-    single = _tensors(quantized[2])
+    single = checkpoint_tensors(quantized[2])
     assert set(index["weight_map"]) == set(single)
     reloaded = load_quantized(out)
     ids = torch.tensor([[1, 403, 407, 261, 378]])
@@ -158,7 +149,7 @@ def test_unquantized_tensors_keep_the_source_dtype(data_dir, tmp_path):
     tok.save_pretrained(src)
     q, _ = awqkit.rtn_quantize_model(str(src), stories_config())
     save_quantized(q, tmp_path / "out")
-    t = _tensors(tmp_path / "out")
+    t = checkpoint_tensors(tmp_path / "out")
     assert t["model.norm.weight"].dtype == torch.float16
     assert t["model.layers.0.mlp.down_proj.weight"].dtype == torch.float16
     assert t["model.layers.0.self_attn.q_proj.scales"].dtype == torch.float16

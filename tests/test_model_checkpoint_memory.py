@@ -23,13 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as T
-from safetensors import safe_open
 from torch import nn
 
 import awqkit
 from awqkit.model import AWQLinear, QuantizedLinear, load_model, load_quantized, save_quantized
 from awqkit.model.checkpoint import checkpoint_dtype, round_to_checkpoint_dtype
-from model_helpers import STORIES, stories_config
+from model_helpers import STORIES, checkpoint_tensors, stories_config
 from test_model_families import _EVAL, _model
 
 
@@ -62,14 +61,6 @@ def _load_float32_reference(path) -> nn.Module:
         model.tie_weights()
     awqkit.contiguous_layers([m.lin for m in model.modules() if isinstance(m, AWQLinear)])
     return model
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(f, "pt") as st:
-            out.update({k: st.get_tensor(k) for k in st.keys()})
-    return out
 
 
 def _weights_bytes(folder: Path) -> int:
@@ -135,7 +126,7 @@ def test_a_bf16_source_gives_a_bf16_checkpoint_half_the_float32_one(data_dir, st
     q, _ = awqkit.rtn_quantize_model(str(src), stories_config())
     save_quantized(q, tmp_path / "bf16")
     save_quantized(stories_rtn, tmp_path / "fp32")  # the float32 source
-    t16, t32 = _tensors(tmp_path / "bf16"), _tensors(tmp_path / "fp32")
+    t16, t32 = checkpoint_tensors(tmp_path / "bf16"), checkpoint_tensors(tmp_path / "fp32")
     assert set(t16) == set(t32)
     assert "lm_head.weight" not in t16  # stories260K ties its head: stored once
     kept = [k for k in t16 if not k.endswith((".qweight", ".qzeros", ".scales"))]
@@ -165,7 +156,7 @@ def test_a_model_loaded_as_float32_from_a_bf16_folder_saves_bf16(data_dir, tmp_p
     assert checkpoint_dtype(model) == torch.bfloat16  # the source's, from its folder
     q, _ = awqkit.rtn_quantize_model(model, stories_config())
     save_quantized(q, tmp_path / "out")
-    assert _tensors(tmp_path / "out")["model.norm.weight"].dtype == torch.bfloat16
+    assert checkpoint_tensors(tmp_path / "out")["model.norm.weight"].dtype == torch.bfloat16
 
 
 def test_awq_on_a_bf16_source_reloads_to_the_rounded_model(tmp_path):
@@ -190,7 +181,7 @@ def test_awq_on_a_bf16_source_reloads_to_the_rounded_model(tmp_path):
     assert 0 < gap < 0.05 * before.abs().max().item()  # bf16 rounding of the folded norms
     torch.testing.assert_close(after, rounded, rtol=1e-4, atol=1e-4)
     save_quantized(q, tmp_path / "again")  # rounding is idempotent: the same checkpoint
-    assert all(torch.equal(a, b) for a, b in zip(_tensors(tmp_path / "ckpt").values(), _tensors(tmp_path / "again").values()))
+    assert all(torch.equal(a, b) for a, b in zip(checkpoint_tensors(tmp_path / "ckpt").values(), checkpoint_tensors(tmp_path / "again").values()))
 
 
 _CHILD = textwrap.dedent("""
