@@ -220,9 +220,9 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
                         for rel in quant_names:
                             set_submodule(block, rel, _quantize_linear(linears[rel], linears[rel].weight, cfg))
                         entry["kept"] = "rtn"
-                        for m in report.mappings:
-                            if m["block"] == i and m.get("ratio") is not None:
-                                m["reverted"] = "the block kept plain rounding (lower block output error)"
+                        for searched_entry in report.mappings:
+                            if searched_entry["block"] == i and searched_entry.get("ratio") is not None:
+                                searched_entry["reverted"] = "the block kept plain rounding (lower block output error)"
                     report.block_errors.append(entry)
                     original = None
                 with meter.stage("propagate"):
