@@ -43,6 +43,10 @@ class BlockCalls:
     kwargs: list[dict] = field(default_factory=list)
 
 
+class _StopForward(Exception):
+    pass
+
+
 def _no_cache(v):
     # A KV cache object would grow with every replay: blocks are replayed without one.
     return None if type(v).__name__.endswith("Cache") or type(v).__name__ == "Cache" else v
@@ -69,10 +73,17 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.T
                 first_hidden.append(h.detach())
             calls[i].args.append(rest)
             calls[i].kwargs.append(kw)
+            if i == len(blocks) - 1:
+                # Nothing after the last block's arguments is needed: skip that block, the final
+                # norm and the head (a 262k-token vocabulary costs more than the blocks).
+                raise _StopForward
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
         for s in range(0, tokens.shape[0], chunk):
-            model(input_ids=tokens[s : s + chunk], use_cache=False)
+            try:
+                model(input_ids=tokens[s : s + chunk], use_cache=False)
+            except _StopForward:
+                pass
     finally:
         for h in handles:
             h.remove()
