@@ -49,7 +49,9 @@ class _StopForward(Exception):
 
 def _no_cache(v):
     # A KV cache object would grow with every replay: blocks are replayed without one.
-    return None if type(v).__name__.endswith("Cache") or type(v).__name__ == "Cache" else v
+    from transformers.cache_utils import Cache
+
+    return None if isinstance(v, Cache) else v
 
 
 @torch.no_grad()

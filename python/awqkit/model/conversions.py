@@ -26,10 +26,6 @@ from .families import BlockLayout, MoEExperts
 __all__ = ["UnfusedExperts", "convert_blocks", "linear_from_conv1d"]
 
 
-def _is_conv1d(mod: nn.Module) -> bool:
-    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
-
-
 @torch.no_grad()
 def linear_from_conv1d(conv: Any) -> nn.Linear:
     k, n = conv.weight.shape
@@ -95,10 +91,12 @@ def _set(root: nn.Module, path: str, new: nn.Module) -> None:
 
 def convert_blocks(blocks: nn.ModuleList, layout: BlockLayout) -> None:
     """Apply the family's conversions to every block, in place (idempotent)."""
+    from transformers.pytorch_utils import Conv1D
+
     for block in blocks:
         if layout.conv1d:
             for name, mod in list(block.named_modules()):
-                if _is_conv1d(mod):
+                if isinstance(mod, Conv1D):
                     _set(block, name, linear_from_conv1d(mod))
         if layout.moe is not None:
             fused = block.get_submodule(layout.moe.path)
