@@ -53,18 +53,19 @@ using SplitDigitsFn = void (*)(const float* x, int64_t M, int64_t K, int64_t gro
                                float* step, int32_t* dsum);
 // gemv_digits: y rows [0, M), output blocks of 16 channels [b0, b1). dsum serves kernels that multiply
 // unsigned codes and subtract zero * dsum; the scalar reference multiplies code - zero.
+// The same two functions per level (as search/tile_kernels.h declares its tiles).
+#define AWQKIT_DECLARE_DIGITS_KERNELS                                                                          \
+  void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,    \
+                    int32_t* dsum);                                                                           \
+  void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum,         \
+                   int64_t M, const float* bias, float* y, int64_t b0, int64_t b1);
 namespace scalar {
-void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
-                  int32_t* dsum);
-void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum, int64_t M,
-                 const float* bias, float* y, int64_t b0, int64_t b1);
+AWQKIT_DECLARE_DIGITS_KERNELS
 }  // namespace scalar
 namespace avx512_vnni {
-void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,
-                  int32_t* dsum);
-void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum, int64_t M,
-                 const float* bias, float* y, int64_t b0, int64_t b1);
+AWQKIT_DECLARE_DIGITS_KERNELS
 }  // namespace avx512_vnni
+#undef AWQKIT_DECLARE_DIGITS_KERNELS
 // digits_amx.cpp (AVX-512 + AMX-INT8 flags; compiled where the compiler knows AMX).
 namespace amx {
 // The same product on AMX-INT8 tiles (many rows): tdpbssd multiplies 16 rows x kc digits by
