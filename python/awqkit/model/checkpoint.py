@@ -14,13 +14,12 @@ do not match their index. Which linears the layout holds: ``awqkit.layout``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,8 +34,10 @@ from .capture import set_submodule
 from .conversions import convert_blocks
 from .families import family_for, layout_for
 from .qlinear import AWQLinear, QuantizedLinear
+from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
 
-__all__ = ["check_output_folder", "checkpoint_dtype", "load_quantized", "round_to_checkpoint_dtype", "save_quantized"]
+__all__ = ["check_output_folder", "checkpoint_dtype", "load_quantized", "round_module_to", "round_to_checkpoint_dtype",
+           "save_quantized"]
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,18 @@ def round_to_checkpoint_dtype(model: nn.Module) -> torch.dtype:
     and back, so the model computes what ``save_quantized`` will write (AWQ's folded norms
     are float32 values a bf16 checkpoint cannot hold). Storage stays float32. Returns the dtype."""
     dtype = checkpoint_dtype(model)
-    kept, _ = _kept_tensors(model)
+    round_module_to(model, dtype)
+    return dtype
+
+
+@torch.no_grad()
+def round_module_to(module: nn.Module, dtype: torch.dtype) -> None:
+    """Round, in place, the floating tensors of ``module`` outside its quantized linears to
+    ``dtype`` and back (storage keeps its dtype): one block at a time in the pipeline."""
+    kept, _ = _kept_tensors(module)
     for t in kept.values():
         if t.is_floating_point() and t.dtype != dtype:
             t.copy_(t.to(dtype))
-    return dtype
 
 
 def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -263,167 +271,6 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
     return out
 
 
-def _weight_files(path: str) -> list[str]:
-    """The safetensors files a checkpoint folder consists of, or a clear error when it is
-    incomplete or mixes two checkpoints (files no index names, an index beside a single file)."""
-    present = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            listed = sorted(set(json.load(f)["weight_map"].values()))
-        missing = [f for f in listed if f not in present]
-        if missing:
-            raise ValueError(f"{path} is incomplete: its index names {missing[:3]}, which are not there; "
-                             "save the checkpoint again")
-        stray = [f for f in present if f not in listed]
-        if stray:
-            raise ValueError(f"{path} holds weight files its index does not name ({stray[:3]}): it mixes two "
-                             "checkpoints; save it again into an empty folder")
-        return listed
-    if present != ["model.safetensors"]:
-        what = "no model.safetensors" if not present else f"weight files {present[:3]} without model.safetensors.index.json"
-        raise ValueError(f"{path} has {what}: it is not a complete checkpoint; save it again")
-    return present
-
-
-# safetensors dtype names -> torch dtypes (https://github.com/huggingface/safetensors, format spec)
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-class _TensorReader:
-    """A checkpoint's safetensors files, one tensor at a time, read with plain reads into
-    memory the caller then owns.
-
-    Deliberately not memory-mapped (safetensors' ``safe_open`` maps the file): the pages of
-    a mapped file count in the process's resident set while mapped, so mapping a checkpoint
-    and converting its tensors would peak at about twice its size."""
-
-    def __init__(self, path: str, files: list[str]):
-        self._where: dict[str, tuple[str, torch.dtype, tuple[int, ...], int]] = {}
-        self._files: dict[str, BinaryIO] = {}
-        for fname in files:
-            fpath = os.path.join(path, fname)
-            size = os.path.getsize(fpath)
-            with open(fpath, "rb") as f:
-                head = f.read(8)
-                n = int.from_bytes(head, "little") if len(head) == 8 else -1
-                if not 0 < n <= size - 8:
-                    raise ValueError(f"{fpath} is not a safetensors file (bad header length): save the checkpoint again")
-                try:
-                    header = json.loads(f.read(n))
-                except ValueError as e:
-                    raise ValueError(f"{fpath} has an unreadable safetensors header ({e}): save the checkpoint again") from None
-            base = 8 + n
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                dtype = _ST_DTYPES.get(info.get("dtype"))
-                if dtype is None:
-                    raise ValueError(f"{fpath}: tensor {name} has dtype {info.get('dtype')!r}, which awqkit does not read")
-                shape = tuple(int(d) for d in info["shape"])
-                begin, end = (int(o) for o in info["data_offsets"])
-                nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-                if end - begin != nbytes or begin < 0 or base + end > size:
-                    raise ValueError(f"{fpath}: tensor {name} lies outside the file or has the wrong size: "
-                                     "the file is truncated or corrupt; save the checkpoint again")
-                if name in self._where:
-                    raise ValueError(f"{path}: tensor {name} is in two weight files")
-                self._where[name] = (fpath, dtype, shape, base + begin)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
-
-    def keys(self) -> list[str]:
-        return list(self._where)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._where[name][2]
-
-    def _read_into(self, f, fpath: str, name: str, buf: memoryview) -> None:
-        done = 0
-        while done < len(buf):
-            got = f.readinto(buf[done:])
-            if not got:
-                raise ValueError(f"{fpath} ended inside tensor {name}: the file is truncated; save the checkpoint again")
-            done += got
-
-    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor ``name``, converted to ``dtype`` if given: then in chunks of about 8 MiB
-        of the file, so a bf16 embedding becomes float32 without a whole bf16 copy beside it."""
-        fpath, src_dtype, shape, offset = self._where[name]
-        f = self._files.get(fpath)
-        if f is None:
-            f = self._files[fpath] = cast(BinaryIO, open(fpath, "rb", buffering=0))
-        f.seek(offset)
-        if dtype is None or dtype == src_dtype:
-            t = torch.empty(shape, dtype=src_dtype)
-            self._read_into(f, fpath, name, memoryview(cast(Any, t.reshape(-1).view(torch.uint8).numpy())))
-            return t
-        out = torch.empty(shape, dtype=dtype)
-        flat = out.reshape(-1)
-        step = max(1, (8 << 20) // torch.empty((), dtype=src_dtype).element_size())
-        chunk = torch.empty(min(step, flat.numel()), dtype=src_dtype)
-        for start in range(0, flat.numel(), step):
-            part = chunk[: min(step, flat.numel() - start)]
-            self._read_into(f, fpath, name, memoryview(cast(Any, part.view(torch.uint8).numpy())))
-            flat[start : start + part.numel()].copy_(part)
-        return out
-
-
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Build modules whose parameters live on the meta device (no memory, no init work) while
-    their buffers are computed on the CPU as usual: non-persistent buffers (rotary
-    ``inv_freq``, Gemma's embedding scale, masks) are not in a checkpoint and keep the values
-    the model's own code gives them. (accelerate's ``init_empty_weights()`` does the same.)
-    Not thread-safe: modules built by other threads meanwhile get meta parameters too."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param) -> None:
-        register(module, name, param)
-        p = module._parameters.get(name)
-        if p is not None and p.device.type != "meta":
-            module._parameters[name] = nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
-
-    nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
-
-
-def _assign(model: nn.Module, key: str, reader: _TensorReader, name: str) -> bool:
-    """Read tensor ``name`` in place of the parameter or persistent buffer ``key`` (as
-    ``load_state_dict(assign=True)``, cast to the model's dtype for it); False when the
-    model has no such entry."""
-    owner_name, _, leaf = key.rpartition(".")
-    try:
-        owner = model.get_submodule(owner_name) if owner_name else model
-    except AttributeError:
-        return False
-    old: Any = owner._parameters.get(leaf)
-    is_param = old is not None
-    if not is_param:
-        old = owner._buffers.get(leaf)
-        if old is None or leaf in owner._non_persistent_buffers_set:
-            return False
-    if tuple(old.shape) != reader.shape(name):
-        raise ValueError(f"{key}: the checkpoint holds shape {reader.shape(name)}, the model expects {tuple(old.shape)}")
-    value = reader.read(name, old.dtype)
-    if is_param:
-        owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
-    else:
-        owner._buffers[leaf] = value
-    return True
-
-
 def load_quantized(path: str, return_tokenizer: bool = False):
     """A transformers model from an AWQ gemm checkpoint whose quantized linears are
     ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU).
@@ -451,11 +298,11 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     problem = group_size_problem(group_size)
     if problem:
         raise ValueError(f"{path}: quantization_config: {problem}")
-    files = _weight_files(path)  # an incomplete folder fails here, before the model is built
+    files = weight_files(path)  # an incomplete folder fails here, before the model is built
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # we build the quantized modules ourselves
-    with _parameters_on_meta():
+    with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
     # The checkpoint names the modules the pipeline quantized: Conv1D and fused experts
@@ -465,7 +312,7 @@ def load_quantized(path: str, return_tokenizer: bool = False):
         layout = layout_for(config)
         convert_blocks(model.get_submodule(layout.layers_path), layout)
 
-    with _TensorReader(path, files) as reader:
+    with TensorReader(path, files) as reader:
         names = set(reader.keys())
         qset = {k[: -len(".qweight")] for k in names if k.endswith(".qweight")}
         # Module order is the order a forward pass calls them: decode then streams one arena.
@@ -507,7 +354,7 @@ def load_quantized(path: str, return_tokenizer: bool = False):
 
         unexpected, loaded = [], set()
         for key in sorted(names - consumed):
-            if _assign(model, key, reader, key):
+            if assign_tensor(model, key, reader, key):
                 loaded.add(key)
             else:
                 unexpected.append(key)

@@ -34,8 +34,8 @@ from ..packing import pack_awq
 from ..quantizer import pseudo_quantize, quantize
 from ..scale_clip_search import apply_clip, search_clip
 from .calibration import get_calib_blocks
-from .capture import capture_block, capture_block_calls, get_submodule, run_block, set_submodule
-from .checkpoint import round_to_checkpoint_dtype
+from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
+from .checkpoint import checkpoint_dtype, round_module_to, round_to_checkpoint_dtype
 from .conversions import convert_blocks
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
@@ -43,7 +43,7 @@ from .mapping_search import search_linears, search_module
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter, _peak_rss_mb
 
-__all__ = ["load_model", "quantize_model", "rtn_quantize_model"]
+__all__ = ["BlockRun", "load_model", "quantize_block", "quantize_model", "rtn_quantize_model"]
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,15 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     ``save_quantized``); ``report`` is a ``QuantizationReport``. ``method="rtn"`` is plain
     rounding; ``method="fold"`` is a diagnostic for new mappings: search and fold the scales
     but keep every weight in full precision (the model must compute what it did before).
-    """
-    from tqdm.auto import tqdm
 
+    The whole model is held in float32 here. For a model larger than memory, or a run that
+    must survive a crash, ``quantize_to_checkpoint`` reads one block at a time from the
+    folder and writes each finished block to the output (``awqkit quantize`` does that).
+    """
     cfg = AWQConfig() if config is None else config
     cfg.validate()
     if method not in ("awq", "rtn", "fold"):
         raise ValueError(f"method must be 'awq', 'rtn' or 'fold', got {method!r}")
-    searched = method in ("awq", "fold")
     meter = StageMeter()
     t_start = time.perf_counter()
     with meter.stage("load"):
@@ -117,16 +118,84 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
             model = model_or_path
             model.eval()
     layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
+    blocks = decoder_blocks(model, layout)
+    convert_blocks(blocks, layout)
+    run = BlockRun(layout, cfg, method, meter, plan_linears(model, blocks, layout, cfg, method))
+    dtype = checkpoint_dtype(model)
+
+    with torch.no_grad():
+        hidden: list[torch.Tensor] = []
+        calls: list[BlockCalls] = []
+        if run.searched:
+            tokens = calibration_tokens(run, calib, tokenizer)
+            with meter.stage("capture_block_calls"):
+                hidden, calls = capture_block_calls(model, blocks, tokens, _CHUNK_SEQS)
+        bar = tqdm_blocks(len(blocks), method)
+        for i in bar:
+            hidden = quantize_block(run, i, blocks[i], hidden, calls[i] if calls else None, bar, dtype)
+        bar.close()
+    if method != "fold":  # fold is a diagnostic: its function check stays exact in float32
+        # What is evaluated is what the checkpoint holds: the kept tensors outside the blocks
+        # (embeddings, final norm, head) rounded to the dtype they will be stored in.
+        round_to_checkpoint_dtype(model)
+    report = run.finish(t_start)
+    model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
+    log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
+    return model, report
+
+
+def decoder_blocks(model: nn.Module, layout: BlockLayout) -> nn.ModuleList:
     blocks = get_submodule(model, layout.layers_path)
     if not isinstance(blocks, nn.ModuleList):
         raise ValueError(f"{layout.layers_path} is a {type(blocks).__name__}, not the ModuleList of decoder blocks")
-    convert_blocks(blocks, layout)
+    return blocks
+
+
+def tqdm_blocks(n: int, method: str, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(initial, n), desc=f"AWQ {method}", unit="block", disable=None, total=n, initial=initial)
+
+
+class BlockRun:
+    """What every block of one run shares: the layout, the config, the method, the stage
+    meter, the linears kept in full precision (``skip``, "block.rel" -> reason) and the report."""
+
+    def __init__(self, layout: BlockLayout, cfg: AWQConfig, method: str, meter: StageMeter,
+                 plan: tuple[dict[str, str], QuantizationReport]):
+        self.layout, self.cfg, self.method, self.meter = layout, cfg, method, meter
+        self.skip, self.report = plan
+        self.searched = method in ("awq", "fold")
+
+    def finish(self, t_start: float, seconds_before: float = 0.0) -> QuantizationReport:
+        report = self.report
+        report.stages = self.meter.stages
+        report.total_seconds = seconds_before + time.perf_counter() - t_start
+        report.peak_rss_mb = max((s["peak_rss_mb"] for s in self.meter.stages.values()), default=_peak_rss_mb())
+        return report
+
+
+def calibration_tokens(run: BlockRun, calib, tokenizer) -> torch.Tensor:
+    with run.meter.stage("calibration"):
+        if isinstance(calib, torch.Tensor):
+            tokens = calib.to(torch.long)
+        else:
+            if tokenizer is None:
+                raise ValueError("quantize_model needs a tokenizer to tokenise calibration text (or pass calib as a token tensor)")
+            tokens = get_calib_blocks(tokenizer, calib, run.cfg.n_samples, run.cfg.seqlen, run.cfg.seed)
+    run.report.calib_tokens = int(tokens.numel())
+    return tokens
+
+
+def plan_linears(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, cfg: AWQConfig,
+                 method: str) -> tuple[dict[str, str], QuantizationReport]:
+    """Which linears get quantized (decided up front so what we evaluate is what we can save):
+    ``skip`` ("block.rel" -> why it stays in full precision) and the report started with it.
+    ``blocks`` may live on the meta device (only names and shapes are read)."""
     report = QuantizationReport(method=method, config=cfg.to_dict(), model_type=getattr(model.config, "model_type", None),
                                 n_blocks=len(blocks))
     if layout.family is not None:
         report.family = layout.family.name
-
-    # Which linears get quantized (decided up front so what we evaluate is what we can save).
     skip: dict[str, str] = {}
     n_linears = 0
     for i, block in enumerate(blocks):
@@ -149,96 +218,84 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         kinds = sorted({k.split(".", 1)[1] for k in skip})
         log.warning("%d linears stay in full precision (%s): %s", len(skip), ", ".join(kinds[:8]),
                     sorted({r for r in skip.values()}))
-    _report_full_precision(model, blocks, layout, skip, report)
+    _report_full_precision(sum(p.numel() for p in model.parameters()), blocks, layout, skip, report)
+    return skip, report
 
-    with torch.no_grad():
-        if searched:
-            with meter.stage("calibration"):
-                if isinstance(calib, torch.Tensor):
-                    tokens = calib.to(torch.long)
-                else:
-                    if tokenizer is None:
-                        raise ValueError("quantize_model needs a tokenizer to tokenise calibration text (or pass calib as a token tensor)")
-                    tokens = get_calib_blocks(tokenizer, calib, cfg.n_samples, cfg.seqlen, cfg.seed)
-            report.calib_tokens = int(tokens.numel())
-            with meter.stage("capture_block_calls"):
-                hidden, calls = capture_block_calls(model, blocks, tokens, _CHUNK_SEQS)
 
-        bar = tqdm(range(len(blocks)), desc=f"AWQ {method}", unit="block", disable=None)
-        for i in bar:
-            block = blocks[i]
-            linears = {rel: m for rel, m in block.named_modules() if isinstance(m, nn.Linear)}
-            quant_names = [rel for rel in linears if f"{i}.{rel}" not in skip]
-            if searched:
-                inspect_names = sorted({m.module2inspect for m in layout.mappings
-                                        if cfg.inspect == "module" and not isinstance(get_submodule(block, m.module2inspect), nn.Linear)})
-                input_names = list(dict.fromkeys([*linears, *(m.inp for m in layout.mappings)]))
-                with meter.stage("capture"):
-                    cap, fp_out = capture_block(block, hidden, calls[i], input_names, inspect_names)
-                if method == "awq":
-                    with meter.stage("block_check"):
-                        rtn_err = _rtn_block_error(block, quant_names, hidden, calls[i], fp_out, cfg)
-                    # The block as loaded, for the fallback below (one block's weights).
-                    original = {k: v.detach().clone() for k, v in block.state_dict().items()} if cfg.block_fallback else None
-                _report_experts(i, layout, cap, report)
-                with meter.stage("scale_search"):
-                    for m in layout.mappings:
-                        entry = _search_and_fold(block, i, m, layout, cap, cfg, skip, report)
-                        if "skipped" not in entry and entry.get("ratio") is not None:
-                            with meter.stage("fold_check"):
-                                _check_fold(block, i, m, entry, hidden, calls[i], fp_out, cfg, report)
-                        if entry.get("awq_loss") is not None:
-                            bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
-            if method == "fold":  # the diagnostic: folded full-precision weights, no clip, no rounding
-                del cap
-                hidden = fp_out
-                continue
-            # The weights after folding (AWQ) or as loaded (RTN), clipped below.
-            new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
-            if method == "awq" and cfg.clip:
-                with meter.stage("clip_search"):
-                    for rel in quant_names:
-                        if layout.never_clipped(rel) or rel not in cap.inputs:
-                            continue
-                        new_weights[rel] = _clip(new_weights[rel], cap.inputs[rel], cfg, report, i, rel)
-            with meter.stage("quantize_pack"):
-                for rel in quant_names:
-                    set_submodule(block, rel, _quantize_linear(linears[rel], new_weights[rel], cfg))
-                    report.quantized_layers += 1
-            if method == "awq":
-                with meter.stage("block_check"):
-                    awq_out = run_block(block, hidden, calls[i], _CHECK_CHUNKS)
-                    entry = {"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
-                             "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
-                                           for o in fp_out[:_CHECK_CHUNKS])}
-                    if original is not None and entry["awq"] > entry["rtn"]:
-                        # AWQ lost to plain rounding at this block's output: the block keeps plain
-                        # rounding of its original weights, and the report says so.
-                        for rel in quant_names:
-                            set_submodule(block, rel, linears[rel])
-                        block.load_state_dict(original)
-                        for rel in quant_names:
-                            set_submodule(block, rel, _quantize_linear(linears[rel], linears[rel].weight, cfg))
-                        entry["kept"] = "rtn"
-                        for searched_entry in report.mappings:
-                            if searched_entry["block"] == i and searched_entry.get("ratio") is not None:
-                                searched_entry["reverted"] = "the block kept plain rounding (lower block output error)"
-                    report.block_errors.append(entry)
-                    original = None
-                with meter.stage("propagate"):
-                    del cap
-                    hidden = run_block(block, hidden, calls[i]) if cfg.propagation == "quantized" else fp_out
-        bar.close()
-    if method != "fold":  # fold is a diagnostic: its function check stays exact in float32
-        # What is evaluated is what the checkpoint holds: the kept tensors (norms carrying the
-        # folded scales, embeddings) rounded to the dtype they will be stored in.
-        round_to_checkpoint_dtype(model)
-    report.stages = meter.stages
-    report.total_seconds = time.perf_counter() - t_start
-    report.peak_rss_mb = max((s["peak_rss_mb"] for s in meter.stages.values()), default=_peak_rss_mb())
-    model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
-    log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
-    return model, report
+@torch.no_grad()
+def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls | None,
+                   bar, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Search, fold, check, clip, quantize block ``i`` in place (its linears become
+    ``QuantizedLinear``, its kept tensors are rounded to ``dtype``, the checkpoint's); returns
+    the next block's input hidden states (empty for RTN, which needs no calibration)."""
+    cfg, layout, method, meter, report, skip = run.cfg, run.layout, run.method, run.meter, run.report, run.skip
+    linears = {rel: m for rel, m in block.named_modules() if isinstance(m, nn.Linear)}
+    quant_names = [rel for rel in linears if f"{i}.{rel}" not in skip]
+    if run.searched:
+        assert calls is not None
+        inspect_names = sorted({m.module2inspect for m in layout.mappings
+                                if cfg.inspect == "module" and not isinstance(get_submodule(block, m.module2inspect), nn.Linear)})
+        input_names = list(dict.fromkeys([*linears, *(m.inp for m in layout.mappings)]))
+        with meter.stage("capture"):
+            cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names)
+        if method == "awq":
+            with meter.stage("block_check"):
+                rtn_err = _rtn_block_error(block, quant_names, hidden, calls, fp_out, cfg)
+            # The block as loaded, for the fallback below (one block's weights).
+            original = {k: v.detach().clone() for k, v in block.state_dict().items()} if cfg.block_fallback else None
+        _report_experts(i, layout, cap, report)
+        with meter.stage("scale_search"):
+            for m in layout.mappings:
+                entry = _search_and_fold(block, i, m, layout, cap, cfg, skip, report)
+                if "skipped" not in entry and entry.get("ratio") is not None:
+                    with meter.stage("fold_check"):
+                        _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
+                if entry.get("awq_loss") is not None:
+                    bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
+    if method == "fold":  # the diagnostic: folded full-precision weights, no clip, no rounding
+        del cap
+        return fp_out
+    # The weights after folding (AWQ) or as loaded (RTN), clipped below.
+    new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
+    if method == "awq" and cfg.clip:
+        with meter.stage("clip_search"):
+            for rel in quant_names:
+                if layout.never_clipped(rel) or rel not in cap.inputs:
+                    continue
+                new_weights[rel] = _clip(new_weights[rel], cap.inputs[rel], cfg, report, i, rel)
+    with meter.stage("quantize_pack"):
+        for rel in quant_names:
+            set_submodule(block, rel, _quantize_linear(linears[rel], new_weights[rel], cfg))
+            report.quantized_layers += 1
+        del new_weights
+        # What is evaluated (the block check, the quantized propagation) is what the checkpoint
+        # holds: AWQ's folded norms are float32 values a bf16 checkpoint cannot hold.
+        round_module_to(block, dtype)
+    if method != "awq":
+        return []
+    with meter.stage("block_check"):
+        awq_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
+        entry = {"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
+                 "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
+                               for o in fp_out[:_CHECK_CHUNKS])}
+        if original is not None and entry["awq"] > entry["rtn"]:
+            # AWQ lost to plain rounding at this block's output: the block keeps plain
+            # rounding of its original weights, and the report says so.
+            for rel in quant_names:
+                set_submodule(block, rel, linears[rel])
+            block.load_state_dict(original)
+            for rel in quant_names:
+                set_submodule(block, rel, _quantize_linear(linears[rel], linears[rel].weight, cfg))
+            round_module_to(block, dtype)
+            entry["kept"] = "rtn"
+            for searched_entry in report.mappings:
+                if searched_entry["block"] == i and searched_entry.get("ratio") is not None:
+                    searched_entry["reverted"] = "the block kept plain rounding (lower block output error)"
+        report.block_errors.append(entry)
+        original = None
+    with meter.stage("propagate"):
+        del cap
+        return run_block(block, hidden, calls) if cfg.propagation == "quantized" else fp_out
 
 
 def _relative_mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -291,10 +348,9 @@ def _check_fold(block, i, m: Mapping, entry: dict, hidden, calls, fp_out, cfg: A
     log.warning("%s; the mapping was undone (on_fold_error='drop')", msg)
 
 
-def _report_full_precision(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, skip: dict, report) -> None:
+def _report_full_precision(total: int, blocks: nn.ModuleList, layout: BlockLayout, skip: dict, report) -> None:
     """Every weight of the blocks (2-D and more) left in full precision, with its share of the
-    model's parameters; a warning for blocks that keep more than 10% of theirs."""
-    total = sum(p.numel() for p in model.parameters())
+    model's ``total`` parameters; a warning for blocks that keep more than 10% of theirs."""
     heavy: list[str] = []
     for i, block in enumerate(blocks):
         block_total, kept = 0, 0
