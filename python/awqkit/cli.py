@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as e:
+    except (ValueError, TypeError, OSError, MemoryError) as e:
         if args.verbose:  # a bug must not hide behind a one-line message
             raise
         print(f"awqkit: error: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)

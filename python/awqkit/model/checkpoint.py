@@ -127,12 +127,13 @@ def round_module_to(module: nn.Module, dtype: torch.dtype) -> None:
             t.copy_(t.to(dtype))
 
 
-def _checkpoint_tensors(model: nn.Module, group_size: int) -> tuple[dict[str, torch.Tensor], list[str]]:
-    dtype = checkpoint_dtype(model)
-    kept, qnames = _kept_tensors(model)
+def module_checkpoint_tensors(module: nn.Module, group_size: int, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The checkpoint's tensors of ``module`` (a model or one decoder block; names relative to
+    it): the AutoAWQ tensors of its quantized linears and every other tensor in ``dtype``."""
+    kept, qnames = _kept_tensors(module)
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(qnames):
-        m = model.get_submodule(name)
+        m = module.get_submodule(name)
         assert isinstance(m, QuantizedLinear)
         if m.awq_tensors is None:
             raise ValueError(f"{name} is {m.bits}-bit: the AWQ gemm checkpoint format holds 4-bit weights only")
@@ -158,7 +159,7 @@ def check_output_folder(out_dir, overwrite: bool = False) -> str:
     return out
 
 
-def _fsync_tree(folder: str) -> None:
+def fsync_tree(folder: str) -> None:
     for root, _, files in os.walk(folder):
         for fname in files:
             fd = os.open(os.path.join(root, fname), os.O_RDONLY)
@@ -166,10 +167,10 @@ def _fsync_tree(folder: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -187,6 +188,43 @@ def _sibling_dir(out: str, tag: str) -> str:
             return path
         except FileExistsError:
             continue
+
+
+def write_checkpoint_metadata(folder: str, model: nn.Module, cfg: AWQConfig, report, dtype: torch.dtype, tokenizer=None) -> None:
+    """config.json (with ``quantization_config`` and the stored ``dtype``), the tokenizer
+    files and ``awq_report.json`` of a checkpoint, into ``folder``."""
+    not_converted = [e["module"] for e in report.not_converted]
+    config = cast(Any, model).config.to_dict()
+    config["dtype"] = str(dtype).replace("torch.", "")  # what the tensors are, not what we computed in
+    config.pop("torch_dtype", None)
+    config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True, allow_nan=False)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    src = getattr(model, "_awqkit_source_dir", None)
+    if src and os.path.isdir(src):
+        for fname in _TOKENIZER_FILES:
+            p = os.path.join(src, fname)
+            if os.path.isfile(p) and not os.path.exists(os.path.join(folder, fname)):
+                shutil.copy2(p, folder)
+    report.to_json(os.path.join(folder, "awq_report.json"))
+
+
+def move_into_place(tmp: str, out: str) -> None:
+    """Rename the complete folder ``tmp`` to ``out``: rename(2) replaces an absent or empty
+    folder atomically. A non-empty one (overwrite) is moved aside first, so ``out`` is never a
+    mix of two runs."""
+    parent = os.path.dirname(out)
+    if os.path.isdir(out) and os.listdir(out):
+        old = _sibling_dir(out, "old")
+        os.rename(out, os.path.join(old, "checkpoint"))
+        os.rename(tmp, out)
+        fsync_dir(parent)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+        fsync_dir(parent)
 
 
 def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_size="2GB", report=None,
@@ -208,7 +246,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
     if cfg.bits != 4:
         raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, this model is {cfg.bits}-bit")
     out = check_output_folder(out_dir, overwrite)
-    tensors, qnames = _checkpoint_tensors(model, cfg.group_size)
+    tensors, qnames = module_checkpoint_tensors(model, cfg.group_size, checkpoint_dtype(model))
     limit = max_shard_size if isinstance(max_shard_size, int) else parse_memory(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -236,34 +274,9 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
             total = sum(t.numel() * t.element_size() for t in tensors.values())
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-        not_converted = [e["module"] for e in report.not_converted]
-        config = cast(Any, model).config.to_dict()
-        config["dtype"] = str(checkpoint_dtype(model)).replace("torch.", "")  # what the tensors are, not what we computed in
-        config.pop("torch_dtype", None)
-        config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True, allow_nan=False)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        src = getattr(model, "_awqkit_source_dir", None)
-        if src and os.path.isdir(src):
-            for fname in _TOKENIZER_FILES:
-                p = os.path.join(src, fname)
-                if os.path.isfile(p) and not os.path.exists(os.path.join(tmp, fname)):
-                    shutil.copy2(p, tmp)
-        report.to_json(os.path.join(tmp, "awq_report.json"))
-        _fsync_tree(tmp)
-        # Into place: rename(2) replaces an absent or empty folder atomically. A non-empty
-        # one (overwrite=True) is moved aside first, so `out` is never a mix of two runs.
-        if os.path.isdir(out) and os.listdir(out):
-            old = _sibling_dir(out, "old")
-            os.rename(out, os.path.join(old, "checkpoint"))
-            os.rename(tmp, out)
-            _fsync_dir(parent)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-            _fsync_dir(parent)
+        write_checkpoint_metadata(tmp, model, cfg, report, checkpoint_dtype(model), tokenizer)
+        fsync_tree(tmp)
+        move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

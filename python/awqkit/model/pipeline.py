@@ -273,6 +273,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         round_module_to(block, dtype)
     if method != "awq":
         return []
+    assert calls is not None
     with meter.stage("block_check"):
         awq_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
         entry = {"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,

@@ -78,6 +78,8 @@ class QuantizationReport:
     full_precision: list[dict[str, Any]] = field(default_factory=list)
     # MoE: tokens routed to each expert during calibration (0: plain rounding, flagged).
     experts: list[dict[str, Any]] = field(default_factory=list)
+    # Streaming runs: the peak memory estimated before the run (awqkit.model.memory_plan).
+    memory_plan: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     total_seconds: float = 0.0
     peak_rss_mb: float = 0.0

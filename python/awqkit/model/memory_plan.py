@@ -1,0 +1,122 @@
+"""The peak memory of a streaming quantization run, estimated before it starts from the model
+skeleton (shapes on the meta device: config.json and the safetensors headers), the
+calibration size and the pipeline's working copies, against the memory available.
+
+The terms follow what ``quantize_block`` holds at its busiest moment (quantize_pack): the
+block as read, its original weights for the fallback, the clipped weights and the
+dequantized ones (4 float32 copies of one block); the calibration activations (the block's
+input and full-precision output, every linear's captured input, one more copy of the
+largest during concatenation); one calibration chunk's forward scratch (attention scores
+and the MLP's intermediates); the float32 tensors outside the blocks; and what the process
+already holds (Python, torch, transformers), read from /proc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .families import BlockLayout
+from .pipeline import _CHUNK_SEQS
+
+__all__ = ["MemoryPlan", "available_memory", "plan_memory"]
+
+_BLOCK_COPIES = 4
+_GIB = 2**30
+
+
+@dataclass
+class MemoryPlan:
+    process_bytes: int  # resident before the run (interpreter, torch, transformers)
+    outside_blocks_bytes: int  # embeddings, final norm, head in float32
+    block_bytes: int  # the largest decoder block in float32
+    block_copies: int
+    activation_bytes: int  # calibration activations of one block
+    scratch_bytes: int  # one calibration chunk's forward
+    tokens: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return (self.process_bytes + self.outside_blocks_bytes + self.block_copies * self.block_bytes
+                + self.activation_bytes + self.scratch_bytes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["peak_bytes"] = self.peak_bytes
+        return d
+
+    def describe(self) -> str:
+        g = lambda n: f"{n / _GIB:.2f} GiB"  # noqa: E731
+        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + outside the blocks "
+                f"{g(self.outside_blocks_bytes)} + {self.block_copies} x block {g(self.block_bytes)} + activations "
+                f"{g(self.activation_bytes)} ({self.tokens} tokens) + chunk scratch {g(self.scratch_bytes)}")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: MemAvailable, lowered by a cgroup v2 limit; None
+    where neither can be read."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read())
+        if limit != "max":
+            left = int(limit) - used
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, tokens: int, seqlen: int) -> MemoryPlan:
+    """The plan for ``model`` (parameters may be on meta) whose converted decoder blocks are
+    ``blocks``, calibrated on ``tokens`` tokens in sequences of ``seqlen``."""
+    config = model.config
+    inside = {id(p) for p in blocks.parameters()}
+    outside = sum(p.numel() for p in model.parameters() if id(p) not in inside) * 4
+    block = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0) * 4
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 1)
+    widths: list[float] = []
+    if tokens and len(blocks):
+        b = blocks[0]
+        linears = {rel: m for rel, m in b.named_modules() if isinstance(m, nn.Linear)}
+        top_k = int(getattr(config, "num_experts_per_tok", 1) or 1)
+
+        def share(rel: str) -> float:  # an expert sees about top_k / num_experts of the tokens
+            if layout.moe is not None and rel.startswith(layout.moe.path + ".") and layout.num_experts:
+                return top_k / layout.num_experts
+            return 1.0
+        covered: set[str] = set()
+        for m in layout.mappings:
+            if m.layers and m.layers[0] in linears:
+                widths.append(linears[m.layers[0]].in_features * share(m.layers[0]))
+                covered.update(m.layers)
+        widths += [lin.in_features * share(rel) for rel, lin in linears.items() if rel not in covered]
+    inter = max((lin.out_features for b in blocks[:1] for lin in b.modules() if isinstance(lin, nn.Linear)), default=hidden)
+    captured = sum(widths) + (max(widths) if widths else 0)
+    activations = int(tokens * 4 * (2 * hidden + captured))
+    seqs = min(_CHUNK_SEQS, max(1, tokens // max(seqlen, 1)))
+    scratch = 0 if not tokens else 4 * (2 * seqs * heads * seqlen * seqlen + 3 * seqs * seqlen * inter)
+    return MemoryPlan(process_bytes=_rss_bytes(), outside_blocks_bytes=outside, block_bytes=block,
+                      block_copies=_BLOCK_COPIES, activation_bytes=activations, scratch_bytes=scratch, tokens=tokens)

@@ -1,0 +1,432 @@
+"""Quantizing a model folder that need not fit in memory, one decoder block at a time, into
+a checkpoint that survives a crash: ``quantize_to_checkpoint`` (what ``awqkit quantize`` runs).
+
+The model is built with its parameters on the meta device; the tensors outside the decoder
+blocks (embeddings, final norm, head) are read from the safetensors files in float32; the
+calibration forward records every block's call arguments with block 0 run for real and the
+other blocks replaced by recorders that pass the hidden states through. Then for each block:
+read its tensors from the files, convert it (``awqkit.model.conversions``), quantize it with
+the same ``quantize_block`` as the in-memory pipeline, write its shard of the output and free
+it. Resident at any time: one block's weights (and the pipeline's working copies of them),
+the calibration activations of one block, and the tensors outside the blocks.
+
+Progress is committed per block in ``<out>.partial``: the block's shard, the next block's
+input hidden states and the report so far, each written to a temporary name, flushed and
+renamed. Rerunning the same call (same model files, settings and calibration tokens) resumes
+after the last committed block and writes the same bytes as an uninterrupted run; other
+settings are refused. The finished checkpoint is renamed to ``out`` only when complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import AWQConfig
+from .capture import BlockCalls, capture_block_calls, get_submodule, set_submodule
+from .checkpoint import (
+    check_output_folder,
+    fsync_dir,
+    fsync_tree,
+    module_checkpoint_tensors,
+    move_into_place,
+    round_module_to,
+    write_checkpoint_metadata,
+)
+from .conversions import convert_blocks
+from .families import layout_for
+from .memory_plan import MemoryPlan, available_memory, plan_memory
+from .pipeline import _CHUNK_SEQS, BlockRun, calibration_tokens, decoder_blocks, plan_linears, quantize_block, tqdm_blocks
+from .report import QuantizationReport, StageMeter
+from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
+
+__all__ = ["StreamingUnsupported", "quantize_to_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial"
+_RESUME_DIR = "awqkit-resume"  # inside the partial folder; removed before it becomes the checkpoint
+_FORMAT = 1  # of the resume state; a different one is refused
+
+
+class StreamingUnsupported(ValueError):
+    """The folder's tensor names or shapes do not match the model transformers builds from its
+    config (a checkpoint whose weights transformers renames or fuses while loading)."""
+
+
+class SourceModel:
+    """A Hugging Face model folder read one tensor at a time onto a skeleton built on meta."""
+
+    def __init__(self, path: str):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.path = os.fspath(path)
+        try:
+            files = weight_files(self.path)
+        except ValueError as e:
+            raise StreamingUnsupported(f"{self.path}: {e}") from None
+        self.files = files
+        self.config = AutoConfig.from_pretrained(self.path)
+        with parameters_on_meta():
+            model: Any = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)
+        model.eval()
+        model._awqkit_source_dir = self.path
+        with open(os.path.join(self.path, "config.json")) as f:
+            raw = json.load(f)
+        model._awqkit_source_dtype = raw.get("dtype") or raw.get("torch_dtype")
+        self.model = model
+        self.reader = TensorReader(self.path, files)
+        names = set(self.reader.keys())
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+        if getattr(self.config, "tie_word_embeddings", False):
+            tied.add("lm_head.weight")
+        self.tied = tied
+        for key, p in model.named_parameters(remove_duplicate=False):
+            if key in tied:
+                continue
+            if key not in names:
+                raise StreamingUnsupported(
+                    f"{self.path} has no tensor {key} (the model built from its config.json needs it): its weights are "
+                    "named or laid out differently (transformers converts them while loading)")
+            if tuple(p.shape) != self.reader.shape(key):
+                raise StreamingUnsupported(f"{self.path}: {key} has shape {self.reader.shape(key)} in the files, the "
+                                           f"model built from config.json expects {tuple(p.shape)}")
+
+    def close(self) -> None:
+        self.reader.__exit__(None, None, None)
+
+    def materialize(self, prefix: str, module: nn.Module) -> None:
+        """Read the parameters and persistent buffers of ``module`` (at ``prefix`` in the
+        model) from the files, in float32; buffers the files lack keep the model's own values."""
+        params = dict(module.named_parameters(remove_duplicate=False))
+        for rel, p in [*params.items(), *module.named_buffers(remove_duplicate=False)]:
+            key = f"{prefix}{rel}"
+            if key in self.tied or (rel in params and p.device.type != "meta"):
+                continue  # tied, or read already
+            if not assign_tensor(self.model, key, self.reader, key) and p.device.type == "meta":
+                raise StreamingUnsupported(f"{self.path} has no tensor {key}")
+
+    def materialize_outside(self, layers_path: str) -> None:
+        """Every tensor outside the decoder blocks (embeddings, final norm, head)."""
+        blocks = self.model.get_submodule(layers_path)
+        inside = {id(p) for p in blocks.parameters()}
+        for key, p in list(self.model.named_parameters(remove_duplicate=False)):
+            if id(p) not in inside and key not in self.tied:
+                assign_tensor(self.model, key, self.reader, key)
+        if self.tied:
+            self.model.tie_weights()
+        left = [k for k, p in self.model.named_parameters() if p.device.type == "meta" and id(p) not in inside]
+        if left:
+            raise StreamingUnsupported(f"{self.path}: no tensor for {left[:3]}")
+
+
+def _record_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[BlockCalls]]:
+    """``capture_block_calls`` with only block 0 in memory: the other blocks are recorders
+    that return their input (in the type block 0 returns: a tensor or a tuple). The blocks'
+    arguments (masks, rotary embeddings) do not depend on the hidden states they are given."""
+    returns_tuple: list[bool] = []
+
+    def seen(mod, args, out):
+        returns_tuple.append(isinstance(out, (tuple, list)))
+
+    def passthrough(*args, **kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        return (h,) if returns_tuple and returns_tuple[0] else h
+
+    handle = blocks[0].register_forward_hook(seen)
+    for block in list(blocks)[1:]:
+        block.forward = passthrough  # instance attribute: hooks still run, the weights (meta) are never read
+    try:
+        return capture_block_calls(model, blocks, tokens, _CHUNK_SEQS)
+    finally:
+        handle.remove()
+        for block in list(blocks)[1:]:
+            block.__dict__.pop("forward", None)
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def _source_fingerprint(path: str, files: list[str]) -> dict[str, Any]:
+    """What identifies the source model without reading its weights: config.json and, per
+    weight file, its header, size and modification time (a rewritten file changes them)."""
+    with open(os.path.join(path, "config.json"), "rb") as f:
+        config = f.read()
+    out: dict[str, Any] = {"config.json": _digest(config)}
+    for fname in files:
+        fpath = os.path.join(path, fname)
+        st = os.stat(fpath)
+        with open(fpath, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = f.read(n)
+        out[fname] = {"header": _digest(header), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+@dataclass
+class _Resume:
+    """The per-block commits in ``<out>.partial``."""
+
+    folder: str
+    fingerprint: dict[str, Any]
+    n_blocks: int
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.folder, _RESUME_DIR)
+
+    def shard_name(self, j: int) -> str:
+        # Shard j (1-based) of n_blocks + 1: one per decoder block, then the rest.
+        return f"model-{j:05d}-of-{self.n_blocks + 1:05d}.safetensors"
+
+    def load(self) -> tuple[int, dict | None]:
+        """(blocks already committed, the saved state) or (0, None) for a new run; an
+        interrupted run with other settings or another model is refused."""
+        progress = os.path.join(self.state_dir, "progress.json")
+        if not os.path.isdir(self.folder):
+            return 0, None
+        if not os.path.isfile(progress):
+            # Killed before the first commit: nothing to keep.
+            shutil.rmtree(self.folder)
+            return 0, None
+        with open(progress) as f:
+            state = json.load(f)
+        theirs = state.get("fingerprint", {})
+        if theirs != self.fingerprint:
+            diff = sorted(k for k in set(theirs) | set(self.fingerprint) if theirs.get(k) != self.fingerprint.get(k))
+            raise ValueError(
+                f"{self.folder} holds an interrupted run with different {', '.join(diff)} (settings, calibration tokens "
+                "or source model files): rerun with the same model and settings to resume it, or delete that folder "
+                "(CLI: --restart) to start over")
+        return int(state["blocks_done"]), state
+
+    def _atomic_write(self, path: str, write) -> None:
+        tmp = path + ".tmp"
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def commit(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor],
+               report: QuantizationReport, seconds: float) -> None:
+        """Block ``i`` done: its shard, then the next block's inputs, then the progress file
+        that names both (a crash between two steps leaves the previous commit in force)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(self.state_dir, exist_ok=True)
+        self._atomic_write(os.path.join(self.folder, self.shard_name(i + 1)),
+                           lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        if hidden:
+            self._atomic_write(os.path.join(self.state_dir, "hidden.safetensors"),
+                               lambda p: save_file({f"chunk.{c}": h.contiguous() for c, h in enumerate(hidden)}, p))
+        state = {"format": _FORMAT, "fingerprint": self.fingerprint, "blocks_done": i + 1,
+                 "seconds": seconds, "report": report.to_dict()}
+
+        def write_state(p):
+            with open(p, "w") as f:
+                json.dump(state, f, allow_nan=True)
+        self._atomic_write(os.path.join(self.state_dir, "progress.json"), write_state)
+        fsync_dir(self.state_dir)
+        fsync_dir(self.folder)
+
+    def hidden(self) -> list[torch.Tensor]:
+        from safetensors.torch import load_file
+
+        d = load_file(os.path.join(self.state_dir, "hidden.safetensors"))
+        return [d[f"chunk.{c}"] for c in range(len(d))]
+
+
+def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike, config: AWQConfig | None = None,
+                           calib=None, tokenizer=None, method: str = "awq", overwrite: bool = False,
+                           restart: bool = False, memory_check: bool = True) -> QuantizationReport:
+    """Quantize the model folder ``model_path`` into the AutoAWQ gemm checkpoint ``out``, one
+    decoder block in memory at a time, resumable (see the module docstring). Returns the report.
+
+    ``calib``, ``method`` ("awq" or "rtn"): as ``quantize_model``. ``restart=True`` discards an
+    interrupted run of ``out`` instead of resuming it. ``memory_check``: before any work, the
+    run's peak memory is estimated from the config and the file headers (``report.memory_plan``)
+    and a plan above the available memory is an error saying what to reduce.
+
+    A folder whose weights transformers renames or fuses while loading (``StreamingUnsupported``)
+    is quantized in memory instead (``quantize_model`` + ``save_quantized``), with a warning.
+    """
+    from transformers import AutoTokenizer
+
+    cfg = AWQConfig() if config is None else config
+    cfg.validate()
+    if method not in ("awq", "rtn"):
+        raise ValueError(f"method must be 'awq' or 'rtn' for a checkpoint, got {method!r}")
+    if cfg.bits != 4:
+        raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, got bits={cfg.bits}")
+    model_path = os.fspath(model_path)
+    out_dir = check_output_folder(out, overwrite)
+    partial = out_dir + PARTIAL_SUFFIX
+    if restart and os.path.isdir(partial):
+        shutil.rmtree(partial)
+    meter = StageMeter()
+    t_start = time.perf_counter()
+    try:
+        with meter.stage("load"):
+            src = SourceModel(model_path)
+    except StreamingUnsupported as e:
+        return _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason=str(e))
+    try:
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model_path)
+            except (OSError, ValueError):
+                if method != "rtn":
+                    raise
+        return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check)
+    finally:
+        src.close()
+
+
+def _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason: str) -> QuantizationReport:
+    from .checkpoint import save_quantized
+    from .pipeline import load_model, quantize_model
+
+    log.warning("%s; quantizing in memory instead (the whole model in float32, no resume)", reason)
+    model, tok = load_model(model_path)
+    model, report = quantize_model(model, cfg, calib=calib, tokenizer=tokenizer or tok, method=method)
+    save_quantized(model, out_dir, tokenizer=tokenizer or tok, report=report, overwrite=overwrite)
+    return report
+
+
+def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib, tokenizer, method: str,
+            meter: StageMeter, t_start: float, memory_check: bool) -> QuantizationReport:
+    model = src.model
+    layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
+    blocks = decoder_blocks(model, layout)
+    planned = copy.deepcopy(blocks)  # on meta: names and shapes only
+    convert_blocks(planned, layout)
+    run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method))
+    from .checkpoint import checkpoint_dtype
+
+    dtype = checkpoint_dtype(model)
+    tokens = calibration_tokens(run, calib, tokenizer) if run.searched else None
+    n_tokens = 0 if tokens is None else int(tokens.numel())
+    plan = plan_memory(model, planned, layout, n_tokens, cfg.seqlen if tokens is None else int(tokens.shape[1]))
+    del planned
+    run.report.memory_plan = plan.to_dict()
+    log.info("memory plan: %s", plan.describe())
+    if memory_check:
+        _check_plan(plan, cfg, n_tokens)
+
+    fingerprint = {"format": _FORMAT, "method": method, "config": cfg.to_dict(),
+                   "source": _source_fingerprint(src.path, src.files),
+                   "calibration": None if tokens is None else _digest(tokens.to(torch.int64).numpy().tobytes())}
+    resume = _Resume(partial, json.loads(json.dumps(fingerprint)), len(blocks))
+    done, state = resume.load()
+    seconds_before = 0.0
+    if state is not None:
+        log.info("resuming %s after block %d of %d", partial, done, len(blocks))
+        saved = dict(state["report"])
+        run.report = QuantizationReport(**saved)
+        run.report.memory_plan = plan.to_dict()
+        meter.stages.update({k: dict(v) for k, v in saved.get("stages", {}).items()})
+        seconds_before = float(state["seconds"])
+    os.makedirs(partial, exist_ok=True)
+
+    prefix = f"{layout.layers_path}."
+    with torch.no_grad():
+        with meter.stage("load"):
+            src.materialize_outside(layout.layers_path)
+        hidden: list[torch.Tensor] = []
+        calls: list[BlockCalls] = []
+        if done < len(blocks):
+            if run.searched:
+                assert tokens is not None
+                with meter.stage("load"):
+                    src.materialize(f"{prefix}0.", blocks[0])
+                with meter.stage("capture_block_calls"):
+                    hidden, calls = _record_calls(model, blocks, tokens)
+                if done:
+                    hidden = resume.hidden()
+                    blocks[0] = nn.Identity()
+            bar = tqdm_blocks(len(blocks), method, initial=done)
+            for i in bar:
+                block = blocks[i]
+                with meter.stage("load"):
+                    src.materialize(f"{prefix}{i}.", block)
+                    convert_blocks(nn.ModuleList([block]), layout)
+                hidden = quantize_block(run, i, block, hidden, calls[i] if calls else None, bar, dtype)
+                with meter.stage("write"):
+                    tensors, _ = module_checkpoint_tensors(block, cfg.group_size, dtype)
+                    tensors = {f"{prefix}{i}.{k}": v for k, v in tensors.items()}
+                    elapsed = seconds_before + time.perf_counter() - t_start
+                    resume.commit(i, tensors, hidden, run.finish(t_start, seconds_before), elapsed)
+                    del tensors
+                blocks[i] = nn.Identity()  # frees the block (no later forward reaches it)
+                del block
+            bar.close()
+        with meter.stage("write"):
+            report = run.finish(t_start, seconds_before)
+            _finish(resume, model, layout.layers_path, cfg, report, dtype, tokenizer)
+            move_into_place(partial, out_dir)
+    report = run.finish(t_start, seconds_before)
+    log.info("quantized %d linears in %.1f s into %s (%s)", report.quantized_layers, report.total_seconds, out_dir,
+             report.summary())
+    return report
+
+
+def _check_plan(plan: MemoryPlan, cfg: AWQConfig, n_tokens: int) -> None:
+    avail = available_memory()
+    if avail is None or plan.peak_bytes <= avail:
+        return
+    gib = 2**30
+    raise MemoryError(
+        f"this run needs about {plan.peak_bytes / gib:.1f} GiB ({plan.describe()}) and {avail / gib:.1f} GiB is available: "
+        f"use fewer calibration tokens (now {cfg.n_samples} x {cfg.seqlen} = {n_tokens}; the activations scale with them: "
+        "--n-samples / --seqlen), free memory, or pass memory_check=False (CLI: --no-memory-check) to try anyway")
+
+
+def _finish(resume: _Resume, model: nn.Module, layers_path: str, cfg: AWQConfig, report: QuantizationReport,
+            dtype: torch.dtype, tokenizer) -> None:
+    """The last shard (every tensor outside the blocks), the index, config.json, tokenizer and
+    report; the resume state removed; everything flushed."""
+    from safetensors.torch import save_file
+
+    from .._safetensors import read_header
+
+    folder, n = resume.folder, resume.n_blocks
+    blocks = get_submodule(model, layers_path)
+    set_submodule(model, layers_path, nn.ModuleList())  # the blocks are in their shards already
+    try:
+        round_module_to(model, dtype)
+        rest, _ = module_checkpoint_tensors(model, cfg.group_size, dtype)
+    finally:
+        set_submodule(model, layers_path, blocks)
+    save_file(rest, os.path.join(folder, resume.shard_name(n + 1)), metadata={"format": "pt"})
+    weight_map: dict[str, str] = {}
+    total = 0
+    for j in range(1, n + 2):
+        fname = resume.shard_name(j)
+        header, _ = read_header(os.path.join(folder, fname))
+        for key, info in header.items():
+            weight_map[key] = fname
+            begin, end = info["data_offsets"]
+            total += end - begin
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+    write_checkpoint_metadata(folder, model, cfg, report, dtype, tokenizer)
+    shutil.rmtree(resume.state_dir, ignore_errors=True)
+    fsync_tree(folder)
