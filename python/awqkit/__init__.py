@@ -50,7 +50,8 @@ _sys.modules[__name__ + "._isa"] = isa
 
 # The model pipeline imports torch and transformers: loaded on first use only, so
 # ``import awqkit`` never needs them.
-_MODEL_API = ("evaluate_perplexity", "load_quantized", "quantize_model", "rtn_quantize_model", "save_quantized")
+_MODEL_API = ("evaluate_perplexity", "load_quantized", "quantize_model", "quantize_to_checkpoint", "rtn_quantize_model",
+              "save_quantized")
 
 
 def __getattr__(name):

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 
 from .cli import group_size_arg, positive_int
 from .config import AWQConfig
@@ -44,7 +45,7 @@ def _check_model_folder(path: str) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .model import check_output_folder, load_model, quantize_model, save_quantized
+    from .model import check_output_folder
 
     cfg = _config_from_args(args)
     if cfg.bits != 4:
@@ -56,9 +57,23 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     fp = estimate_footprint(args.model, bits=cfg.bits, group_size=cfg.group_size)  # size before quality
     log.info("estimated weights: %.1f MiB -> %.1f MiB (%d of %d parameters quantized)",
              fp.bytes_before / 2**20, fp.bytes_after / 2**20, fp.quantized_params, fp.params)
-    model, tok = load_model(args.model)
-    model, report = quantize_model(model, cfg, calib=args.calib, tokenizer=tok, method=args.method)
-    save_quantized(model, args.out, tokenizer=tok, report=report, overwrite=args.overwrite)
+    if args.in_memory:
+        from .model import load_model, quantize_model, save_quantized
+
+        model, tok = load_model(args.model)
+        model, report = quantize_model(model, cfg, calib=args.calib, tokenizer=tok, method=args.method)
+        save_quantized(model, args.out, tokenizer=tok, report=report, overwrite=args.overwrite)
+    else:
+        from .model import quantize_to_checkpoint
+
+        try:
+            report = quantize_to_checkpoint(args.model, args.out, cfg, calib=args.calib, method=args.method,
+                                            overwrite=args.overwrite, restart=args.restart,
+                                            memory_check=args.memory_check)
+        except KeyboardInterrupt:
+            print(f"awqkit: interrupted; the finished blocks are kept in {os.path.abspath(args.out)}.partial: "
+                  "run the same command again to resume", file=sys.stderr)
+            return 130
     s = report.summary()
     print(json.dumps({"out": args.out, "quantized_layers": report.quantized_layers,
                       "not_converted": len(report.not_converted), "seconds": round(report.total_seconds, 2),
@@ -127,7 +142,8 @@ def _window_length(text: str) -> int:
 
 
 def add_model_commands(sub) -> None:
-    q = sub.add_parser("quantize", help="quantize a Hugging Face causal LM with AWQ and save an AutoAWQ gemm checkpoint")
+    q = sub.add_parser("quantize", help="quantize a Hugging Face causal LM with AWQ into an AutoAWQ gemm checkpoint, one "
+                       "block in memory at a time; an interrupted run resumes when the same command is run again")
     q.add_argument("model", help="model folder (config.json, safetensors, tokenizer)")
     q.add_argument("--out", required=True, help="output folder (absent or empty, unless --overwrite)")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder as a whole")
@@ -144,6 +160,12 @@ def add_model_commands(sub) -> None:
     q.add_argument("--inspect", choices=["linears", "module"])
     q.add_argument("--exclude", action="append", help="name substring of linears to keep in full precision (repeatable)")
     q.add_argument("--method", choices=["awq", "rtn"], default="awq", help="rtn: plain rounding baseline")
+    q.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run of --out (<out>.partial) instead of resuming it")
+    q.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="run even when the memory plan exceeds the available memory")
+    q.add_argument("--in-memory", dest="in_memory", action="store_true",
+                   help="load the whole model in float32 instead of streaming it block by block (no resume)")
     q.set_defaults(func=_cmd_quantize)
 
     e = sub.add_parser("eval", help="perplexity of a model or an AWQ checkpoint on a text file")

@@ -32,6 +32,7 @@ from .perplexity import evaluate_perplexity  # noqa: E402 (after the version che
 from .pipeline import load_model, quantize_model, rtn_quantize_model  # noqa: E402 (after the version check, on purpose)
 from .qlinear import AWQLinear, QuantizedLinear  # noqa: E402 (after the version check, on purpose)
 from .report import QuantizationReport  # noqa: E402 (after the version check, on purpose)
+from .streaming import StreamingUnsupported, quantize_to_checkpoint  # noqa: E402 (after the version check, on purpose)
 
 __all__ = [
     "AWQLinear",
@@ -40,6 +41,7 @@ __all__ = [
     "MoEExperts",
     "QuantizationReport",
     "QuantizedLinear",
+    "StreamingUnsupported",
     "check_output_folder",
     "default_calibration_texts",
     "evaluate_perplexity",
@@ -49,6 +51,7 @@ __all__ = [
     "load_model",
     "load_quantized",
     "quantize_model",
+    "quantize_to_checkpoint",
     "register_family",
     "rtn_quantize_model",
     "save_quantized",

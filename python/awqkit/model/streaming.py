@@ -19,6 +19,7 @@ settings are refused. The finished checkpoint is renamed to ``out`` only when co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -154,6 +155,26 @@ def _record_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor)
             block.__dict__.pop("forward", None)
 
 
+def _return_freed_memory() -> None:
+    """Give the freed block back to the system. glibc raises its mmap threshold each time a
+    large buffer is freed, so the next blocks' buffers come from the heap, whose free pages
+    it keeps: without a trim the resident size would grow with the number of blocks."""
+    import ctypes
+    import ctypes.util
+
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def _digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -217,7 +238,12 @@ class _Resume:
 
     def _atomic_write(self, path: str, write) -> None:
         tmp = path + ".tmp"
-        write(tmp)
+        try:
+            write(tmp)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -296,6 +322,12 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
                 if method != "rtn":
                     raise
         return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check)
+    except BaseException:
+        # A run stopped before its first commit leaves nothing behind; after it, the partial
+        # folder is what the next run resumes from.
+        if not os.path.isfile(os.path.join(partial, _RESUME_DIR, "progress.json")):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     finally:
         src.close()
 
@@ -377,6 +409,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                     del tensors
                 blocks[i] = nn.Identity()  # frees the block (no later forward reaches it)
                 del block
+                _return_freed_memory()
             bar.close()
         with meter.stage("write"):
             report = run.finish(t_start, seconds_before)
