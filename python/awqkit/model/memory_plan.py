@@ -7,8 +7,9 @@ block as read, its original weights for the fallback, the clipped weights and th
 dequantized ones (4 float32 copies of one block); the calibration activations (the block's
 input and full-precision output, every linear's captured input, one more copy of the
 largest during concatenation); one calibration chunk's forward scratch (attention scores
-and the MLP's intermediates); the float32 tensors outside the blocks; and what the process
-already holds (Python, torch, transformers), read from /proc.
+and the MLP's intermediates); and what the process already holds (Python, torch,
+transformers), read from /proc. The float32 tensors outside the blocks (embeddings, head) are
+resident only for the calibration forward and the last shard, beside one block.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _GIB = 2**30
 @dataclass
 class MemoryPlan:
     process_bytes: int  # resident before the run (interpreter, torch, transformers)
-    outside_blocks_bytes: int  # embeddings, final norm, head in float32
+    outside_blocks_bytes: int  # embeddings, final norm, head in float32 (at the calibration forward and the end)
     block_bytes: int  # the largest decoder block in float32
     block_copies: int
     activation_bytes: int  # calibration activations of one block
@@ -38,8 +39,10 @@ class MemoryPlan:
 
     @property
     def peak_bytes(self) -> int:
-        return (self.process_bytes + self.outside_blocks_bytes + self.block_copies * self.block_bytes
-                + self.activation_bytes + self.scratch_bytes)
+        # The tensors outside the blocks are in memory only before the first block and after
+        # the last one (streaming): the peak is the larger of that and the busiest block.
+        blocks = self.block_copies * self.block_bytes + self.activation_bytes + self.scratch_bytes
+        return self.process_bytes + max(blocks, self.outside_blocks_bytes + self.block_bytes)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,9 +51,9 @@ class MemoryPlan:
 
     def describe(self) -> str:
         g = lambda n: f"{n / _GIB:.2f} GiB"  # noqa: E731
-        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + outside the blocks "
-                f"{g(self.outside_blocks_bytes)} + {self.block_copies} x block {g(self.block_bytes)} + activations "
-                f"{g(self.activation_bytes)} ({self.tokens} tokens) + chunk scratch {g(self.scratch_bytes)}")
+        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + the larger of {self.block_copies} x block "
+                f"{g(self.block_bytes)} + activations {g(self.activation_bytes)} ({self.tokens} tokens) + chunk scratch "
+                f"{g(self.scratch_bytes)}, and outside the blocks {g(self.outside_blocks_bytes)} + one block")
 
 
 def _rss_bytes() -> int:
@@ -89,10 +92,10 @@ def available_memory() -> int | None:
 
 
 def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, tokens: int, seqlen: int) -> MemoryPlan:
-    """The plan for ``model`` (parameters may be on meta) whose converted decoder blocks are
-    ``blocks``, calibrated on ``tokens`` tokens in sequences of ``seqlen``."""
+    """The plan for ``model`` (parameters may be on meta) whose decoder blocks, converted as the
+    pipeline will (``convert_blocks``), are ``blocks``, calibrated on ``tokens`` tokens in sequences of ``seqlen``."""
     config = model.config
-    inside = {id(p) for p in blocks.parameters()}
+    inside = {id(p) for p in model.get_submodule(layout.layers_path).parameters()}
     outside = sum(p.numel() for p in model.parameters() if id(p) not in inside) * 4
     block = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0) * 4
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)

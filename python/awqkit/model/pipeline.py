@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -78,11 +79,11 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
     return gemm_layout_problem(n, k, cfg.group_size)
 
 
-def _quantize_linear(lin: nn.Linear, w: torch.Tensor, cfg: AWQConfig) -> QuantizedLinear:
+def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig) -> QuantizedLinear:
     qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point)
     awq_tensors = pack_awq(qt) if cfg.bits == 4 else None
     deq = torch.from_numpy(qt.dequantize())
-    return QuantizedLinear(deq, lin.bias, cfg.bits, qt.group_size, cfg.zero_point, awq_tensors)
+    return QuantizedLinear(deq, bias, cfg.bits, qt.group_size, cfg.zero_point, awq_tensors)
 
 
 def rtn_quantize_model(model_or_path, config: AWQConfig | None = None):
@@ -162,10 +163,14 @@ class BlockRun:
     meter, the linears kept in full precision (``skip``, "block.rel" -> reason) and the report."""
 
     def __init__(self, layout: BlockLayout, cfg: AWQConfig, method: str, meter: StageMeter,
-                 plan: tuple[dict[str, str], QuantizationReport]):
+                 plan: tuple[dict[str, str], QuantizationReport],
+                 reread_block: Callable[[int], dict[str, torch.Tensor]] | None = None):
         self.layout, self.cfg, self.method, self.meter = layout, cfg, method, meter
         self.skip, self.report = plan
         self.searched = method in ("awq", "fold")
+        # Block i's state as loaded, read again from the model files (streaming): the block
+        # fallback then keeps no copy of the original weights in memory.
+        self.reread_block = reread_block
 
     def finish(self, t_start: float, seconds_before: float = 0.0) -> QuantizationReport:
         report = self.report
@@ -241,8 +246,10 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         if method == "awq":
             with meter.stage("block_check"):
                 rtn_err = _rtn_block_error(block, quant_names, hidden, calls, fp_out, cfg)
-            # The block as loaded, for the fallback below (one block's weights).
-            original = {k: v.detach().clone() for k, v in block.state_dict().items()} if cfg.block_fallback else None
+            # The block as loaded, for the fallback below (one block's weights), unless it can be
+            # read again from the files.
+            keep = cfg.block_fallback and run.reread_block is None
+            original = {k: v.detach().clone() for k, v in block.state_dict().items()} if keep else None
         _report_experts(i, layout, cap, report)
         with meter.stage("scale_search"):
             for m in layout.mappings:
@@ -255,19 +262,20 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     if method == "fold":  # the diagnostic: folded full-precision weights, no clip, no rounding
         del cap
         return fp_out
-    # The weights after folding (AWQ) or as loaded (RTN), clipped below.
-    new_weights = {rel: linears[rel].weight.detach().clone() for rel in quant_names}
-    if method == "awq" and cfg.clip:
-        with meter.stage("clip_search"):
-            for rel in quant_names:
-                if layout.never_clipped(rel) or rel not in cap.inputs:
-                    continue
-                new_weights[rel] = _clip(new_weights[rel], cap.inputs[rel], cfg, report, i, rel)
-    with meter.stage("quantize_pack"):
-        for rel in quant_names:
-            set_submodule(block, rel, _quantize_linear(linears[rel], new_weights[rel], cfg))
+    # Linear by linear: the weights after folding (AWQ) or as loaded (RTN), clipped, quantized;
+    # the float weight is dropped as its quantized module replaces it, so the block never
+    # holds a second full copy here.
+    for rel in quant_names:
+        lin = linears.pop(rel)
+        w = lin.weight.detach()
+        if method == "awq" and cfg.clip and not layout.never_clipped(rel) and rel in cap.inputs:
+            with meter.stage("clip_search"):
+                w = _clip(w, cap.inputs[rel], cfg, report, i, rel)
+        with meter.stage("quantize_pack"):
+            set_submodule(block, rel, _quantize_weight(w, lin.bias, cfg))
             report.quantized_layers += 1
-        del new_weights
+        del lin, w
+    with meter.stage("quantize_pack"):
         # What is evaluated (the block check, the quantized propagation) is what the checkpoint
         # holds: AWQ's folded norms are float32 values a bf16 checkpoint cannot hold.
         round_module_to(block, dtype)
@@ -279,14 +287,16 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         entry = {"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
                  "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
                                for o in fp_out[:_CHECK_CHUNKS])}
-        if original is not None and entry["awq"] > entry["rtn"]:
+        if cfg.block_fallback and entry["awq"] > entry["rtn"]:
+            if original is None:
+                assert run.reread_block is not None
+                original = run.reread_block(i)
             # AWQ lost to plain rounding at this block's output: the block keeps plain
             # rounding of its original weights, and the report says so.
+            own = {f"{rel}.{p}" for rel in quant_names for p in ("weight", "bias")}
+            block.load_state_dict({k: v for k, v in original.items() if k not in own}, strict=False)
             for rel in quant_names:
-                set_submodule(block, rel, linears[rel])
-            block.load_state_dict(original)
-            for rel in quant_names:
-                set_submodule(block, rel, _quantize_linear(linears[rel], linears[rel].weight, cfg))
+                set_submodule(block, rel, _quantize_weight(original[f"{rel}.weight"], original.get(f"{rel}.bias"), cfg))
             round_module_to(block, dtype)
             entry["kept"] = "rtn"
             for searched_entry in report.mappings:

@@ -1,14 +1,14 @@
 """Quantizing a model folder that need not fit in memory, one decoder block at a time, into
 a checkpoint that survives a crash: ``quantize_to_checkpoint`` (what ``awqkit quantize`` runs).
 
-The model is built with its parameters on the meta device; the tensors outside the decoder
-blocks (embeddings, final norm, head) are read from the safetensors files in float32; the
-calibration forward records every block's call arguments with block 0 run for real and the
-other blocks replaced by recorders that pass the hidden states through. Then for each block:
-read its tensors from the files, convert it (``awqkit.model.conversions``), quantize it with
-the same ``quantize_block`` as the in-memory pipeline, write its shard of the output and free
-it. Resident at any time: one block's weights (and the pipeline's working copies of them),
-the calibration activations of one block, and the tensors outside the blocks.
+The model is built with its parameters on the meta device. For the calibration forward the
+tensors outside the decoder blocks (embeddings, final norm, head) and block 0 are read from the
+safetensors files in float32, and every block's call arguments are recorded with the other
+blocks replaced by recorders that pass the hidden states through; the outside tensors are then
+dropped until the last shard. Then for each block: read its tensors from the files, convert it
+(``awqkit.model.conversions``), quantize it with the same ``quantize_block`` as the in-memory
+pipeline, write its shard of the output and free it. Resident: one block's weights (and the
+pipeline's working copies of them) and the calibration activations of one block.
 
 Progress is committed per block in ``<out>.partial``: the block's shard, the next block's
 input hidden states and the report so far, each written to a temporary name, flushed and
@@ -107,15 +107,25 @@ class SourceModel:
         self.reader.__exit__(None, None, None)
 
     def materialize(self, prefix: str, module: nn.Module) -> None:
-        """Read the parameters and persistent buffers of ``module`` (at ``prefix`` in the
-        model) from the files, in float32; buffers the files lack keep the model's own values."""
+        """Read the parameters and persistent buffers of ``module`` (the model's module at
+        ``prefix``, or a copy of it) from the files, in float32; buffers the files lack keep
+        the model's own values."""
         params = dict(module.named_parameters(remove_duplicate=False))
         for rel, p in [*params.items(), *module.named_buffers(remove_duplicate=False)]:
             key = f"{prefix}{rel}"
             if key in self.tied or (rel in params and p.device.type != "meta"):
                 continue  # tied, or read already
-            if not assign_tensor(self.model, key, self.reader, key) and p.device.type == "meta":
+            if not assign_tensor(module, rel, self.reader, key) and p.device.type == "meta":
                 raise StreamingUnsupported(f"{self.path} has no tensor {key}")
+
+    def block_state(self, prefix: str, template: nn.Module, layout) -> dict[str, torch.Tensor]:
+        """The state of a block as the pipeline first sees it (read, converted) from a copy
+        of its meta ``template``."""
+        fresh = copy.deepcopy(template)
+        self.materialize(prefix, fresh)
+        wrapped = nn.ModuleList([fresh])
+        convert_blocks(wrapped, layout)
+        return wrapped[0].state_dict()
 
     def materialize_outside(self, layers_path: str) -> None:
         """Every tensor outside the decoder blocks (embeddings, final norm, head)."""
@@ -129,6 +139,16 @@ class SourceModel:
         left = [k for k, p in self.model.named_parameters() if p.device.type == "meta" and id(p) not in inside]
         if left:
             raise StreamingUnsupported(f"{self.path}: no tensor for {left[:3]}")
+
+    def release_outside(self, layers_path: str) -> None:
+        """Back to meta for the tensors outside the blocks: only the calibration forward needs
+        them (the embeddings); the last shard reads them again."""
+        inside = {id(p) for p in self.model.get_submodule(layers_path).parameters()}
+        for key, p in list(self.model.named_parameters(remove_duplicate=False)):
+            if id(p) not in inside and p.device.type != "meta":
+                owner_name, _, leaf = key.rpartition(".")
+                owner = self.model.get_submodule(owner_name) if owner_name else self.model
+                owner._parameters[leaf] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
 
 
 def _record_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[BlockCalls]]:
@@ -350,7 +370,10 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
     blocks = decoder_blocks(model, layout)
     planned = copy.deepcopy(blocks)  # on meta: names and shapes only
     convert_blocks(planned, layout)
-    run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method))
+    templates: dict[int, nn.Module] = {}  # block i on meta while it is being quantized
+    prefix = f"{layout.layers_path}."
+    run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method),
+                   reread_block=lambda i: src.block_state(f"{prefix}{i}.", templates[i], layout))
     from .checkpoint import checkpoint_dtype
 
     dtype = checkpoint_dtype(model)
@@ -378,25 +401,26 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
         seconds_before = float(state["seconds"])
     os.makedirs(partial, exist_ok=True)
 
-    prefix = f"{layout.layers_path}."
     with torch.no_grad():
-        with meter.stage("load"):
-            src.materialize_outside(layout.layers_path)
         hidden: list[torch.Tensor] = []
         calls: list[BlockCalls] = []
         if done < len(blocks):
             if run.searched:
                 assert tokens is not None
                 with meter.stage("load"):
+                    src.materialize_outside(layout.layers_path)
+                    templates[0] = copy.deepcopy(blocks[0])
                     src.materialize(f"{prefix}0.", blocks[0])
                 with meter.stage("capture_block_calls"):
                     hidden, calls = _record_calls(model, blocks, tokens)
+                src.release_outside(layout.layers_path)
                 if done:
                     hidden = resume.hidden()
                     blocks[0] = nn.Identity()
             bar = tqdm_blocks(len(blocks), method, initial=done)
             for i in bar:
                 block = blocks[i]
+                templates[i] = copy.deepcopy(block) if i or not run.searched else templates[0]
                 with meter.stage("load"):
                     src.materialize(f"{prefix}{i}.", block)
                     convert_blocks(nn.ModuleList([block]), layout)
@@ -408,10 +432,11 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                     resume.commit(i, tensors, hidden, run.finish(t_start, seconds_before), elapsed)
                     del tensors
                 blocks[i] = nn.Identity()  # frees the block (no later forward reaches it)
-                del block
+                del block, templates[i]
                 _return_freed_memory()
             bar.close()
         with meter.stage("write"):
+            src.materialize_outside(layout.layers_path)
             report = run.finish(t_start, seconds_before)
             _finish(resume, model, layout.layers_path, cfg, report, dtype, tokenizer)
             move_into_place(partial, out_dir)
@@ -426,10 +451,11 @@ def _check_plan(plan: MemoryPlan, cfg: AWQConfig, n_tokens: int) -> None:
     if avail is None or plan.peak_bytes <= avail:
         return
     gib = 2**30
+    change = (f"use fewer calibration tokens (now {n_tokens}, {cfg.n_samples} x {cfg.seqlen} asked; the activations scale "
+              "with them: --n-samples / --seqlen), free memory" if n_tokens else "free memory")
     raise MemoryError(
         f"this run needs about {plan.peak_bytes / gib:.1f} GiB ({plan.describe()}) and {avail / gib:.1f} GiB is available: "
-        f"use fewer calibration tokens (now {cfg.n_samples} x {cfg.seqlen} = {n_tokens}; the activations scale with them: "
-        "--n-samples / --seqlen), free memory, or pass memory_check=False (CLI: --no-memory-check) to try anyway")
+        f"{change}, or pass memory_check=False (CLI: --no-memory-check) to try anyway")
 
 
 def _finish(resume: _Resume, model: nn.Module, layers_path: str, cfg: AWQConfig, report: QuantizationReport,
