@@ -151,6 +151,8 @@ def quantize(args) -> None:
     if args.restart:
         cmd += ["--restart"]
     partial = Path(str(out) + ".partial")
+    if args.restart and partial.exists():  # before the child starts: the poll below must not see the old progress
+        shutil.rmtree(partial)
     res = _child(cmd, args.blocks, partial)
     state_file = partial / "awqkit-resume" / "progress.json"
     report_file = out / "awq_report.json"

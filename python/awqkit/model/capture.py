@@ -135,13 +135,16 @@ def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCall
     cap = BlockCapture(module_calls=mcalls)
     # Linears fed the very same tensor objects share one concatenated copy, so a scale
     # division applied to it is seen by all of them (and memory holds it once).
-    by_ids: dict[tuple, torch.Tensor] = {}
+    groups: dict[tuple, list[str]] = {}
     for name, parts in per_name.items():
-        if not parts:
-            continue
-        key = tuple(id(p) for p in parts)
-        if key not in by_ids:
-            k = parts[0].shape[-1]
-            by_ids[key] = torch.cat([p.reshape(-1, k) for p in parts]).to(torch.float32).contiguous()
-        cap.inputs[name] = by_ids[key]
+        if parts:
+            groups.setdefault(tuple(id(p) for p in parts), []).append(name)
+    for names in groups.values():
+        parts = per_name[names[0]]
+        k = parts[0].shape[-1]
+        joined = torch.cat([p.reshape(-1, k) for p in parts]).to(torch.float32).contiguous()
+        for name in names:
+            cap.inputs[name] = joined
+            per_name[name] = []  # the chunks go as soon as their copy exists: one transient copy at a time
+        del parts
     return cap, outs

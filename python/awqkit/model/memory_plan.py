@@ -2,14 +2,14 @@
 skeleton (shapes on the meta device: config.json and the safetensors headers), the
 calibration size and the pipeline's working copies, against the memory available.
 
-The terms follow what ``quantize_block`` holds at its busiest moment (quantize_pack): the
-block as read, its original weights for the fallback, the clipped weights and the
-dequantized ones (4 float32 copies of one block); the calibration activations (the block's
-input and full-precision output, every linear's captured input, one more copy of the
-largest during concatenation); one calibration chunk's forward scratch (attention scores
-and the MLP's intermediates); and what the process already holds (Python, torch,
-transformers), read from /proc. The float32 tensors outside the blocks (embeddings, head) are
-resident only for the calibration forward and the last shard, beside one block.
+The terms follow what ``quantize_block`` holds in its two busiest phases: the plain-rounding
+check (the block and a rounded copy of it: 2 float32 copies, plus the block's input and
+output hidden states) and the capture (the block, its input and full-precision output, every
+linear's captured input and one more copy of the largest while the chunks are joined); plus
+one calibration chunk's forward scratch (attention scores and the MLP's intermediates) and
+what the process already holds (Python, torch, transformers), read from /proc. The float32
+tensors outside the blocks (embeddings, head) are resident only for the calibration forward
+and the last shard, beside one block.
 """
 
 from __future__ import annotations
@@ -23,26 +23,27 @@ from .pipeline import _CHUNK_SEQS
 
 __all__ = ["MemoryPlan", "available_memory", "plan_memory"]
 
-_BLOCK_COPIES = 4
+_BLOCK_COPIES = 2  # the block and its rounded copy (the plain-rounding check)
 _GIB = 2**30
 
 
 @dataclass
 class MemoryPlan:
     process_bytes: int  # resident before the run (interpreter, torch, transformers)
-    outside_blocks_bytes: int  # embeddings, final norm, head in float32 (at the calibration forward and the end)
+    outside_blocks_bytes: int  # embeddings, final norm, head in float32 (calibration forward, last shard)
     block_bytes: int  # the largest decoder block in float32
     block_copies: int
-    activation_bytes: int  # calibration activations of one block
+    hidden_bytes: int  # a block's input and output hidden states over the calibration tokens
+    activation_bytes: int  # those plus every captured linear input (the capture phase)
     scratch_bytes: int  # one calibration chunk's forward
     tokens: int
 
     @property
     def peak_bytes(self) -> int:
-        # The tensors outside the blocks are in memory only before the first block and after
-        # the last one (streaming): the peak is the larger of that and the busiest block.
-        blocks = self.block_copies * self.block_bytes + self.activation_bytes + self.scratch_bytes
-        return self.process_bytes + max(blocks, self.outside_blocks_bytes + self.block_bytes)
+        phases = (self.block_copies * self.block_bytes + self.hidden_bytes,  # plain-rounding check
+                  self.block_bytes + self.activation_bytes,  # capture and search
+                  self.outside_blocks_bytes + self.block_bytes)  # calibration forward, last shard
+        return self.process_bytes + self.scratch_bytes + max(phases)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -51,9 +52,10 @@ class MemoryPlan:
 
     def describe(self) -> str:
         g = lambda n: f"{n / _GIB:.2f} GiB"  # noqa: E731
-        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + the larger of {self.block_copies} x block "
-                f"{g(self.block_bytes)} + activations {g(self.activation_bytes)} ({self.tokens} tokens) + chunk scratch "
-                f"{g(self.scratch_bytes)}, and outside the blocks {g(self.outside_blocks_bytes)} + one block")
+        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + chunk scratch {g(self.scratch_bytes)} + "
+                f"the largest of: {self.block_copies} x block {g(self.block_bytes)} + hidden states "
+                f"{g(self.hidden_bytes)}; block + activations {g(self.activation_bytes)} ({self.tokens} tokens); "
+                f"outside the blocks {g(self.outside_blocks_bytes)} + block")
 
 
 def _rss_bytes() -> int:
@@ -118,8 +120,9 @@ def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, to
         widths += [lin.in_features * share(rel) for rel, lin in linears.items() if rel not in covered]
     inter = max((lin.out_features for b in blocks[:1] for lin in b.modules() if isinstance(lin, nn.Linear)), default=hidden)
     captured = sum(widths) + (max(widths) if widths else 0)
-    activations = int(tokens * 4 * (2 * hidden + captured))
+    hidden_io = int(tokens * 4 * 2 * hidden)
+    activations = hidden_io + int(tokens * 4 * captured)
     seqs = min(_CHUNK_SEQS, max(1, tokens // max(seqlen, 1)))
     scratch = 0 if not tokens else 4 * (2 * seqs * heads * seqlen * seqlen + 3 * seqs * seqlen * inter)
     return MemoryPlan(process_bytes=_rss_bytes(), outside_blocks_bytes=outside, block_bytes=block,
-                      block_copies=_BLOCK_COPIES, activation_bytes=activations, scratch_bytes=scratch, tokens=tokens)
+                      block_copies=_BLOCK_COPIES, hidden_bytes=hidden_io, activation_bytes=activations, scratch_bytes=scratch, tokens=tokens)

@@ -241,11 +241,14 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         inspect_names = sorted({m.module2inspect for m in layout.mappings
                                 if cfg.inspect == "module" and not isinstance(get_submodule(block, m.module2inspect), nn.Linear)})
         input_names = list(dict.fromkeys([*linears, *(m.inp for m in layout.mappings)]))
+        if method == "awq":
+            # Before the capture, so that the rounded copy of the block and the captured
+            # activations are never in memory together.
+            with meter.stage("block_check"):
+                rtn_err = _rtn_block_error(block, quant_names, hidden, calls, cfg)
         with meter.stage("capture"):
             cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names)
         if method == "awq":
-            with meter.stage("block_check"):
-                rtn_err = _rtn_block_error(block, quant_names, hidden, calls, fp_out, cfg)
             # The block as loaded, for the fallback below (one block's weights), unless it can be
             # read again from the files.
             keep = cfg.block_fallback and run.reread_block is None
@@ -322,9 +325,10 @@ def _max_relative(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def _rtn_block_error(block: nn.Module, quant_names: list[str], hidden, calls, fp_out, cfg: AWQConfig) -> float:
+def _rtn_block_error(block: nn.Module, quant_names: list[str], hidden, calls, cfg: AWQConfig) -> float:
     """Plain rounding's output error on the check chunks: a copy of the block (before any
     fold) with its quantized linears rounded, for the report's AWQ-vs-RTN comparison."""
+    fp_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
     rtn = copy.deepcopy(block)
     for rel in quant_names:
         lin: Any = rtn.get_submodule(rel)
