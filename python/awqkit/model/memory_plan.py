@@ -2,14 +2,15 @@
 skeleton (shapes on the meta device: config.json and the safetensors headers), the
 calibration size and the pipeline's working copies, against the memory available.
 
-The terms follow what ``quantize_block`` holds in its two busiest phases: the plain-rounding
+The terms follow what ``quantize_block`` holds in its busiest phases: the plain-rounding
 check (the block and a rounded copy of it: 2 float32 copies, plus the block's input and
-output hidden states) and the capture (the block, its input and full-precision output, every
-linear's captured input and one more copy of the largest while the chunks are joined); plus
-one calibration chunk's forward scratch (attention scores and the MLP's intermediates) and
-what the process already holds (Python, torch, transformers), read from /proc. The float32
-tensors outside the blocks (embeddings, head) are resident only for the calibration forward
-and the last shard, beside one block.
+output hidden states); the capture (the block, its input and full-precision output, every
+linear's captured input and one more copy of the largest while the chunks are joined); the
+scale search (the block, the activations and the float64 Gram matrix of the widest input).
+Each phase but the search adds one calibration chunk's forward scratch (attention scores, the
+MLP's intermediates), and all add what the process already holds (Python, torch,
+transformers; read from /proc). The float32 tensors outside the blocks (embeddings, head) are
+resident only for the calibration forward and the last shard, beside one block.
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ class MemoryPlan:
     block_copies: int
     hidden_bytes: int  # a block's input and output hidden states over the calibration tokens
     activation_bytes: int  # those plus every captured linear input (the capture phase)
+    gram_bytes: int  # the scale search's float64 Gram matrix of the widest input (K x K)
     scratch_bytes: int  # one calibration chunk's forward
     tokens: int
 
     @property
     def peak_bytes(self) -> int:
-        phases = (self.block_copies * self.block_bytes + self.hidden_bytes,  # plain-rounding check
-                  self.block_bytes + self.activation_bytes,  # capture and search
-                  self.outside_blocks_bytes + self.block_bytes)  # calibration forward, last shard
-        return self.process_bytes + self.scratch_bytes + max(phases)
+        phases = (self.block_copies * self.block_bytes + self.hidden_bytes + self.scratch_bytes,  # plain-rounding check
+                  self.block_bytes + self.activation_bytes + self.scratch_bytes,  # capture
+                  self.block_bytes + self.activation_bytes + self.gram_bytes,  # scale search
+                  self.outside_blocks_bytes + self.block_bytes + self.scratch_bytes)  # calibration forward, last shard
+        return self.process_bytes + max(phases)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -52,10 +55,11 @@ class MemoryPlan:
 
     def describe(self) -> str:
         g = lambda n: f"{n / _GIB:.2f} GiB"  # noqa: E731
-        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + chunk scratch {g(self.scratch_bytes)} + "
-                f"the largest of: {self.block_copies} x block {g(self.block_bytes)} + hidden states "
-                f"{g(self.hidden_bytes)}; block + activations {g(self.activation_bytes)} ({self.tokens} tokens); "
-                f"outside the blocks {g(self.outside_blocks_bytes)} + block")
+        return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + the largest of: {self.block_copies} x block "
+                f"{g(self.block_bytes)} + hidden states {g(self.hidden_bytes)} + chunk scratch {g(self.scratch_bytes)}; "
+                f"block + activations {g(self.activation_bytes)} ({self.tokens} tokens) + scratch or Gram "
+                f"{g(max(self.scratch_bytes, self.gram_bytes))}; outside the blocks {g(self.outside_blocks_bytes)} + block "
+                "+ scratch")
 
 
 def _rss_bytes() -> int:
@@ -121,8 +125,10 @@ def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, to
     inter = max((lin.out_features for b in blocks[:1] for lin in b.modules() if isinstance(lin, nn.Linear)), default=hidden)
     captured = sum(widths) + (max(widths) if widths else 0)
     hidden_io = int(tokens * 4 * 2 * hidden)
+    gram = int(max((lin.in_features for b in blocks[:1] for lin in b.modules() if isinstance(lin, nn.Linear)), default=0) ** 2
+               * 8) if tokens else 0
     activations = hidden_io + int(tokens * 4 * captured)
     seqs = min(_CHUNK_SEQS, max(1, tokens // max(seqlen, 1)))
     scratch = 0 if not tokens else 4 * (2 * seqs * heads * seqlen * seqlen + 3 * seqs * seqlen * inter)
     return MemoryPlan(process_bytes=_rss_bytes(), outside_blocks_bytes=outside, block_bytes=block,
-                      block_copies=_BLOCK_COPIES, hidden_bytes=hidden_io, activation_bytes=activations, scratch_bytes=scratch, tokens=tokens)
+                      block_copies=_BLOCK_COPIES, hidden_bytes=hidden_io, activation_bytes=activations, gram_bytes=gram, scratch_bytes=scratch, tokens=tokens)
