@@ -5,7 +5,7 @@ block by block, reloaded and run; SmolLM2-135M streamed vs in memory.
     PYTHONPATH=python python3 benchmarks/bench_streaming.py quantize --method rtn        # every block
     PYTHONPATH=python python3 benchmarks/bench_streaming.py quantize --blocks 2          # AWQ, default calibration, 2 blocks
     PYTHONPATH=python python3 benchmarks/bench_streaming.py reload --tokens 8
-    PYTHONPATH=python python3 benchmarks/bench_streaming.py smollm2
+    PYTHONPATH=python python3 benchmarks/bench_streaming.py identity --model smollm2-135m
 
 Every step runs the work in a child process and reports its peak resident memory as the
 kernel counts it (``ru_maxrss`` of the child) with the wall time; ``quantize`` also prints
@@ -149,11 +149,13 @@ def quantize(args) -> None:
     if args.n_samples:
         cmd += ["--n-samples", str(args.n_samples)]
     if args.restart:
-        cmd += ["--restart"]
+        cmd += ["--restart", "--overwrite"]
     partial = Path(str(out) + ".partial")
     if args.restart and partial.exists():  # before the child starts: the poll below must not see the old progress
         shutil.rmtree(partial)
     res = _child(cmd, args.blocks, partial)
+    if res["rc"] not in (0, 130):  # 130: stopped by --blocks, resumable
+        raise SystemExit(f"the quantization failed: {res}")
     state_file = partial / "awqkit-resume" / "progress.json"
     report_file = out / "awq_report.json"
     if state_file.exists():
@@ -189,26 +191,27 @@ print("load_s", round(t1 - t0, 1), "generate_s", round(t2 - t1, 1), "tokens", ou
     _record({"step": "reload+generate", "tokens": args.tokens, **res})
 
 
-def smollm2(args) -> None:
-    """The streaming path against the in-memory path on SmolLM2-135M: every tensor equal."""
+def identity(args) -> None:
+    """The streaming path against the in-memory path on a real model (``real_models.py``
+    builds them into build/real-models): every tensor equal."""
     code = f"""
 import sys, torch
 sys.path.insert(0, {str(ROOT / 'tests')!r})
 import awqkit
 from awqkit.model import quantize_model, quantize_to_checkpoint, save_quantized
 from model_helpers import checkpoint_tensors
-src = {str(ROOT / 'build' / 'real-models' / 'smollm2-135m')!r}
+src = {str(ROOT / 'build' / 'real-models' / args.model)!r}
 cfg = awqkit.AWQConfig(group_size=64, n_samples=64, seqlen=512)
 m, r = quantize_model(src, cfg)
-save_quantized(m, {str(WORK / 'smollm2-mem')!r}, overwrite=True)
-quantize_to_checkpoint(src, {str(WORK / 'smollm2-stream')!r}, cfg, overwrite=True)
-a, b = checkpoint_tensors({str(WORK / 'smollm2-mem')!r}), checkpoint_tensors({str(WORK / 'smollm2-stream')!r})
+save_quantized(m, {str(WORK / (args.model + '-mem'))!r}, overwrite=True)
+quantize_to_checkpoint(src, {str(WORK / (args.model + '-stream'))!r}, cfg, overwrite=True)
+a, b = checkpoint_tensors({str(WORK / (args.model + '-mem'))!r}), checkpoint_tensors({str(WORK / (args.model + '-stream'))!r})
 same = sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 print("tensors", len(a), "identical", same)
 assert same
 """
     res = _child([sys.executable, "-c", code])
-    _record({"step": "smollm2 stream vs in-memory", **res})
+    _record({"step": f"{args.model} stream vs in-memory", **res})
 
 
 def main() -> None:
@@ -226,7 +229,9 @@ def main() -> None:
     r.add_argument("--out", default=str(OUT))
     r.add_argument("--tokens", type=int, default=8)
     r.set_defaults(func=reload)
-    sub.add_parser("smollm2").set_defaults(func=smollm2)
+    i = sub.add_parser("identity")
+    i.add_argument("--model", default="smollm2-135m", help="a folder of build/real-models")
+    i.set_defaults(func=identity)
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     args.func(args)

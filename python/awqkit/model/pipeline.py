@@ -54,7 +54,8 @@ _FP_WARN_SHARE = 0.10  # warn when more than this share of a block's weights sta
 
 
 def load_model(path: str | os.PathLike):
-    """(model float32 in eval mode, tokenizer) from a Hugging Face model folder."""
+    """(model float32 in eval mode, tokenizer or None if the folder has none) from a Hugging
+    Face model folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -67,7 +68,12 @@ def load_model(path: str | os.PathLike):
         model._awqkit_source_dtype = raw.get("dtype") or raw.get("torch_dtype")
     except (OSError, ValueError):
         pass
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        # Token calibration and RTN need none; text calibration then says it is missing.
+        log.info("no tokenizer in %s (%s)", path, str(e).splitlines()[0])
+        tok = None
     return model, tok
 
 
@@ -91,7 +97,8 @@ def rtn_quantize_model(model_or_path, config: AWQConfig | None = None):
     return quantize_model(model_or_path, config, method="rtn")
 
 
-def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, tokenizer=None, method: str = "awq"):
+def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, tokenizer=None, method: str = "awq",
+                   out: str | os.PathLike | None = None, overwrite: bool = False):
     """Quantize a causal LM (a model folder or a loaded transformers model) with AWQ.
 
     ``calib``: list of strings, a .txt/.jsonl path, an int64 tensor [n, seqlen] of tokens,
@@ -101,10 +108,24 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     rounding; ``method="fold"`` is a diagnostic for new mappings: search and fold the scales
     but keep every weight in full precision (the model must compute what it did before).
 
-    The whole model is held in float32 here. For a model larger than memory, or a run that
-    must survive a crash, ``quantize_to_checkpoint`` reads one block at a time from the
-    folder and writes each finished block to the output (``awqkit quantize`` does that).
+    Without ``out`` the whole model is held in float32. With ``out`` (and a model folder) the
+    run streams: ``quantize_to_checkpoint`` reads one block at a time from the folder and
+    writes each finished block to the checkpoint ``out`` (resumable; ``awqkit quantize`` does
+    that), and the model returned is ``load_quantized(out)``: packed weights on the fused
+    kernel (``AWQLinear``), about the checkpoint's size in memory.
     """
+    if out is not None:
+        if not isinstance(model_or_path, (str, os.PathLike)):
+            raise ValueError("out= streams a model folder from disk: pass its path (for a loaded model, call "
+                             "quantize_model(model) and then save_quantized)")
+        if method == "fold":
+            raise ValueError("method='fold' keeps full-precision weights: it writes no checkpoint, so it takes no out=")
+        from .checkpoint import load_quantized
+        from .streaming import quantize_to_checkpoint
+
+        report = quantize_to_checkpoint(model_or_path, out, config, calib=calib, tokenizer=tokenizer, method=method,
+                                        overwrite=overwrite)
+        return load_quantized(os.fspath(out)), report
     cfg = AWQConfig() if config is None else config
     cfg.validate()
     if method not in ("awq", "rtn", "fold"):

@@ -338,9 +338,9 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(model_path)
-            except (OSError, ValueError):
-                if method != "rtn":
-                    raise
+            except (OSError, ValueError) as e:
+                # Not needed for token calibration or RTN; otherwise the calibration says so.
+                log.info("no tokenizer in %s (%s): the checkpoint will have none", model_path, str(e).splitlines()[0])
         return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check)
     except BaseException:
         # A run stopped before its first commit leaves nothing behind; after it, the partial
