@@ -160,11 +160,14 @@ _KILLING_CLI = textwrap.dedent("""
     from awqkit.model import streaming
     from awqkit.cli import main
     where, n = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     commit, save_file = streaming._Resume.commit, safetensors.torch.save_file
     def commit_then_die(self, i, *a, **kw):
         commit(self, i, *a, **kw)
         if where == "after" and i == n:
             os.kill(os.getpid(), signal.SIGKILL)
+        if where == "ctrl-c" and i == n:
+            os.kill(os.getpid(), signal.SIGINT)
     calls = []
     def torn_write(tensors, filename, metadata=None):
         calls.append(filename)
@@ -201,15 +204,20 @@ def uninterrupted(small_sharded, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("killed", [("after", "2"), ("during", "3"), ("after", "0")])
+@pytest.mark.parametrize("killed", [("after", "2"), ("during", "3"), ("after", "0"), ("ctrl-c", "4")])
 def test_a_killed_cli_resumes_to_the_same_bytes(small_sharded, uninterrupted, tmp_path, killed):
     out = tmp_path / "q"
     res = _cli("quantize", small_sharded, "--out", out, *_ARGS, killed=killed)
-    assert res.returncode == -9, res.stderr[-2000:]
+    if killed[0] == "ctrl-c":
+        assert res.returncode == 130 and "run the same command again to resume" in res.stderr, res.stderr[-2000:]
+    else:
+        assert res.returncode == -9, res.stderr[-2000:]
+    assert "memory plan: peak" in res.stderr  # printed before the work, without -v
     assert not out.exists() and (tmp_path / "q.partial").is_dir()  # the output appears only when complete
-    res = _cli("-v", "quantize", small_sharded, "--out", out, *_ARGS)
+    res = _cli("quantize", small_sharded, "--out", out, *_ARGS)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "resuming" in res.stderr
+    done = int(killed[1]) + (killed[0] != "during")  # killed while writing block n: n blocks were committed
+    assert f"{done} of 6 blocks done" in res.stderr
     assert _file_bytes(out) == _file_bytes(uninterrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 

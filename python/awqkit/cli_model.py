@@ -66,6 +66,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     else:
         from .model import quantize_to_checkpoint
 
+        # The memory plan, a resume and the result are worth a line each without -v.
+        logging.getLogger("awqkit.model.streaming").setLevel(logging.INFO)
         try:
             report = quantize_to_checkpoint(args.model, args.out, cfg, calib=args.calib, method=args.method,
                                             overwrite=args.overwrite, restart=args.restart,

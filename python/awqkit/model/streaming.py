@@ -393,7 +393,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
     done, state = resume.load()
     seconds_before = 0.0
     if state is not None:
-        log.info("resuming %s after block %d of %d", partial, done, len(blocks))
+        log.info("resuming %s: %d of %d blocks done", partial, done, len(blocks))
         saved = dict(state["report"])
         run.report = QuantizationReport(**saved)
         run.report.memory_plan = plan.to_dict()
