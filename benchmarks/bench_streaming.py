@@ -3,7 +3,8 @@ block by block, reloaded and run; SmolLM2-135M streamed vs in memory.
 
     PYTHONPATH=python python3 benchmarks/bench_streaming.py make-7b            # ~13.5 GB of bf16 safetensors
     PYTHONPATH=python python3 benchmarks/bench_streaming.py quantize --method rtn        # every block
-    PYTHONPATH=python python3 benchmarks/bench_streaming.py quantize --blocks 2          # AWQ, default calibration, 2 blocks
+    PYTHONPATH=python python3 benchmarks/bench_streaming.py quantize --blocks 1          # AWQ, default calibration, block 0
+    PYTHONPATH=python python3 benchmarks/bench_streaming.py quantize --blocks 1 --activations disk
     PYTHONPATH=python python3 benchmarks/bench_streaming.py reload --tokens 8
     PYTHONPATH=python python3 benchmarks/bench_streaming.py identity --model smollm2-135m
 
@@ -148,6 +149,7 @@ def quantize(args) -> None:
     cmd = [sys.executable, "-m", "awqkit", "-v", "quantize", str(SYNTH), "--out", str(out), "--method", args.method]
     if args.n_samples:
         cmd += ["--n-samples", str(args.n_samples)]
+    cmd += ["--activations", args.activations]
     if args.restart:
         cmd += ["--restart", "--overwrite"]
     partial = Path(str(out) + ".partial")
@@ -169,7 +171,8 @@ def quantize(args) -> None:
               for k, v in report["stages"].items()}
     per_block = {k: v["seconds"] / max(done, 1) for k, v in report["stages"].items()
                  if k not in ("calibration", "capture_block_calls")}
-    _record({"step": "quantize", "method": args.method, "n_samples": args.n_samples or 128, "blocks_done": done,
+    _record({"step": "quantize", "method": args.method, "activations": args.activations,
+             "n_samples": args.n_samples or 128, "blocks_done": done,
              **res, "report_peak_rss_mib": round(report["peak_rss_mb"], 1), "stages": stages,
              "per_block_s": round(sum(per_block.values()), 1), "memory_plan": report.get("memory_plan")})
 
@@ -224,6 +227,7 @@ def main() -> None:
     q.add_argument("--n-samples", type=int, help="calibration documents (default: AWQConfig's 128 x 512 tokens)")
     q.add_argument("--out", default=str(OUT))
     q.add_argument("--restart", action="store_true")
+    q.add_argument("--activations", default="auto", choices=["auto", "memory", "disk"])
     q.set_defaults(func=quantize)
     r = sub.add_parser("reload")
     r.add_argument("--out", default=str(OUT))

@@ -70,10 +70,13 @@ def test_streaming_writes_the_tensors_of_the_in_memory_path(data_dir, tmp_path):
     streamed = quantize_to_checkpoint(data_dir / STORIES, tmp_path / "stream", cfg)
     _same_tensors(tmp_path / "mem", tmp_path / "stream")
     assert streamed.summary() == report.summary()
+    on_disk = quantize_to_checkpoint(data_dir / STORIES, tmp_path / "disk", cfg, activations="disk")
+    _same_tensors(tmp_path / "mem", tmp_path / "disk")
+    assert on_disk.memory_plan["activations_on_disk"] and not streamed.memory_plan["activations_on_disk"]
     # A block kept plain rounding: the streaming path read its original weights again from the files.
     assert report.summary()["blocks_kept_rtn"] >= 1
     assert streamed.memory_plan["peak_bytes"] > 0 and streamed.memory_plan["tokens"] == report.calib_tokens
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mem", "stream"]  # no partial folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "mem", "stream"]  # no partial folder left
     ids = torch.arange(1, 33).view(1, -1)
     a, b = load_quantized(tmp_path / "mem"), load_quantized(tmp_path / "stream")
     assert torch.equal(a(ids).logits, b(ids).logits)
@@ -90,7 +93,8 @@ def test_every_family_streams_to_the_bytes_of_the_in_memory_path(model_type, tmp
     F._model(model_type).save_pretrained(src)
     cfg = F._config()
     with caplog.at_level("WARNING", logger="awqkit.model.streaming"):
-        quantize_to_checkpoint(src, tmp_path / "stream", cfg, calib=F._calib())
+        # The captured inputs on disk (DiskActivations): the bytes do not change.
+        quantize_to_checkpoint(src, tmp_path / "stream", cfg, calib=F._calib(), activations="disk")
     model, _ = quantize_model(T.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32), cfg, calib=F._calib())
     save_quantized(model, tmp_path / "mem")
     _same_tensors(tmp_path / "stream", tmp_path / "mem")
@@ -264,7 +268,7 @@ def test_the_plan_grows_with_the_calibration_not_with_the_layers():
     from awqkit.model.memory_plan import plan_memory
     from awqkit.model.weight_files import parameters_on_meta
 
-    def plan(layers, tokens):
+    def plan(layers, tokens, on_disk=False):
         cfg = T.LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
                             num_attention_heads=32)
         with parameters_on_meta():
@@ -272,7 +276,7 @@ def test_the_plan_grows_with_the_calibration_not_with_the_layers():
         layout = layout_for(m.config)
         blocks = m.model.layers
         convert_blocks(blocks, layout)
-        return plan_memory(m, blocks, layout, tokens, 512)
+        return plan_memory(m, blocks, layout, tokens, 512, activations_on_disk=on_disk)
 
     a, b, c = plan(2, 65536), plan(32, 65536), plan(2, 2 * 65536)
     assert a.peak_bytes - a.process_bytes == b.peak_bytes - b.process_bytes
@@ -281,6 +285,10 @@ def test_the_plan_grows_with_the_calibration_not_with_the_layers():
     # q/k/v's, o's, gate/up's and down's (4096 * 3 + 11008 wide), plus the block's input and output.
     assert a.block_bytes == 202_383_360 * 4
     assert a.activation_bytes == 65536 * 4 * (2 * 4096 + 3 * 4096 + 11008 + 11008)
+    # Captured inputs on disk: one calibration chunk (8 x 512 tokens) of them stays in memory.
+    d = plan(2, 65536, on_disk=True)
+    assert d.activation_bytes == 65536 * 4 * 2 * 4096 + 4096 * 4 * (3 * 4096 + 11008 + 11008)
+    assert d.peak_bytes < a.peak_bytes
 
 
 def test_awqkit_exposes_the_streaming_entry_point():

@@ -71,7 +71,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         try:
             report = quantize_to_checkpoint(args.model, args.out, cfg, calib=args.calib, method=args.method,
                                             overwrite=args.overwrite, restart=args.restart,
-                                            memory_check=args.memory_check)
+                                            memory_check=args.memory_check, activations=args.activations)
         except KeyboardInterrupt:
             print(f"awqkit: interrupted; the finished blocks are kept in {os.path.abspath(args.out)}.partial: "
                   "run the same command again to resume", file=sys.stderr)
@@ -166,6 +166,9 @@ def add_model_commands(sub) -> None:
                    help="discard an interrupted run of --out (<out>.partial) instead of resuming it")
     q.add_argument("--no-memory-check", dest="memory_check", action="store_false",
                    help="run even when the memory plan exceeds the available memory")
+    q.add_argument("--activations", choices=["auto", "memory", "disk"], default="auto",
+                   help="where a block's captured calibration inputs live (auto: on disk when the memory plan "
+                   "does not fit otherwise); the checkpoint is the same")
     q.add_argument("--in-memory", dest="in_memory", action="store_true",
                    help="load the whole model in float32 instead of streaming it block by block (no resume)")
     q.set_defaults(func=_cmd_quantize)

@@ -6,6 +6,7 @@ while a block runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,8 +115,13 @@ class BlockCapture:
 
 @torch.no_grad()
 def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, linear_names: list[str],
-                  inspect_names: list[str]) -> tuple[BlockCapture, list[torch.Tensor]]:
-    """Run ``block`` on every chunk with hooks; returns the capture and the block outputs."""
+                  inspect_names: list[str], on_disk: bool = False,
+                  disk_folder: str | None = None) -> tuple[BlockCapture, list[torch.Tensor]]:
+    """Run ``block`` on every chunk with hooks; returns the capture and the block outputs.
+    ``on_disk``: the linears' inputs go to ``DiskActivations`` files (in ``disk_folder``)
+    chunk by chunk instead of memory."""
+    if on_disk:
+        return _capture_to_disk(block, hidden, calls, linear_names, inspect_names, disk_folder)
     per_name: dict[str, list[torch.Tensor]] = {n: [] for n in linear_names}
     mcalls: dict[str, list] = {n: [] for n in inspect_names}
     handles = []
@@ -147,4 +153,56 @@ def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCall
             cap.inputs[name] = joined
             per_name[name] = []  # the chunks go as soon as their copy exists: one transient copy at a time
         del parts
+    return cap, outs
+
+
+def _capture_to_disk(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, linear_names: list[str],
+                     inspect_names: list[str], folder: str | None) -> tuple[BlockCapture, list[torch.Tensor]]:
+    from .disk_activations import DiskActivations
+
+    # Linears that read the same tensor object share one file, as they share one tensor in
+    # memory. The chunk's tensors are held until the chunk ends, so that an id is never reused.
+    group_of: dict[str, str] = {}
+    files: dict[str, DiskActivations] = {}
+    mcalls: dict[str, list] = {n: [] for n in inspect_names}
+    chunk: dict[str, Any] = {"written": {}, "keep": []}
+
+    def record(name: str, x: torch.Tensor) -> None:
+        written = chunk["written"]
+        if name not in group_of:  # first call (a later chunk for an expert no earlier token reached)
+            shared = [g for g, seen in written.items() if seen is x]
+            group_of[name] = shared[0] if shared else name
+        g = group_of[name]
+        if g in written:
+            if written[g] is not x:
+                raise ValueError(f"{name} and {g} read the same tensor in one calibration chunk and different ones "
+                                 "in another: their captured inputs cannot share a file")
+            return
+        written[g] = x
+        chunk["keep"].append(x)
+        if g not in files:
+            files[g] = DiskActivations(x.shape[-1], folder)
+        files[g].append(x)
+
+    handles = []
+    for name in linear_names:
+        def hook(mod, args, out, name=name):
+            record(name, args[0])
+        handles.append(get_submodule(block, name).register_forward_hook(hook))
+    for name in inspect_names:
+        def pre(mod, args, kwargs, name=name):
+            mcalls[name].append((args, dict(kwargs)))
+        handles.append(get_submodule(block, name).register_forward_pre_hook(pre, with_kwargs=True))
+    outs = []
+    try:
+        for c in range(len(hidden)):
+            chunk["written"], chunk["keep"] = {}, []
+            outs.append(_block_output(block(hidden[c], *calls.args[c], **calls.kwargs[c])))
+    finally:
+        for h in handles:
+            h.remove()
+    chunk["keep"] = []
+    cap = BlockCapture(module_calls=mcalls)
+    for name, g in group_of.items():
+        cap.inputs[name] = files[g]  # type: ignore[assignment]  # a DiskActivations stands in for the tensor
     return cap, outs

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
 from ..scale_clip_search import ScaleSearchResult, scale_loss, search_scale
-from ..stats import ActivationStats
+from .disk_activations import stats_of
 
 __all__ = ["ScaleChoice", "search_linears", "search_module"]
 
@@ -49,7 +49,7 @@ def _fits_fp16_scales(w: torch.Tensor, cfg: AWQConfig) -> bool:
 def _native_search(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig):
     """Statistics (with Gram) of ``x`` and ``awqkit.search_scale`` over ``weights``: the
     candidate scale vectors (with the configured saliency) and their native losses."""
-    stats = ActivationStats(x.shape[1], gram=True).update(np.ascontiguousarray(x.numpy()))
+    stats = stats_of(x)  # x: a tensor or DiskActivations (same sums)
     ws = [np.ascontiguousarray(w.detach().numpy()) for w in weights]
     res = search_scale(stats, ws, n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling, include_identity=True,
                        saliency=cfg.saliency, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point)

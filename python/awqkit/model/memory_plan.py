@@ -39,6 +39,7 @@ class MemoryPlan:
     gram_bytes: int  # the scale search's float64 Gram matrix of the widest input (K x K)
     scratch_bytes: int  # one calibration chunk's forward
     tokens: int
+    activations_on_disk: bool = False
 
     @property
     def peak_bytes(self) -> int:
@@ -57,7 +58,8 @@ class MemoryPlan:
         g = lambda n: f"{n / _GIB:.2f} GiB"  # noqa: E731
         return (f"peak {g(self.peak_bytes)} = process {g(self.process_bytes)} + the largest of: {self.block_copies} x block "
                 f"{g(self.block_bytes)} + hidden states {g(self.hidden_bytes)} + chunk scratch {g(self.scratch_bytes)}; "
-                f"block + activations {g(self.activation_bytes)} ({self.tokens} tokens) + scratch or Gram "
+                f"block + activations {g(self.activation_bytes)} ({self.tokens} tokens"
+                f"{', captured inputs on disk' if self.activations_on_disk else ''}) + scratch or Gram "
                 f"{g(max(self.scratch_bytes, self.gram_bytes))}; outside the blocks {g(self.outside_blocks_bytes)} + block "
                 "+ scratch")
 
@@ -97,7 +99,8 @@ def available_memory() -> int | None:
     return avail
 
 
-def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, tokens: int, seqlen: int) -> MemoryPlan:
+def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, tokens: int, seqlen: int,
+                activations_on_disk: bool = False) -> MemoryPlan:
     """The plan for ``model`` (parameters may be on meta) whose decoder blocks, converted as the
     pipeline will (``convert_blocks``), are ``blocks``, calibrated on ``tokens`` tokens in sequences of ``seqlen``."""
     config = model.config
@@ -127,8 +130,12 @@ def plan_memory(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, to
     hidden_io = int(tokens * 4 * 2 * hidden)
     gram = int(max((lin.in_features for b in blocks[:1] for lin in b.modules() if isinstance(lin, nn.Linear)), default=0) ** 2
                * 8) if tokens else 0
-    activations = hidden_io + int(tokens * 4 * captured)
     seqs = min(_CHUNK_SEQS, max(1, tokens // max(seqlen, 1)))
+    # On disk, one calibration chunk's inputs are held while the chunk runs, and the clip
+    # search reads its token sample.
+    held = min(tokens, seqs * seqlen) if activations_on_disk else tokens
+    activations = hidden_io + int(held * 4 * captured)
     scratch = 0 if not tokens else 4 * (2 * seqs * heads * seqlen * seqlen + 3 * seqs * seqlen * inter)
     return MemoryPlan(process_bytes=_rss_bytes(), outside_blocks_bytes=outside, block_bytes=block,
-                      block_copies=_BLOCK_COPIES, hidden_bytes=hidden_io, activation_bytes=activations, gram_bytes=gram, scratch_bytes=scratch, tokens=tokens)
+                      block_copies=_BLOCK_COPIES, hidden_bytes=hidden_io, activation_bytes=activations, gram_bytes=gram,
+                      scratch_bytes=scratch, tokens=tokens, activations_on_disk=activations_on_disk)

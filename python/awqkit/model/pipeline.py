@@ -38,6 +38,7 @@ from .calibration import get_calib_blocks
 from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
 from .checkpoint import checkpoint_dtype, round_module_to, round_to_checkpoint_dtype
 from .conversions import convert_blocks
+from .disk_activations import DiskActivations
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .mapping_search import search_linears, search_module
@@ -185,13 +186,16 @@ class BlockRun:
 
     def __init__(self, layout: BlockLayout, cfg: AWQConfig, method: str, meter: StageMeter,
                  plan: tuple[dict[str, str], QuantizationReport],
-                 reread_block: Callable[[int], dict[str, torch.Tensor]] | None = None):
+                 reread_block: Callable[[int], dict[str, torch.Tensor]] | None = None,
+                 activations_on_disk: bool = False, disk_folder: str | None = None):
         self.layout, self.cfg, self.method, self.meter = layout, cfg, method, meter
         self.skip, self.report = plan
         self.searched = method in ("awq", "fold")
         # Block i's state as loaded, read again from the model files (streaming): the block
         # fallback then keeps no copy of the original weights in memory.
         self.reread_block = reread_block
+        # The captured linear inputs in files (DiskActivations) instead of memory.
+        self.activations_on_disk, self.disk_folder = activations_on_disk, disk_folder
 
     def finish(self, t_start: float, seconds_before: float = 0.0) -> QuantizationReport:
         report = self.report
@@ -268,7 +272,8 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
             with meter.stage("block_check"):
                 rtn_err = _rtn_block_error(block, quant_names, hidden, calls, cfg)
         with meter.stage("capture"):
-            cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names)
+            cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names, run.activations_on_disk,
+                                        run.disk_folder)
         if method == "awq":
             # The block as loaded, for the fallback below (one block's weights), unless it can be
             # read again from the files.
@@ -445,6 +450,8 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
         return entry
 
     if cfg.inspect == "module":
+        if isinstance(x, DiskActivations):
+            x = x.load()  # the module is run on the whole input per candidate
         mod = get_submodule(block, m.module2inspect)
         if isinstance(mod, nn.Linear):
             run = lambda: [mod(x)]  # noqa: E731
@@ -476,10 +483,17 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
     return entry
 
 
-def _clip(w: torch.Tensor, x: torch.Tensor, cfg: AWQConfig, report, i, rel) -> torch.Tensor:
+_CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
+
+
+def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel) -> torch.Tensor:
     wn = np.ascontiguousarray(w.to(torch.float32).numpy())
-    res = search_clip(np.ascontiguousarray(x.numpy()), wn, bits=cfg.bits, group_size=cfg.group_size,
-                      zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid, max_shrink=cfg.clip_max_shrink,
-                      n_sample_tokens=512)  # AutoAWQ's token subsampling
+    kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
+                              max_shrink=cfg.clip_max_shrink)
+    if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // 512]
+        sample = x.strided(max(1, x.rows // _CLIP_TOKENS))
+        res = search_clip(sample.numpy(), wn, n_sample_tokens=None, **kw)
+    else:
+        res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=_CLIP_TOKENS, **kw)
     report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after)})
     return torch.from_numpy(apply_clip(wn, res.max_val))

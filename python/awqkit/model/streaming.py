@@ -302,14 +302,17 @@ class _Resume:
 
 def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike, config: AWQConfig | None = None,
                            calib=None, tokenizer=None, method: str = "awq", overwrite: bool = False,
-                           restart: bool = False, memory_check: bool = True) -> QuantizationReport:
+                           restart: bool = False, memory_check: bool = True, activations: str = "auto") -> QuantizationReport:
     """Quantize the model folder ``model_path`` into the AutoAWQ gemm checkpoint ``out``, one
     decoder block in memory at a time, resumable (see the module docstring). Returns the report.
 
     ``calib``, ``method`` ("awq" or "rtn"): as ``quantize_model``. ``restart=True`` discards an
     interrupted run of ``out`` instead of resuming it. ``memory_check``: before any work, the
     run's peak memory is estimated from the config and the file headers (``report.memory_plan``)
-    and a plan above the available memory is an error saying what to reduce.
+    and a plan above the available memory is an error saying what to reduce. ``activations``:
+    where the captured linear inputs of a block live, ``"memory"``, ``"disk"`` (files in the
+    partial folder, read back in blocks: ``awqkit.model.disk_activations``; the same bytes
+    out) or ``"auto"``: on disk when the plan with them in memory exceeds the available memory.
 
     A folder whose weights transformers renames or fuses while loading (``StreamingUnsupported``)
     is quantized in memory instead (``quantize_model`` + ``save_quantized``), with a warning.
@@ -320,6 +323,8 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
     cfg.validate()
     if method not in ("awq", "rtn"):
         raise ValueError(f"method must be 'awq' or 'rtn' for a checkpoint, got {method!r}")
+    if activations not in ("auto", "memory", "disk"):
+        raise ValueError(f"activations must be 'auto', 'memory' or 'disk', got {activations!r}")
     if cfg.bits != 4:
         raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, got bits={cfg.bits}")
     model_path = os.fspath(model_path)
@@ -341,7 +346,7 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
             except (OSError, ValueError) as e:
                 # Not needed for token calibration or RTN; otherwise the calibration says so.
                 log.info("no tokenizer in %s (%s): the checkpoint will have none", model_path, str(e).splitlines()[0])
-        return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check)
+        return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check, activations)
     except BaseException:
         # A run stopped before its first commit leaves nothing behind; after it, the partial
         # folder is what the next run resumes from.
@@ -364,7 +369,7 @@ def _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, re
 
 
 def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib, tokenizer, method: str,
-            meter: StageMeter, t_start: float, memory_check: bool) -> QuantizationReport:
+            meter: StageMeter, t_start: float, memory_check: bool, activations: str) -> QuantizationReport:
     model = src.model
     layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
     blocks = decoder_blocks(model, layout)
@@ -379,7 +384,13 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
     dtype = checkpoint_dtype(model)
     tokens = calibration_tokens(run, calib, tokenizer) if run.searched else None
     n_tokens = 0 if tokens is None else int(tokens.numel())
-    plan = plan_memory(model, planned, layout, n_tokens, cfg.seqlen if tokens is None else int(tokens.shape[1]))
+    seqlen = cfg.seqlen if tokens is None else int(tokens.shape[1])
+    plan = plan_memory(model, planned, layout, n_tokens, seqlen)
+    avail = available_memory()
+    if activations == "disk" or (activations == "auto" and n_tokens and avail is not None and plan.peak_bytes > avail):
+        plan = plan_memory(model, planned, layout, n_tokens, seqlen, activations_on_disk=True)
+    run.activations_on_disk = plan.activations_on_disk
+    run.disk_folder = os.path.join(partial, _RESUME_DIR)
     del planned
     run.report.memory_plan = plan.to_dict()
     log.info("memory plan: %s", plan.describe())
@@ -399,7 +410,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
         run.report.memory_plan = plan.to_dict()
         meter.stages.update({k: dict(v) for k, v in saved.get("stages", {}).items()})
         seconds_before = float(state["seconds"])
-    os.makedirs(partial, exist_ok=True)
+    os.makedirs(resume.state_dir, exist_ok=True)  # also where activations on disk go
 
     with torch.no_grad():
         hidden: list[torch.Tensor] = []
@@ -453,6 +464,8 @@ def _check_plan(plan: MemoryPlan, cfg: AWQConfig, n_tokens: int) -> None:
     gib = 2**30
     change = (f"use fewer calibration tokens (now {n_tokens}, {cfg.n_samples} x {cfg.seqlen} asked; the activations scale "
               "with them: --n-samples / --seqlen), free memory" if n_tokens else "free memory")
+    if n_tokens and not plan.activations_on_disk:
+        change = "keep the captured activations on disk (activations='disk', CLI: --activations disk), " + change
     raise MemoryError(
         f"this run needs about {plan.peak_bytes / gib:.1f} GiB ({plan.describe()}) and {avail / gib:.1f} GiB is available: "
         f"{change}, or pass memory_check=False (CLI: --no-memory-check) to try anyway")
