@@ -127,10 +127,14 @@ class SourceModel:
         convert_blocks(wrapped, layout)
         return wrapped[0].state_dict()
 
-    def materialize_outside(self, layers_path: str) -> None:
-        """Every tensor outside the decoder blocks (embeddings, final norm, head)."""
+    def materialize_outside(self, layers_path: str, head: bool = True) -> None:
+        """Every tensor outside the decoder blocks (embeddings, final norm, head); ``head=False``
+        leaves an untied head on meta (the calibration forward stops before it)."""
         blocks = self.model.get_submodule(layers_path)
         inside = {id(p) for p in blocks.parameters()}
+        out_emb = self.model.get_output_embeddings()
+        if not head and out_emb is not None and not self.tied:
+            inside |= {id(p) for p in out_emb.parameters()}
         for key, p in list(self.model.named_parameters(remove_duplicate=False)):
             if id(p) not in inside and key not in self.tied:
                 assign_tensor(self.model, key, self.reader, key)
@@ -419,7 +423,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
             if run.searched:
                 assert tokens is not None
                 with meter.stage("load"):
-                    src.materialize_outside(layout.layers_path)
+                    src.materialize_outside(layout.layers_path, head=False)
                     templates[0] = copy.deepcopy(blocks[0])
                     src.materialize(f"{prefix}0.", blocks[0])
                 with meter.stage("capture_block_calls"):
