@@ -158,7 +158,8 @@ def test_a_sharded_bf16_model_streams_under_a_bound_the_in_memory_path_exceeds(d
 
 _KILLING_CLI = textwrap.dedent("""
     # The CLI, SIGKILLed by itself at a chosen point: after block N is committed ("after"),
-    # or halfway through writing the shard of block N ("during").
+    # halfway through writing the shard of block N ("during"), after block N's shard and next
+    # inputs are written but before its progress file ("between"); or Ctrl-C after block N.
     import os, signal, sys
     import safetensors.torch
     from awqkit.model import streaming
@@ -166,7 +167,9 @@ _KILLING_CLI = textwrap.dedent("""
     where, n = sys.argv[1], int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     commit, save_file = streaming._Resume.commit, safetensors.torch.save_file
+    atomic, current = streaming._Resume._atomic_write, {}
     def commit_then_die(self, i, *a, **kw):
+        current["i"] = i
         commit(self, i, *a, **kw)
         if where == "after" and i == n:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -181,7 +184,19 @@ _KILLING_CLI = textwrap.dedent("""
                 f.truncate(os.path.getsize(filename) // 2)
             os.kill(os.getpid(), signal.SIGKILL)
         return save_file(tensors, filename, metadata=metadata)
+    def write_or_die(self, path, write):
+        # "between": block n's shard and next inputs are written, its progress file is not.
+        if where == "between" and current.get("i") == n and path.endswith("progress.json"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return atomic(self, path, write)
+    move = streaming.move_into_place
+    def die_before_the_rename(tmp, out):
+        if where == "finish":  # every block committed, the last shard and metadata written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return move(tmp, out)
+    streaming.move_into_place = die_before_the_rename
     streaming._Resume.commit = commit_then_die
+    streaming._Resume._atomic_write = write_or_die
     safetensors.torch.save_file = torn_write
     sys.exit(main(sys.argv[3:]))
 """)
@@ -208,7 +223,8 @@ def uninterrupted(small_sharded, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("killed", [("after", "2"), ("during", "3"), ("after", "0"), ("ctrl-c", "4")])
+@pytest.mark.parametrize("killed", [("after", "2"), ("during", "3"), ("between", "1"), ("after", "0"), ("ctrl-c", "4"),
+                                    ("finish", "5")])
 def test_a_killed_cli_resumes_to_the_same_bytes(small_sharded, uninterrupted, tmp_path, killed):
     out = tmp_path / "q"
     res = _cli("quantize", small_sharded, "--out", out, *_ARGS, killed=killed)
@@ -220,10 +236,30 @@ def test_a_killed_cli_resumes_to_the_same_bytes(small_sharded, uninterrupted, tm
     assert not out.exists() and (tmp_path / "q.partial").is_dir()  # the output appears only when complete
     res = _cli("quantize", small_sharded, "--out", out, *_ARGS)
     assert res.returncode == 0, res.stderr[-2000:]
-    done = int(killed[1]) + (killed[0] != "during")  # killed while writing block n: n blocks were committed
+    done = int(killed[1]) + (killed[0] not in ("during", "between"))  # killed inside block n's commit: n committed
+    if killed[0] == "finish":
+        assert not list((tmp_path / "q.partial").glob("awqkit-resume/hidden-*"))  # no next block: no inputs kept
     assert f"{done} of 6 blocks done" in res.stderr
     assert _file_bytes(out) == _file_bytes(uninterrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_disk_activations_read_back_every_row_and_replay_the_scale_ops(tmp_path):
+    from awqkit.model.disk_activations import DiskActivations, stats_of
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, 64, generator=g) for n in (40, 4, 9000, 3)]  # short writes stay buffered otherwise
+    d = DiskActivations(64, str(tmp_path))
+    for p in parts:
+        d.append(p)
+    s1, s2 = torch.rand(1, 64, generator=g) + 0.5, torch.rand(1, 64, generator=g) + 0.5
+    d.div_(s1).div_(s2).mul_(s2)
+    ref = torch.cat(parts)
+    ref.div_(s1).div_(s2).mul_(s2)  # the in-memory path's in-place ops
+    assert d.shape == tuple(ref.shape) and torch.equal(d.load(), ref)
+    assert torch.equal(d.strided(37), ref[::37])
+    a, b = stats_of(d), stats_of(ref)
+    assert (a.gram() == b.gram()).all() and (a.mean_abs() == b.mean_abs()).all()
 
 
 def test_resume_refuses_other_settings_or_another_model(small_sharded, tmp_path):

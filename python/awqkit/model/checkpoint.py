@@ -178,7 +178,7 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _sibling_dir(out: str, tag: str) -> str:
+def sibling_dir(out: str, tag: str) -> str:
     """A new empty folder ``<out>.<tag>-XXXXXXXX`` beside ``out`` (same file system, so a
     rename moves it; made with the process umask, unlike tempfile.mkdtemp's 0700)."""
     while True:
@@ -217,7 +217,7 @@ def move_into_place(tmp: str, out: str) -> None:
     mix of two runs."""
     parent = os.path.dirname(out)
     if os.path.isdir(out) and os.listdir(out):
-        old = _sibling_dir(out, "old")
+        old = sibling_dir(out, "old")
         os.rename(out, os.path.join(old, "checkpoint"))
         os.rename(tmp, out)
         fsync_dir(parent)
@@ -260,7 +260,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
 
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    tmp = _sibling_dir(out, "tmp")
+    tmp = sibling_dir(out, "tmp")
     try:
         meta = {"format": "pt"}
         if len(shards) == 1:

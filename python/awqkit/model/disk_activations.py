@@ -42,6 +42,7 @@ class DiskActivations:
         x2 = x.detach().reshape(-1, self.k).to(torch.float32).contiguous()
         self._file.seek(self.rows * self.k * 4)
         self._file.write(memoryview(cast(Any, x2.numpy())).cast("B"))
+        self._file.flush()  # reads go through the descriptor (preadv), not this buffer
         self.rows += x2.shape[0]
 
     def div_(self, s: torch.Tensor) -> DiskActivations:

@@ -46,7 +46,8 @@ class MemoryPlan:
         phases = (self.block_copies * self.block_bytes + self.hidden_bytes + self.scratch_bytes,  # plain-rounding check
                   self.block_bytes + self.activation_bytes + self.scratch_bytes,  # capture
                   self.block_bytes + self.activation_bytes + self.gram_bytes,  # scale search
-                  self.outside_blocks_bytes + self.block_bytes + self.scratch_bytes)  # calibration forward, last shard
+                  # calibration forward (it gathers block 0's inputs: half the hidden states), last shard
+                  self.outside_blocks_bytes + self.block_bytes + self.hidden_bytes // 2 + self.scratch_bytes)
         return self.process_bytes + max(phases)
 
     def to_dict(self) -> dict:

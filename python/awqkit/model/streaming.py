@@ -42,6 +42,7 @@ from .checkpoint import (
     module_checkpoint_tensors,
     move_into_place,
     round_module_to,
+    sibling_dir,
     write_checkpoint_metadata,
 )
 from .conversions import convert_blocks
@@ -277,17 +278,22 @@ class _Resume:
 
     def commit(self, i: int, tensors: dict[str, torch.Tensor], hidden: list[torch.Tensor],
                report: QuantizationReport, seconds: float) -> None:
-        """Block ``i`` done: its shard, then the next block's inputs, then the progress file
-        that names both (a crash between two steps leaves the previous commit in force)."""
+        """Block ``i`` done: its shard, then the next block's inputs (a file of their own: the
+        previous block's stay until the commit that supersedes them), made durable, then the
+        progress file that names both. A crash anywhere leaves the previous commit in force."""
         from safetensors.torch import save_file
 
         os.makedirs(self.state_dir, exist_ok=True)
         self._atomic_write(os.path.join(self.folder, self.shard_name(i + 1)),
                            lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        hidden_name = None
         if hidden:
-            self._atomic_write(os.path.join(self.state_dir, "hidden.safetensors"),
+            hidden_name = f"hidden-{i + 1:05d}.safetensors"
+            self._atomic_write(os.path.join(self.state_dir, hidden_name),
                                lambda p: save_file({f"chunk.{c}": h.contiguous() for c, h in enumerate(hidden)}, p))
-        state = {"format": _FORMAT, "fingerprint": self.fingerprint, "blocks_done": i + 1,
+        fsync_dir(self.state_dir)
+        fsync_dir(self.folder)
+        state = {"format": _FORMAT, "fingerprint": self.fingerprint, "blocks_done": i + 1, "hidden": hidden_name,
                  "seconds": seconds, "report": report.to_dict()}
 
         def write_state(p):
@@ -295,12 +301,15 @@ class _Resume:
                 json.dump(state, f, allow_nan=True)
         self._atomic_write(os.path.join(self.state_dir, "progress.json"), write_state)
         fsync_dir(self.state_dir)
-        fsync_dir(self.folder)
+        for fname in os.listdir(self.state_dir):  # the superseded inputs (and any left by a crash)
+            if fname.startswith("hidden-") and fname != hidden_name:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.state_dir, fname))
 
-    def hidden(self) -> list[torch.Tensor]:
+    def hidden(self, state: dict) -> list[torch.Tensor]:
         from safetensors.torch import load_file
 
-        d = load_file(os.path.join(self.state_dir, "hidden.safetensors"))
+        d = load_file(os.path.join(self.state_dir, state["hidden"]))
         return [d[f"chunk.{c}"] for c in range(len(d))]
 
 
@@ -335,7 +344,10 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
     out_dir = check_output_folder(out, overwrite)
     partial = out_dir + PARTIAL_SUFFIX
     if restart and os.path.isdir(partial):
-        shutil.rmtree(partial)
+        # Aside first: an interrupted delete must not leave a progress file without its shards.
+        aside = sibling_dir(out_dir, "discarded")
+        os.rename(partial, os.path.join(aside, "partial"))
+        shutil.rmtree(aside)
     meter = StageMeter()
     t_start = time.perf_counter()
     try:
@@ -430,7 +442,8 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                     hidden, calls = _record_calls(model, blocks, tokens)
                 src.release_outside(layout.layers_path)
                 if done:
-                    hidden = resume.hidden()
+                    assert state is not None
+                    hidden = resume.hidden(state)
                     blocks[0] = nn.Identity()
             bar = tqdm_blocks(len(blocks), method, initial=done)
             for i in bar:
@@ -454,7 +467,11 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
             src.materialize_outside(layout.layers_path)
             report = run.finish(t_start, seconds_before)
             _finish(resume, model, layout.layers_path, cfg, report, dtype, tokenizer)
+            # The resume state goes only once the checkpoint is in place: until then an interrupted
+            # finish is resumed (every block is committed) instead of started over.
             move_into_place(partial, out_dir)
+            shutil.rmtree(os.path.join(out_dir, _RESUME_DIR), ignore_errors=True)
+            fsync_dir(out_dir)
     report = run.finish(t_start, seconds_before)
     log.info("quantized %d linears in %.1f s into %s (%s)", report.quantized_layers, report.total_seconds, out_dir,
              report.summary())
@@ -504,5 +521,4 @@ def _finish(resume: _Resume, model: nn.Module, layers_path: str, cfg: AWQConfig,
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
     write_checkpoint_metadata(folder, model, cfg, report, dtype, tokenizer)
-    shutil.rmtree(resume.state_dir, ignore_errors=True)
     fsync_tree(folder)

@@ -97,6 +97,9 @@ class TensorReader:
     def keys(self) -> list[str]:
         return list(self._where)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self._where[name][2]
 
@@ -157,6 +160,8 @@ def assign_tensor(model: nn.Module, key: str, reader: TensorReader, name: str) -
     """Read tensor ``name`` in place of the parameter or persistent buffer ``key`` (as
     ``load_state_dict(assign=True)``, cast to the model's dtype for it); False when the
     model has no such entry."""
+    if name not in reader:
+        return False
     owner_name, _, leaf = key.rpartition(".")
     try:
         owner = model.get_submodule(owner_name) if owner_name else model
