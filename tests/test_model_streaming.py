@@ -296,6 +296,14 @@ def test_the_memory_plan_refuses_a_run_that_does_not_fit(data_dir, tmp_path, mon
     assert report.quantized_layers > 0 and report.memory_plan["block_copies"] == 2
 
 
+def test_the_in_memory_path_refuses_a_model_that_does_not_fit_and_names_the_streaming_one(data_dir, monkeypatch):
+    from awqkit.model import memory_plan
+
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: 1 << 10)
+    with pytest.raises(MemoryError, match="out="):
+        quantize_model(data_dir / STORIES, stories_config())
+
+
 def test_the_plan_grows_with_the_calibration_not_with_the_layers():
     import transformers as T
 

@@ -135,6 +135,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     t_start = time.perf_counter()
     with meter.stage("load"):
         if isinstance(model_or_path, (str, os.PathLike)):
+            _check_fits_in_memory(os.fspath(model_or_path))
             model, tok = load_model(model_or_path)
             tokenizer = tokenizer or tok
         else:
@@ -165,6 +166,25 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
     log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
     return model, report
+
+
+def _check_fits_in_memory(path: str) -> None:
+    """The in-memory path holds the whole model in float32: refuse, before loading it, a
+    model whose float32 weights exceed the available memory, and point to the streaming path."""
+    from ..footprint import estimate_footprint
+    from .memory_plan import available_memory
+
+    avail = available_memory()
+    if avail is None or not os.path.isdir(path):
+        return
+    try:
+        params = estimate_footprint(path).params
+    except (OSError, ValueError):
+        return
+    if 4 * params > avail:
+        raise MemoryError(f"{path} holds {params / 1e9:.2f}B parameters, {4 * params / 2**30:.1f} GiB in float32, and "
+                          f"{avail / 2**30:.1f} GiB is available: quantize it from disk block by block instead "
+                          "(quantize_model(path, cfg, out=folder), quantize_to_checkpoint, or awqkit quantize)")
 
 
 def decoder_blocks(model: nn.Module, layout: BlockLayout) -> nn.ModuleList:
