@@ -375,9 +375,10 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
 
 def _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason: str) -> QuantizationReport:
     from .checkpoint import save_quantized
-    from .pipeline import load_model, quantize_model
+    from .pipeline import _check_fits_in_memory, load_model, quantize_model
 
     log.warning("%s; quantizing in memory instead (the whole model in float32, no resume)", reason)
+    _check_fits_in_memory(model_path)
     model, tok = load_model(model_path)
     model, report = quantize_model(model, cfg, calib=calib, tokenizer=tokenizer or tok, method=method)
     save_quantized(model, out_dir, tokenizer=tokenizer or tok, report=report, overwrite=overwrite)
