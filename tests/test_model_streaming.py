@@ -338,3 +338,21 @@ def test_the_plan_grows_with_the_calibration_not_with_the_layers():
 def test_awqkit_exposes_the_streaming_entry_point():
     assert awqkit.quantize_to_checkpoint is quantize_to_checkpoint
     assert os.path.basename(awqkit.model.streaming.__file__) == "streaming.py"
+
+
+def test_a_nested_stage_does_not_hide_the_outer_stages_peak():
+    """Each stage resets the kernel's high-water mark; a stage started inside another (a fold
+    check inside the scale search) must not erase the outer one's peak, nor the run's."""
+    import numpy as np
+
+    from awqkit.model.report import StageMeter
+
+    meter = StageMeter()
+    with meter.stage("outer"):
+        big = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, touched
+        before = meter.stages["outer"]["peak_rss_mb"]
+        del big
+        with meter.stage("inner"):
+            pass
+    assert meter.stages["outer"]["peak_rss_mb"] >= meter.stages["inner"]["peak_rss_mb"] + 48
+    assert meter.peak_mb >= meter.stages["outer"]["peak_rss_mb"] and before == 0.0

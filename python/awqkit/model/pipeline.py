@@ -43,7 +43,7 @@ from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .mapping_search import search_linears, search_module
 from .qlinear import QuantizedLinear
-from .report import QuantizationReport, StageMeter, _peak_rss_mb
+from .report import QuantizationReport, StageMeter
 
 __all__ = ["BlockRun", "load_model", "quantize_block", "quantize_model", "rtn_quantize_model"]
 
@@ -221,7 +221,8 @@ class BlockRun:
         report = self.report
         report.stages = self.meter.stages
         report.total_seconds = seconds_before + time.perf_counter() - t_start
-        report.peak_rss_mb = max((s["peak_rss_mb"] for s in self.meter.stages.values()), default=_peak_rss_mb())
+        self.meter.update_peak()  # what was reached since the last stage
+        report.peak_rss_mb = max(self.meter.peak_mb, report.peak_rss_mb)
         return report
 
 

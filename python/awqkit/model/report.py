@@ -37,22 +37,41 @@ def _peak_rss_mb() -> float:
 
 
 class StageMeter:
-    """Accumulates seconds and the peak resident memory (MiB) of named stages."""
+    """Accumulates seconds and the peak resident memory (MiB) of named stages, and the peak
+    of the whole run (``peak_mb``).
+
+    Each stage resets the kernel's high-water mark (VmHWM) when it starts, so that it gets
+    its own peak. Stages nest (a fold check runs inside the scale search): before every reset
+    the mark reached so far is folded into every open stage and the run's peak, so a reset
+    never hides an outer stage's peak, nor memory used between stages."""
 
     def __init__(self):
         self.stages: dict[str, dict[str, float]] = {}
+        self.peak_mb = 0.0
+        self._open: list[str] = []
+
+    def update_peak(self) -> None:
+        hwm = _peak_rss_mb()
+        self.peak_mb = max(self.peak_mb, hwm)
+        for name in self._open:
+            s = self.stages[name]
+            s["peak_rss_mb"] = max(s["peak_rss_mb"], hwm)
 
     @contextmanager
     def stage(self, name: str):
+        self.update_peak()
+        self.stages.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0, "calls": 0})
         _reset_peak_rss()
+        self._open.append(name)
         t0 = time.perf_counter()
         try:
             yield
         finally:
             dt = time.perf_counter() - t0
-            s = self.stages.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0, "calls": 0})
+            self.update_peak()
+            self._open.pop()
+            s = self.stages[name]
             s["seconds"] += dt
-            s["peak_rss_mb"] = max(s["peak_rss_mb"], _peak_rss_mb())
             s["calls"] += 1
 
 
