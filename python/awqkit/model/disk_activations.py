@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["DiskActivations", "READ_ROWS"]
 
-READ_ROWS = 8192  # rows per read: a multiple of the statistics' 1024-token super-chunk
+READ_ROWS = 2048  # rows per read: a multiple of the statistics' 1024-token super-chunk
 
 
 class DiskActivations:

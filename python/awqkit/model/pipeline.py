@@ -295,6 +295,11 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         with meter.stage("capture"):
             cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names, run.activations_on_disk,
                                         run.disk_folder)
+        if cfg.propagation == "fp":
+            # From here on only the check chunks of the block's input are read (fold and block
+            # checks); the next block gets fp_out. The caller's list is this one: trimming it
+            # frees the rest of the input during the search.
+            del hidden[_CHECK_CHUNKS:]
         if method == "awq":
             # The block as loaded, for the fallback below (one block's weights), unless it can be
             # read again from the files.
