@@ -78,12 +78,12 @@ struct SearchInputs {
 };
 
 SearchInputs search_inputs(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
-                           int bits, int64_t group_size, bool zero_point, bool fp16_scale) {
+                           int bits, int64_t group_size, bool zero_point, bool fp16_scale, int rule) {
   SearchInputs in;
   in.views = weight_views(weights);
   require(!in.views.empty(), "weights is empty: pass the list of linears that share the input");
   const int64_t k = in.views[0].cols;
-  in.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, k);
+  in.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, k, rule);
   check_weights(in.views, k, in.quant);
   int64_t n_stats = 0;
   in.P = panels_from(gram, &in.K, &n_stats);
@@ -96,8 +96,8 @@ SearchInputs search_inputs(const std::vector<py::array>& weights, const py::obje
 
 py::dict search_scale_py(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
                          const py::array& saliency, int bits, int64_t group_size, bool zero_point,
-                         bool fp16_scale, int n_grid, bool duo, bool plain, bool identity) {
-  const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale);
+                         bool fp16_scale, int n_grid, bool duo, bool plain, bool identity, int rule) {
+  const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale, rule);
   const int64_t K = in.K;
   ScaleSearchSpec spec;
   spec.quant = in.quant;
@@ -127,8 +127,8 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
 
 py::dict scale_losses_py(const std::vector<py::array>& weights, const py::object& gram,
                                     int64_t n_tokens, const py::array& S, int bits, int64_t group_size,
-                                    bool zero_point, bool fp16_scale) {
-  const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale);
+                                    bool zero_point, bool fp16_scale, int rule) {
+  const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale, rule);
   const int64_t K = in.K;
   require_array<float>(S, "scales", 2);
   require(S.shape(1) == K, "scales must have K = " + std::to_string(K) + " columns");
@@ -176,11 +176,11 @@ py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, in
 
 py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_tokens, int bits,
                         int64_t group_size, bool zero_point, bool fp16_scale, int n_grid, int n_shrink,
-                        bool asymmetric) {
+                        bool asymmetric, int rule) {
   const MatrixView v = float_view(w, "w");
   require_nonempty(w, "w");
   ClipSpec spec;
-  spec.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, v.cols);
+  spec.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, v.cols, rule);
   spec.n_grid = n_grid;
   spec.n_shrink = n_shrink;
   spec.asymmetric = asymmetric;
@@ -301,14 +301,15 @@ void register_search(py::module_& m) {
       });
   m.def("search_scale", &search_scale_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("saliency"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
-        py::arg("fp16_scale"), py::arg("n_grid"), py::arg("duo"), py::arg("plain"), py::arg("identity"));
+        py::arg("fp16_scale"), py::arg("n_grid"), py::arg("duo"), py::arg("plain"), py::arg("identity"),
+        py::arg("rule") = 0);
   m.def("scale_losses", &scale_losses_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("scales"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
-        py::arg("fp16_scale"));
+        py::arg("fp16_scale"), py::arg("rule") = 0);
   m.def("group_gram_blocks", &group_gram_blocks_py, py::arg("x"), py::arg("stride"), py::arg("group_size"));
   m.def("search_clip", &search_clip_py, py::arg("w"), py::arg("blocks"), py::arg("n_tokens"),
         py::arg("bits"), py::arg("group_size"), py::arg("zero_point"), py::arg("fp16_scale"),
-        py::arg("n_grid"), py::arg("n_shrink"), py::arg("asymmetric"));
+        py::arg("n_grid"), py::arg("n_shrink"), py::arg("asymmetric"), py::arg("rule") = 0);
 }
 
 }  // namespace awqkit::bind

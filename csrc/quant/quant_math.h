@@ -11,7 +11,14 @@
 
 namespace awqkit {
 
+// How a group's scale, offset and codes are computed. awq: the rule below (AutoAWQ's, also
+// what compressed-tensors stores). ggml_*: llama.cpp's reference quantizer of that GGUF block
+// type, bit for bit (quant/ggml_block_types.h), so that what the searches optimise is what a
+// GGUF file ships.
+enum class GroupRule : int { awq = 0, ggml_q4_0 = 1, ggml_q4_1 = 2, ggml_q8_0 = 3 };
+
 struct QuantSpec {
+  GroupRule rule = GroupRule::awq;
   int bits = 4;            // 2..8
   int64_t group_size = 128;  // inputs per group (already resolved: -1 -> K)
   bool zero_point = true;    // asymmetric (scale + zero) vs symmetric (zero = 2^(b-1))

@@ -10,13 +10,30 @@
 #include "common/kernel_table.h"
 #include "common/errors.h"
 #include "common/half.h"
+#include "quant/ggml_block_types.h"
 #include "quant/quantize_kernels.h"
 
 namespace awqkit {
 
-QuantizeGroupFn quantize_group_kernel() { return active_kernels().quantize_group; }
+QuantizeGroupFn quantize_group_kernel(const QuantSpec& spec) {
+  const GgmlBlockType* t = ggml_block_type(spec.rule);
+  return t ? t->quantize_group : active_kernels().quantize_group;
+}
 
-QuantSpec resolve_spec(int bits, int64_t group_size, bool zero_point, bool fp16_scale, int64_t K) {
+QuantSpec resolve_spec(int bits, int64_t group_size, bool zero_point, bool fp16_scale, int64_t K,
+                       int rule) {
+  require(rule == 0 || ggml_block_type(static_cast<GroupRule>(rule)),
+          "unknown rounding rule " + std::to_string(rule));
+  if (const GgmlBlockType* t = ggml_block_type(static_cast<GroupRule>(rule))) {
+    const std::string name = std::string("GGUF ") + t->name;
+    require(bits == t->bits, name + " holds " + std::to_string(t->bits) + "-bit codes, got bits = " +
+                                 std::to_string(bits));
+    require(group_size == t->block, name + " quantizes blocks of " + std::to_string(t->block) +
+                                        " weights, got group_size = " + std::to_string(group_size));
+    require(zero_point == t->has_min, name + (t->has_min ? " is asymmetric (zero_point=True)"
+                                                         : " is symmetric (zero_point=False)"));
+    require(fp16_scale, name + " stores float16 scales (scale_dtype='float16')");
+  }
   require(bits >= 2 && bits <= 8, "bits must be between 2 and 8, got " + std::to_string(bits));
   require(K > 0, "the weight has no input features (K = 0)");
   if (group_size == -1) group_size = K;
@@ -30,6 +47,7 @@ QuantSpec resolve_spec(int bits, int64_t group_size, bool zero_point, bool fp16_
   spec.group_size = group_size;
   spec.zero_point = zero_point;
   spec.fp16_scale = fp16_scale;
+  spec.rule = static_cast<GroupRule>(rule);
   return spec;
 }
 
@@ -63,9 +81,12 @@ const float* load_row(const MatrixView& w, int64_t r, std::vector<float>& buf, b
 }  // namespace
 
 void quantize_rows(const MatrixView& w, const QuantSpec& spec, uint8_t* codes, float* scales,
-                   uint8_t* zeros, float* deq) {
+                   uint8_t* zeros, float* deq, float* offsets) {
   const int64_t N = w.rows, K = w.cols, gs = spec.group_size, G = K / gs;
-  const QuantizeGroupFn kernel = quantize_group_kernel();
+  const QuantizeGroupFn kernel = quantize_group_kernel(spec);
+  const GgmlBlockType* block_type = ggml_block_type(spec.rule);
+  require(!(codes && block_type && block_type->has_min && !offsets),
+          "internal: the codes of a rule with an offset need the offsets output");
   // Errors cannot leave an OpenMP region: remember the first bad row and throw after.
   std::atomic<int64_t> bad_row{N}, overflow_row{N};
 #pragma omp parallel
@@ -82,8 +103,16 @@ void quantize_rows(const MatrixView& w, const QuantSpec& spec, uint8_t* codes, f
       }
       for (int64_t g = 0; g < G; ++g) {
         const int64_t off = r * K + g * gs;
-        kernel(row + g * gs, gs, spec, codes ? codes + off : nullptr, deq ? deq + off : nullptr,
-               scales + r * G + g, zeros + r * G + g);
+        if (block_type) {
+          float m;
+          block_type->quantize_block(row + g * gs, codes ? codes + off : nullptr, deq ? deq + off : nullptr,
+                                     scales + r * G + g, &m);
+          zeros[r * G + g] = static_cast<uint8_t>(block_type->zero);
+          if (offsets) offsets[r * G + g] = m;
+        } else {
+          kernel(row + g * gs, gs, spec, codes ? codes + off : nullptr, deq ? deq + off : nullptr,
+                 scales + r * G + g, zeros + r * G + g);
+        }
         if (!std::isfinite(scales[r * G + g])) {
           int64_t cur = overflow_row.load();
           while (r < cur && !overflow_row.compare_exchange_weak(cur, r)) {}
@@ -97,7 +126,7 @@ void quantize_rows(const MatrixView& w, const QuantSpec& spec, uint8_t* codes, f
 }
 
 void dequantize_rows(const uint8_t* codes, const float* scales, const uint8_t* zeros, int64_t N,
-                     int64_t K, int64_t group_size, int bits, float* deq) {
+                     int64_t K, int64_t group_size, int bits, float* deq, const float* offsets) {
   require(bits >= 2 && bits <= 8, "bits must be between 2 and 8, got " + std::to_string(bits));
   const int64_t gs = group_size, G = K / gs;
   const int qmax = (1 << bits) - 1;
@@ -115,6 +144,10 @@ void dequantize_rows(const uint8_t* codes, const float* scales, const uint8_t* z
       for (int64_t i = 0; i < gs; ++i) {
         cmax = c[i] > cmax ? c[i] : cmax;
         out[i] = (static_cast<float>(c[i]) - zf) * s;
+      }
+      if (offsets) {  // GGUF Q4_1: q * d + m, the multiply rounded before the add
+        const float m = offsets[r * G + g];
+        for (int64_t i = 0; i < gs; ++i) out[i] = out[i] + m;
       }
       if (cmax > qmax) out_of_range = true;
     }

@@ -24,6 +24,8 @@ void quantize_group(const float* w, int64_t n, const QuantSpec& spec, uint8_t* c
                     float* scale, uint8_t* zero);
 }
 
-QuantizeGroupFn quantize_group_kernel();  // for the active ISA
+// The group quantizer of spec: the active ISA's for the awq rule, the GGUF block type's
+// reference (scalar) for a ggml rule.
+QuantizeGroupFn quantize_group_kernel(const QuantSpec& spec);
 
 }  // namespace awqkit

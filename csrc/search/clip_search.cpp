@@ -49,7 +49,7 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
   const int64_t ns = spec.n_shrink, C = spec.asymmetric ? ns * ns : ns;
   // Rows per work item: enough (row, candidate) pairs to fill register tiles.
   const int64_t R = spec.asymmetric ? 12 : 48;
-  const QuantizeGroupFn quantize = quantize_group_kernel();
+  const QuantizeGroupFn quantize = quantize_group_kernel(spec.quant);
   std::vector<float> factor(static_cast<size_t>(ns));
   for (int64_t i = 0; i < ns; ++i) factor[i] = static_cast<float>(1.0 - static_cast<double>(i) / spec.n_grid);
 

@@ -49,7 +49,7 @@ RowIndex index_rows(const std::vector<MatrixView>& weights) {
 
 void check_weights(const std::vector<MatrixView>& weights, int64_t K, const QuantSpec& spec) {
   require(!weights.empty(), "weights is empty: pass the list of linears that share this input");
-  const QuantizeGroupFn quantize = quantize_group_kernel();
+  const QuantizeGroupFn quantize = quantize_group_kernel(spec);
   const int64_t gs = spec.group_size;
   for (size_t v = 0; v < weights.size(); ++v) {
     const MatrixView& w = weights[v];
@@ -141,7 +141,7 @@ ScaleLosses scale_losses(const std::vector<MatrixView>& weights, const GramPanel
   const RowIndex ix = index_rows(weights);
   const int64_t N = static_cast<int64_t>(ix.row.size());
   const int64_t n_blocks = (N + kRowBlock - 1) / kRowBlock;
-  const QuantizeGroupFn quantize = quantize_group_kernel();
+  const QuantizeGroupFn quantize = quantize_group_kernel(spec);
   // One parallel region for every (candidate, row block): a single barrier per search,
   // so a busy machine that deschedules a thread costs little. Each row's loss is written by
   // one work item and the rows are summed in order afterwards: thread-count independent.

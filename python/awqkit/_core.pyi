@@ -29,10 +29,17 @@ def quantize(
     fp16_scale: bool,
     want_codes: bool = True,
     want_deq: bool = False,
-) -> tuple[Any, npt.NDArray[Any], npt.NDArray[np.uint8], Any]: ...  # codes, scales, zeros, deq (None unless wanted)
+    rule: int = 0,
+) -> tuple[Any, npt.NDArray[Any], npt.NDArray[np.uint8], Any, Any]: ...  # codes, scales, zeros, deq, offsets (None unless wanted / Q4_1)
 def dequantize(
-    codes: npt.NDArray[np.uint8], scales: npt.NDArray[Any], zeros: npt.NDArray[np.uint8], group_size: int, bits: int
+    codes: npt.NDArray[np.uint8],
+    scales: npt.NDArray[Any],
+    zeros: npt.NDArray[np.uint8],
+    group_size: int,
+    bits: int,
+    offsets: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]: ...
+def ggml_block_types() -> list[dict[str, Any]]: ...
 def pack_awq_transposed(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]: ...
 def unpack_awq_transposed(words: npt.NDArray[np.int32]) -> npt.NDArray[np.uint8]: ...
 
@@ -76,6 +83,7 @@ def search_scale(
     duo: bool,
     plain: bool,
     identity: bool,
+    rule: int = 0,
 ) -> dict[str, Any]: ...
 def scale_losses(
     weights: list[npt.NDArray[Any]],
@@ -86,6 +94,7 @@ def scale_losses(
     group_size: int,
     zero_point: bool,
     fp16_scale: bool,
+    rule: int = 0,
 ) -> dict[str, Any]: ...
 def group_gram_blocks(x: Any, stride: int, group_size: int) -> npt.NDArray[np.float64]: ...
 def search_clip(
@@ -99,6 +108,7 @@ def search_clip(
     n_grid: int,
     n_shrink: int,
     asymmetric: bool,
+    rule: int = 0,
 ) -> dict[str, Any]: ...
 
 # bind_int4_linear.cpp: the fused INT4 layer (awqkit.PackedLinear subclasses Int4Linear)

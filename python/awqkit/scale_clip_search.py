@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _core
 from ._checks import as_weight, check_bits, check_int, check_scale_dtype, resolve_group_size
+from .gguf_blocks import rule_id
 from .isa import amx_active, amx_supported, use_amx  # re-exported: the search's AMX-BF16 loss
 from .saliency import compute_saliency
 from .stats import ActivationStats, as_activations
@@ -142,6 +143,7 @@ def search_scale(
     include_identity: bool = True,
     saliency="mean_abs",
     scale_dtype: str = "float16",
+    rule: str = "awq",
 ) -> ScaleSearchResult:
     """Search AWQ's per-input-channel scales for the linears ``weights`` sharing input ``x``.
 
@@ -158,7 +160,9 @@ def search_scale(
     group scale fits the scale dtype) and the activations must keep the search's float32
     arithmetic finite; otherwise ``ValueError`` says which and what to do. Candidates whose
     scaled weights would need a group scale beyond the scale dtype are excluded (see
-    :class:`ScaleSearchResult`); if that leaves none, ``ValueError``.
+    :class:`ScaleSearchResult`); if that leaves none, ``ValueError``. ``rule``: the rounding
+    rule Q rounds with (:func:`awqkit.quantize`; a GGUF type such as ``"q4_0"`` searches for
+    exactly what that type stores).
     """
     ws = _weights_list(weights)
     k = ws[0].shape[1]
@@ -175,7 +179,8 @@ def search_scale(
     stats = _gram_stats(x, k)
     sal = compute_saliency(saliency, stats, ws)
     out = _core.search_scale(
-        ws, stats._impl, -1, sal, bits, gs, bool(zero_point), fp16, n_grid, duo, plain, bool(include_identity)
+        ws, stats._impl, -1, sal, bits, gs, bool(zero_point), fp16, n_grid, duo, plain, bool(include_identity),
+        rule_id(rule),
     )
     best = int(out["best"])
     return ScaleSearchResult(
@@ -195,7 +200,8 @@ def search_scale(
     )
 
 
-def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero_point: bool = True, scale_dtype: str = "float16"):
+def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero_point: bool = True, scale_dtype: str = "float16",
+               rule: str = "awq"):
     """The search objective for given ``scales`` [K] (or [C, K] -> C losses), natively via the Gram matrix.
 
     A candidate whose scaled weights would need a group scale beyond the scale dtype's range
@@ -215,7 +221,7 @@ def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError("scales must be finite and positive")
     stats = _gram_stats(x, k)
-    losses = _core.scale_losses(ws, stats._impl, -1, s, bits, gs, bool(zero_point), fp16)["losses"]
+    losses = _core.scale_losses(ws, stats._impl, -1, s, bits, gs, bool(zero_point), fp16, rule_id(rule))["losses"]
     return float(losses[0]) if single else losses
 
 
@@ -231,6 +237,7 @@ def search_clip(
     n_sample_tokens: int | None = 512,
     asymmetric: bool = False,
     scale_dtype: str = "float16",
+    rule: str = "awq",
 ) -> ClipResult:
     """Search AWQ's per-group clipping of ``w`` [N, K] on activations ``x`` [tokens, K].
 
@@ -274,7 +281,8 @@ def search_clip(
             step = max(1, t // n_sample_tokens)
         n_used = -(-t // step)
         blocks = _core.group_gram_blocks(x, step, gs)
-    out = _core.search_clip(w, blocks, n_used, bits, gs, bool(zero_point), fp16, n_grid, n_shrink, bool(asymmetric))
+    out = _core.search_clip(w, blocks, n_used, bits, gs, bool(zero_point), fp16, n_grid, n_shrink, bool(asymmetric),
+                            rule_id(rule))
     return ClipResult(
         max_val=out["max_val"],
         min_val=out["min_val"],

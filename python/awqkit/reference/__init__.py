@@ -4,7 +4,7 @@ Written independently of the C++ code, in the plainest numpy, favouring clarity 
 """
 
 from .packing import pack_awq_ref, unpack_awq_ref
-from .quant import dequantize_ref, pseudo_quantize_ref, quantize_ref
+from .quant import dequantize_ref, ggml_dequantize_ref, ggml_quantize_ref, pseudo_quantize_ref, quantize_ref
 from .search_ref import (
     direct_loss_ref,
     scale_candidate_ref,
@@ -17,6 +17,8 @@ from .search_ref import (
 __all__ = [
     "dequantize_ref",
     "direct_loss_ref",
+    "ggml_dequantize_ref",
+    "ggml_quantize_ref",
     "pack_awq_ref",
     "pseudo_quantize_ref",
     "quantize_ref",

@@ -43,14 +43,15 @@ def scale_candidate_ref(x_mean: np.ndarray, w_mean: np.ndarray, ratio: float, du
     return scales.astype(np.float32)
 
 
-def direct_loss_ref(x, weights, scales, bits=4, group_size=128, zero_point=True, scale_dtype="float16", dtype=np.float64, org_out=None):
+def direct_loss_ref(x, weights, scales, bits=4, group_size=128, zero_point=True, scale_dtype="float16", dtype=np.float64, org_out=None,
+                    rule="awq"):
     """mean((x W^T - x Wq^T)^2) over tokens and all outputs, Wq = Q(W * s) / s (float32)."""
     s = np.asarray(scales, dtype=np.float32)[None, :]
     xc = x.astype(dtype)
     total, count = 0.0, 0
     for i, w in enumerate(weights):
         w = np.asarray(w, dtype=np.float32)
-        wq = pseudo_quantize_ref(w * s, bits, group_size, zero_point, scale_dtype) / s
+        wq = pseudo_quantize_ref(w * s, bits, group_size, zero_point, scale_dtype, rule) / s
         fp_out = xc @ w.astype(dtype).T if org_out is None else org_out[i]
         q_out = xc @ wq.astype(dtype).T
         total += float(np.sum((fp_out - q_out).astype(np.float64) ** 2))
@@ -59,7 +60,8 @@ def direct_loss_ref(x, weights, scales, bits=4, group_size=128, zero_point=True,
 
 
 def search_scale_ref(x, weights, bits=4, group_size=128, zero_point=True, n_grid=20, duo_scaling=True,
-                     include_identity=True, x_mean=None, scale_dtype="float16", dtype=np.float64, max_candidates=None):
+                     include_identity=True, x_mean=None, scale_dtype="float16", dtype=np.float64, max_candidates=None,
+                     rule="awq"):
     """Returns dict(scales, ratio, best, loss, rtn_loss, ratios, losses, duo, identity).
 
     Candidate order: duo family, then plain family (``duo_scaling="both"``), then s = 1.
@@ -80,7 +82,7 @@ def search_scale_ref(x, weights, bits=4, group_size=128, zero_point=True, n_grid
         cands = cands[:max_candidates]
     xc = x.astype(dtype)
     org_out = [xc @ np.asarray(w, dtype=np.float32).astype(dtype).T for w in weights]  # computed once, as AutoAWQ
-    losses = [direct_loss_ref(x, weights, s, bits, group_size, zero_point, scale_dtype, dtype, org_out) for *_, s in cands]
+    losses = [direct_loss_ref(x, weights, s, bits, group_size, zero_point, scale_dtype, dtype, org_out, rule) for *_, s in cands]
     rtn_loss = losses[-1]
     if not include_identity and max_candidates is None:
         cands, losses = cands[:-1], losses[:-1]
@@ -102,7 +104,7 @@ def search_scale_ref(x, weights, bits=4, group_size=128, zero_point=True, n_grid
 
 
 def search_clip_ref(x, w, bits=4, group_size=128, zero_point=True, n_grid=20, max_shrink=0.5, n_sample_token=512,
-                    scale_dtype="float16", dtype=np.float64):
+                    scale_dtype="float16", dtype=np.float64, rule="awq"):
     """AutoAWQ's _compute_best_clip. Returns (best_max_val [N, G] float32, err_before [N, G], err_after [N, G]).
 
     ``n_sample_token=None`` uses every token.
@@ -129,7 +131,7 @@ def search_clip_ref(x, w, bits=4, group_size=128, zero_point=True, n_grid=20, ma
             max_val = org_max_val * np.float32(1 - i_s / n_grid)
             min_val = -max_val
             cur_w = np.clip(wb, min_val, max_val)
-            q_w = pseudo_quantize_ref(cur_w.reshape(-1, gs), bits, -1, zero_point, scale_dtype).reshape(cur_w.shape)
+            q_w = pseudo_quantize_ref(cur_w.reshape(-1, gs), bits, -1, zero_point, scale_dtype, rule).reshape(cur_w.shape)
             cur_out = (input_feat * q_w.astype(dtype)).sum(axis=-1)
             err = ((cur_out - org_out) ** 2).mean(axis=1).reshape(min_errs.shape)
             if err_before is None:
