@@ -70,8 +70,8 @@ CASES = [(b, sym, gs) for b in BITS for sym in (True, False) for gs in (32, 64, 
 def test_the_package_compressor_writes_the_same_tensors(bits, symmetric, group_size, rng):
     """compress(dense weight, scale, zero point) by the package == linear_tensors, tensor for tensor."""
     qt = awqkit.quantize(_weights(rng), bits, group_size, zero_point=not symmetric)
-    cfg = ctf.quantization_config(bits, group_size, symmetric, ["lm_head"])
-    ours = _local(ctf.linear_tensors("layer", qt, None, scale_dtype=torch.float32), "layer")
+    cfg = ctf.config_block(bits, group_size, symmetric, ["lm_head"])
+    ours = _local(ctf.pack_linear("layer", qt, None, scale_dtype=torch.float32), "layer")
     half = 1 << (bits - 1)
     state = {
         "weight": torch.from_numpy(qt.dequantize()),
@@ -90,12 +90,12 @@ def test_package_decompression_gives_our_weights(bits, symmetric, group_size, rn
     """float32 scales: bit-identical to qt.dequantize(); float16 scales: the same value
     rounded once to float16 (the package multiplies in the scale's dtype)."""
     qt = awqkit.quantize(_weights(rng), bits, group_size, zero_point=not symmetric)
-    cfg = ctf.quantization_config(bits, group_size, symmetric, [])
+    cfg = ctf.config_block(bits, group_size, symmetric, [])
     ref = torch.from_numpy(qt.dequantize())
-    t32 = ctf.linear_tensors("m", qt, None, scale_dtype=torch.float32)
+    t32 = ctf.pack_linear("m", qt, None, scale_dtype=torch.float32)
     w32 = _package_decompress(t32, "m", cfg)
     assert w32.dtype == torch.float32 and torch.equal(w32, ref)
-    t16 = ctf.linear_tensors("m", qt, None)
+    t16 = ctf.pack_linear("m", qt, None)
     assert t16["m.weight_scale"].dtype == torch.float16
     w16 = _package_decompress(t16, "m", cfg)
     assert w16.dtype == torch.float16 and torch.equal(w16, ref.to(torch.float16))
@@ -116,8 +116,8 @@ def test_real_layers(data_dir, layer, group_size, bits, symmetric):
     name = f"model.layers.1.{layer}"
     w = _stories_weights(data_dir)[name + ".weight"]
     qt = awqkit.quantize(w, bits, group_size, zero_point=not symmetric)
-    cfg = ctf.quantization_config(bits, group_size, symmetric, ["lm_head"])
-    t = ctf.linear_tensors(name, qt, None, scale_dtype=torch.float32)
+    cfg = ctf.config_block(bits, group_size, symmetric, ["lm_head"])
+    t = ctf.pack_linear(name, qt, None, scale_dtype=torch.float32)
     assert torch.equal(_package_decompress(t, name, cfg), torch.from_numpy(qt.dequantize()))
     back = ctf.read_linear(t, name, cfg)
     assert all(np.array_equal(getattr(back, a), getattr(qt, a)) for a in ("codes", "scales", "zeros"))
@@ -144,7 +144,7 @@ def test_config_is_what_the_package_writes(bits, group_size, symmetric):
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     ignore = ["lm_head", "model.layers.0.mlp.down_proj"]
-    cfg = ctf.quantization_config(bits, group_size, symmetric, ignore)
+    cfg = ctf.config_block(bits, group_size, symmetric, ignore)
     parsed = QuantizationConfig.model_validate(cfg)
     w = parsed.config_groups["group_0"].weights
     assert (w.num_bits, w.symmetric, w.strategy) == (bits, symmetric, "channel" if group_size == -1 else "group")
@@ -167,8 +167,8 @@ def test_config_is_what_the_package_writes(bits, group_size, symmetric):
 
 def test_read_linear_refuses_what_it_cannot_hold(rng):
     qt = awqkit.quantize(_weights(rng), 4, 64, zero_point=True)
-    cfg = ctf.quantization_config(4, 64, False, ["lm_head"])
-    t = ctf.linear_tensors("m", qt, None)
+    cfg = ctf.config_block(4, 64, False, ["lm_head"])
+    t = ctf.pack_linear("m", qt, None)
 
     def bad(msg, tensors=t, name="m", **groups):
         c = json.loads(json.dumps(cfg))
@@ -196,15 +196,15 @@ def test_read_linear_refuses_what_it_cannot_hold(rng):
     with pytest.raises(ValueError, match="not a compressed-tensors"):
         ctf.read_linear(t, "m", {**cfg, "quant_method": "awq"})
     with pytest.raises(ValueError, match="float32"):  # float32 scales that float16 cannot hold
-        ctf.linear_tensors("m", awqkit.quantize(_weights(rng), 4, 64, scale_dtype="float32"), None)
+        ctf.pack_linear("m", awqkit.quantize(_weights(rng), 4, 64, scale_dtype="float32"), None)
 
 
 def test_bias_and_float32_scales_kept(rng):
     qt = awqkit.quantize(_weights(rng), 4, 32, scale_dtype="float32")
     bias = torch.randn(96, dtype=torch.float16)
-    t = ctf.linear_tensors("m", qt, bias, scale_dtype=torch.float32)
+    t = ctf.pack_linear("m", qt, bias, scale_dtype=torch.float32)
     assert t["m.bias"] is not bias and torch.equal(t["m.bias"], bias) and t["m.bias"].dtype == torch.float16
-    back = ctf.read_linear(t, "m", ctf.quantization_config(4, 32, False, []))
+    back = ctf.read_linear(t, "m", ctf.config_block(4, 32, False, []))
     assert back.scales.dtype == (np.float16 if np.array_equal(qt.scales.astype(np.float16).astype(np.float32), qt.scales) else np.float32)
     assert np.array_equal(back.scales.astype(np.float32), qt.scales)
 
@@ -233,7 +233,7 @@ def test_transformers_loads_a_whole_checkpoint(data_dir, tmp_path, zero_point):
             # RTN quantizes the source weight as is: the same call gives the module's codes.
             qt = awqkit.quantize(original[name + ".weight"].numpy(), cfg.bits, cfg.group_size, cfg.zero_point)
             assert torch.equal(torch.from_numpy(qt.dequantize()), mod.weight)
-            tensors.update(ctf.linear_tensors(name, qt, mod.bias, scale_dtype=torch.float32))
+            tensors.update(ctf.pack_linear(name, qt, mod.bias, scale_dtype=torch.float32))
         elif isinstance(mod, torch.nn.Linear):
             ignore.append(name)
     n_tensors = 4 if zero_point else 3
@@ -246,7 +246,7 @@ def test_transformers_loads_a_whole_checkpoint(data_dir, tmp_path, zero_point):
     out.mkdir()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((src / "config.json").read_text())
-    config["quantization_config"] = ctf.quantization_config(cfg.bits, cfg.group_size, not cfg.zero_point, ignore)
+    config["quantization_config"] = ctf.config_block(cfg.bits, cfg.group_size, not cfg.zero_point, ignore)
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
     ids = torch.tensor([[1, 403, 407, 261, 378, 290, 300, 410]])

@@ -137,7 +137,7 @@ def test_packed_tensors_are_the_quantizer_output(quantized):
     """The packed tensors unpack (our own reader) to codes that dequantize to the weight."""
     model, _, _ = quantized
     m = model.model.layers[1].self_attn.o_proj
-    qt = awqkit.unpack_awq(m.awq_tensors["qweight"], m.awq_tensors["qzeros"], m.awq_tensors["scales"], 32)
+    qt = awqkit.unpack_awq(m.stored["qweight"].numpy(), m.stored["qzeros"].numpy(), m.stored["scales"].numpy(), 32)
     np.testing.assert_array_equal(qt.dequantize(), m.weight.numpy())
 
 

@@ -15,6 +15,7 @@ import sys
 
 from .cli import group_size_arg, positive_int
 from .config import AWQConfig
+from .formats import FORMATS
 
 __all__ = ["add_model_commands"]
 
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 
 def _config_from_args(args: argparse.Namespace) -> AWQConfig:
     d = AWQConfig.from_json(args.config).to_dict() if args.config else AWQConfig().to_dict()
+    fmt = getattr(args, "format", None)
+    if fmt is not None:
+        d["format"] = fmt
+        if fmt == "gguf" and getattr(args, "group_size", None) is None:
+            d["group_size"] = 32  # GGUF's block
+        if fmt == "gguf" and getattr(args, "zero_point", None) is None:
+            d["zero_point"] = False  # Q4_0 (llama.cpp's most used type); --zero-point: Q4_1
     for key in ("bits", "group_size", "zero_point", "n_samples", "seqlen", "n_grid", "propagation", "inspect"):
         v = getattr(args, key, None)
         if v is not None:
@@ -45,11 +53,13 @@ def _check_model_folder(path: str) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .formats import format_named
     from .model import check_output_folder
 
     cfg = _config_from_args(args)
-    if cfg.bits != 4:
-        raise ValueError("the AWQ gemm checkpoint holds 4-bit weights: use --bits 4 (other widths: the Python API)")
+    problem = format_named(cfg.format).config_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     _check_model_folder(args.model)
     check_output_folder(args.out, args.overwrite)  # before the run, not after it
     from .footprint import estimate_footprint
@@ -144,12 +154,17 @@ def _window_length(text: str) -> int:
 
 
 def add_model_commands(sub) -> None:
-    q = sub.add_parser("quantize", help="quantize a Hugging Face causal LM with AWQ into an AutoAWQ gemm checkpoint, one "
-                       "block in memory at a time; an interrupted run resumes when the same command is run again")
+    q = sub.add_parser("quantize", help="quantize a Hugging Face causal LM with AWQ into a checkpoint (AutoAWQ gemm, "
+                       "compressed-tensors or GGUF), one block in memory at a time; an interrupted run resumes when "
+                       "the same command is run again")
     q.add_argument("model", help="model folder (config.json, safetensors, tokenizer)")
     q.add_argument("--out", required=True, help="output folder (absent or empty, unless --overwrite)")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder as a whole")
     q.add_argument("--config", help="AWQConfig JSON file (flags override it)")
+    q.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="checkpoint format (default awq: AutoAWQ gemm). gguf: Q4_0 (default, group 32), Q4_1 with "
+                   "--zero-point, Q8_0 with --bits 8, rounded exactly as llama.cpp does; compressed-tensors: "
+                   "pack-quantized, 2..8 bits")
     q.add_argument("--bits", type=int)
     q.add_argument("--group-size", dest="group_size", type=group_size_arg)
     q.add_argument("--zero-point", dest="zero_point", action=argparse.BooleanOptionalAction, default=None)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from numbers import Integral, Real
 from typing import Any
 
+from .formats import format_named
 from .layout import group_size_problem
 
 __all__ = ["AWQConfig"]
@@ -74,6 +75,7 @@ class AWQConfig:
     fold_tolerance: float = 1e-4
     on_fold_error: str = "raise"
     block_fallback: bool = True
+    format: str = "awq"
 
     def __post_init__(self):
         self.validate()
@@ -115,6 +117,9 @@ class AWQConfig:
             raise ValueError(f"clip_max_shrink must be in (0, 1), got {self.clip_max_shrink!r}")
         if not isinstance(self.modules_to_not_convert, list) or not all(isinstance(m, str) for m in self.modules_to_not_convert):
             raise TypeError("modules_to_not_convert must be a list of strings")
+        if not isinstance(self.format, str):
+            raise ValueError(f"format must be a string, got {self.format!r}")
+        format_named(self.format).rule(self)  # a format whose rounding depends on the settings checks them
         if self.mappings is not None:
             if not isinstance(self.mappings, list) or not self.mappings:
                 raise ValueError("mappings must be None or a non-empty list of dicts")
@@ -126,6 +131,11 @@ class AWQConfig:
                 if not isinstance(m["layers"], list) or not m["layers"]:
                     raise ValueError(f"mapping {i}: layers must be a non-empty list of names")
         return self
+
+    @property
+    def rule(self) -> str:
+        """How the weights are rounded: ``"awq"`` or the GGUF block type of ``format``."""
+        return format_named(self.format).rule(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

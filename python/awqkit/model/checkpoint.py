@@ -1,5 +1,5 @@
-"""AutoAWQ "gemm" checkpoints: write (``save_quantized``) and read back onto the fused
-kernel (``load_quantized``).
+"""Checkpoints: write (``save_quantized``, any registered format, ``awqkit.formats``) and read
+back (``load_quantized``); and the AutoAWQ "gemm" format's own writer and reader.
 
 Layout, as AutoAWQ/transformers/vLLM expect: for each quantized linear ``<name>.qweight``
 int32 [K, N/8], ``<name>.qzeros`` int32 [G, N/8], ``<name>.scales`` float16 [G, N] (and
@@ -28,8 +28,10 @@ from torch import nn
 from .. import _core
 from ..config import AWQConfig
 from ..footprint import parse_memory
+from ..formats import format_named
 from ..kernels import _ALIGN, _aligned_empty
 from ..layout import check_gemm_layout, group_size_problem
+from ..packing import pack_awq
 from .capture import set_submodule
 from .conversions import convert_blocks
 from .families import family_for, layout_for
@@ -127,21 +129,38 @@ def round_module_to(module: nn.Module, dtype: torch.dtype) -> None:
             t.copy_(t.to(dtype))
 
 
-def module_checkpoint_tensors(module: nn.Module, group_size: int, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
+# The AWQ gemm format (awqkit.formats entry "awq"): a linear's tensors and config block.
+def linear_tensors(qt, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """qweight int32 [K, N/8], qzeros int32 [G, N/8], scales float16 [G, N] (and the bias in
+    float16, as AutoAWQ stores it) of a 4-bit ``QuantizedTensor``."""
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pack_awq(qt).items()}
+    if bias is not None:
+        out["bias"] = bias.detach().to(torch.float16).contiguous()
+    return out
+
+
+def quantization_config(cfg: AWQConfig, not_converted: list[str]) -> dict[str, Any]:
+    return cfg.quantization_config(not_converted)
+
+
+def module_checkpoint_tensors(module: nn.Module, cfg: AWQConfig, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The checkpoint's tensors of ``module`` (a model or one decoder block; names relative to
-    it): the AutoAWQ tensors of its quantized linears and every other tensor in ``dtype``."""
+    it): the format's tensors of its quantized linears and every other tensor in ``dtype``."""
+    fmt = format_named(cfg.format)
+    problem = fmt.config_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     kept, qnames = _kept_tensors(module)
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(qnames):
         m = module.get_submodule(name)
         assert isinstance(m, QuantizedLinear)
-        if m.awq_tensors is None:
-            raise ValueError(f"{name} is {m.bits}-bit: the AWQ gemm checkpoint format holds 4-bit weights only")
-        check_gemm_layout(name, m.out_features, m.in_features, group_size)  # what the loader will demand
-        for key in ("qweight", "qzeros", "scales"):
-            tensors[f"{name}.{key}"] = torch.from_numpy(np.ascontiguousarray(m.awq_tensors[key]))
-        if m.bias is not None:
-            tensors[f"{name}.bias"] = m.bias.detach().to(torch.float16).contiguous()
+        layout = fmt.layout_problem(m.out_features, m.in_features, cfg)  # what the loader will demand
+        if m.stored is None or layout:
+            raise ValueError(f"{name} ([{m.out_features}, {m.in_features}], {m.bits}-bit) cannot be held in the "
+                             f"{fmt.name} format: {layout or 'it was quantized for another format'}")
+        for key, t in m.stored.items():
+            tensors[f"{name}.{key}"] = t
     for key, t in kept.items():
         tensors[key] = t.detach().to(dtype if t.is_floating_point() else t.dtype).contiguous()
     return tensors, sorted(qnames)
@@ -191,13 +210,16 @@ def sibling_dir(out: str, tag: str) -> str:
 
 
 def write_checkpoint_metadata(folder: str, model: nn.Module, cfg: AWQConfig, report, dtype: torch.dtype, tokenizer=None) -> None:
-    """config.json (with ``quantization_config`` and the stored ``dtype``), the tokenizer
-    files and ``awq_report.json`` of a checkpoint, into ``folder``."""
+    """config.json (with the format's ``quantization_config`` and the stored ``dtype``), the
+    tokenizer files and ``awq_report.json`` of a checkpoint, into ``folder``."""
     not_converted = [e["module"] for e in report.not_converted]
     config = cast(Any, model).config.to_dict()
     config["dtype"] = str(dtype).replace("torch.", "")  # what the tensors are, not what we computed in
     config.pop("torch_dtype", None)
-    config["quantization_config"] = cfg.quantization_config(sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
+    qcfg = format_named(cfg.format).module().quantization_config(
+        cfg, sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
+    if qcfg is not None:
+        config["quantization_config"] = qcfg
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True, allow_nan=False)
     if tokenizer is not None:
@@ -227,9 +249,18 @@ def move_into_place(tmp: str, out: str) -> None:
         fsync_dir(parent)
 
 
+def finalize_checkpoint(folder: str, cfg: AWQConfig) -> None:
+    """The format's last step on a complete folder before it is moved into place (GGUF: the
+    tensors and metadata become one .gguf file)."""
+    finalize = getattr(format_named(cfg.format).module(), "finalize", None)
+    if finalize is not None:
+        finalize(folder, cfg)
+
+
 def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_size="2GB", report=None,
                    overwrite: bool = False) -> str:
-    """Write ``model`` (from ``quantize_model``) as an AutoAWQ gemm checkpoint in ``out_dir``.
+    """Write ``model`` (from ``quantize_model``) as a checkpoint in ``out_dir``, in the format
+    its config names (``AWQConfig.format``: AutoAWQ gemm by default; ``awqkit.formats``).
 
     The checkpoint is written into a sibling folder ``<out_dir>.tmp-XXXXXXXX``, flushed to
     disk and renamed into place, so ``out_dir`` is either absent, the old folder, or the
@@ -243,10 +274,11 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
     if report is None:
         raise ValueError("save_quantized takes a model returned by awqkit.quantize_model")
     cfg = AWQConfig.from_dict(report.config)
-    if cfg.bits != 4:
-        raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, this model is {cfg.bits}-bit")
+    problem = format_named(cfg.format).config_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     out = check_output_folder(out_dir, overwrite)
-    tensors, qnames = module_checkpoint_tensors(model, cfg.group_size, checkpoint_dtype(model))
+    tensors, qnames = module_checkpoint_tensors(model, cfg, checkpoint_dtype(model))
     limit = max_shard_size if isinstance(max_shard_size, int) else parse_memory(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -275,6 +307,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
             with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
         write_checkpoint_metadata(tmp, model, cfg, report, checkpoint_dtype(model), tokenizer)
+        finalize_checkpoint(tmp, cfg)
         fsync_tree(tmp)
         move_into_place(tmp, out)
     except BaseException:
@@ -286,7 +319,9 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
 
 def load_quantized(path: str, return_tokenizer: bool = False):
     """A transformers model from an AWQ gemm checkpoint whose quantized linears are
-    ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU).
+    ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU). A
+    compressed-tensors checkpoint is read by transformers' own loader (weights decompressed
+    to float32); a GGUF file runs in llama.cpp.
 
     Never builds float32 weights for the quantized linears: the model skeleton is made with
     its parameters on the meta device, each quantized linear's tensors are read from the
@@ -299,10 +334,20 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
+        gguf = format_named("gguf").module().gguf_file(path)
+        if gguf:
+            raise ValueError(f"{gguf} is a GGUF file: run it with llama.cpp (llama-cli -m {gguf}) or ollama")
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json there): pass the folder save_quantized wrote")
     with open(config_path) as f:
         raw = json.load(f)
     qcfg = raw.get("quantization_config")
+    if qcfg and qcfg.get("quant_method") == "compressed-tensors":
+        model = format_named("compressed-tensors").module().load(path)
+        if return_tokenizer:
+            from transformers import AutoTokenizer
+
+            return model, AutoTokenizer.from_pretrained(path)
+        return model
     if not qcfg or qcfg.get("quant_method") != "awq" or qcfg.get("version", "gemm") != "gemm":
         raise ValueError(f"{path} is not an AWQ gemm checkpoint (quantization_config: {qcfg})")
     if qcfg.get("bits") != 4:
@@ -391,3 +436,7 @@ def load_quantized(path: str, return_tokenizer: bool = False):
 
         return model, AutoTokenizer.from_pretrained(path)
     return model
+
+
+# The format registry's reader for "awq" (awqkit.formats).
+load = load_quantized

@@ -115,7 +115,7 @@ def _check_bits(bits: int) -> None:
 
 # --- writing ---------------------------------------------------------------------------------
 
-def linear_tensors(name: str, qt: QuantizedTensor, bias: torch.Tensor | None, *,
+def pack_linear(name: str, qt: QuantizedTensor, bias: torch.Tensor | None, *,
                    scale_dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """The tensors of one quantized linear ``name`` in the pack-quantized layout.
 
@@ -125,7 +125,7 @@ def linear_tensors(name: str, qt: QuantizedTensor, bias: torch.Tensor | None, *,
     scales would change). ``bias`` is stored as given (its dtype is the caller's choice).
     """
     if not isinstance(qt, QuantizedTensor):
-        raise TypeError(f"linear_tensors takes an awqkit.QuantizedTensor, got {type(qt).__name__}")
+        raise TypeError(f"pack_linear takes an awqkit.QuantizedTensor, got {type(qt).__name__}")
     _check_bits(qt.bits)
     n, k = qt.shape
     half = 1 << (qt.bits - 1)
@@ -161,7 +161,7 @@ def _scales_as(scales: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return s.contiguous()
 
 
-def quantization_config(bits: int, group_size: int, symmetric: bool, ignore: Sequence[str]) -> dict[str, Any]:
+def config_block(bits: int, group_size: int, symmetric: bool, ignore: Sequence[str]) -> dict[str, Any]:
     """config.json's ``quantization_config`` as llm-compressor saves a WNA16 model
     (``ModelCompressor.update_config``): one config group targeting ``Linear``, format
     pack-quantized, status compressed. ``group_size=-1``: strategy "channel" (one scale per
@@ -314,3 +314,30 @@ def _scales_from(scale: torch.Tensor) -> np.ndarray:
     if scale.dtype == torch.float16 or torch.equal(s16.to(torch.float32), s32):
         return s16.numpy()
     return s32.numpy()
+
+
+# The format registry's interface (awqkit.formats entry "compressed-tensors").
+def linear_tensors(qt: QuantizedTensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """A linear's tensors by suffix (weight_packed, weight_scale, [weight_zero_point],
+    weight_shape, [bias]); scales in float16 (their exact values), the bias in float16."""
+    tensors = pack_linear("m", qt, None if bias is None else bias.detach().to(torch.float16))
+    return {k[len("m."):]: v for k, v in tensors.items()}
+
+
+def quantization_config(cfg, not_converted: list[str]) -> dict[str, Any]:
+    """``ignore``: the head and every linear kept in full precision, by full name (the
+    pipeline's report); user patterns (``modules_to_not_convert`` substrings) as regexes."""
+    patterns = [f"re:.*{re.escape(p)}.*" for p in cfg.modules_to_not_convert]
+    ignore = sorted(set(not_converted) - set(cfg.modules_to_not_convert)) + patterns
+    return config_block(cfg.bits, cfg.group_size, not cfg.zero_point, ["lm_head", *ignore])
+
+
+def load(path: str):
+    """transformers' own compressed-tensors loader, decompressed to float (CPU)."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    # dequantize=True: the compressed path refuses packed asymmetric zero points (module doc)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 quantization_config=CompressedTensorsConfig(dequantize=True))
+    model.eval()
+    return model

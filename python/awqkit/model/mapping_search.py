@@ -31,11 +31,20 @@ class ScaleChoice:
 
 
 def _pq(w: torch.Tensor, cfg: AWQConfig) -> torch.Tensor:
-    return torch.from_numpy(pseudo_quantize(w.detach().contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point))
+    return torch.from_numpy(pseudo_quantize(w.detach().contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
+                                            rule=cfg.rule))
 
 
 def _fits_fp16_scales(w: torch.Tensor, cfg: AWQConfig) -> bool:
     """Whether every group scale of ``w`` is representable in float16 (quantize's rule)."""
+    if cfg.rule != "awq":  # a GGUF type's own scale (and Q4_1 minimum) rule: ask its quantizer
+        try:
+            _pq(w.to(torch.float32), cfg)
+        except ValueError as e:
+            if "overflows float16" in str(e):
+                return False
+            raise
+        return True
     k = w.shape[1]
     g = k if cfg.group_size == -1 else cfg.group_size
     grouped = w.detach().to(torch.float32).reshape(-1, g)
@@ -52,7 +61,8 @@ def _native_search(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig)
     stats = stats_of(x)  # x: a tensor or DiskActivations (same sums)
     ws = [np.ascontiguousarray(w.detach().numpy()) for w in weights]
     res = search_scale(stats, ws, n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling, include_identity=True,
-                       saliency=cfg.saliency, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point)
+                       saliency=cfg.saliency, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
+                       rule=cfg.rule)
     return stats, ws, res
 
 
@@ -86,8 +96,8 @@ def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig,
     if tie is None:
         return _choose(res, res.candidates, np.asarray(res.losses, dtype=np.float64)), res
     tied = np.stack([tie(torch.from_numpy(np.asarray(c, dtype=np.float32))).numpy() for c in res.candidates])
-    losses = np.asarray(scale_loss(stats, ws, tied, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point),
-                        dtype=np.float64)
+    losses = np.asarray(scale_loss(stats, ws, tied, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
+                                   rule=cfg.rule), dtype=np.float64)
     return _choose(res, tied, losses), res
 
 

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from ..config import AWQConfig
-from ..layout import gemm_layout_problem
-from ..packing import pack_awq
+from ..formats import format_named
 from ..quantizer import pseudo_quantize, quantize
 from ..scale_clip_search import apply_clip, search_clip
 from .calibration import get_calib_blocks
@@ -83,14 +82,18 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
         if pat in name:
             return f"matches modules_to_not_convert entry {pat!r}"
     n, k = lin.weight.shape
-    return gemm_layout_problem(n, k, cfg.group_size)
+    return format_named(cfg.format).layout_problem(n, k, cfg)
 
 
 def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig) -> QuantizedLinear:
-    qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point)
-    awq_tensors = pack_awq(qt) if cfg.bits == 4 else None
+    qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
+                  rule=cfg.rule)
+    fmt = format_named(cfg.format)
+    # The format's tensors, made now (the float weight is dropped as this module replaces it);
+    # None where the format cannot hold this width (the writer then says so).
+    stored = fmt.module().linear_tensors(qt, bias) if fmt.config_problem(cfg) is None else None
     deq = torch.from_numpy(qt.dequantize())
-    return QuantizedLinear(deq, bias, cfg.bits, qt.group_size, cfg.zero_point, awq_tensors)
+    return QuantizedLinear(deq, bias, cfg.bits, qt.group_size, cfg.zero_point, stored)
 
 
 def rtn_quantize_model(model_or_path, config: AWQConfig | None = None):
@@ -385,7 +388,7 @@ def _rtn_block_error(block: nn.Module, quant_names: list[str], hidden, calls, cf
     for rel in quant_names:
         lin: Any = rtn.get_submodule(rel)
         w = lin.weight.detach().to(torch.float32).contiguous().numpy()
-        lin.weight.copy_(torch.from_numpy(pseudo_quantize(w, cfg.bits, cfg.group_size, cfg.zero_point)))
+        lin.weight.copy_(torch.from_numpy(pseudo_quantize(w, cfg.bits, cfg.group_size, cfg.zero_point, rule=cfg.rule)))
     err = _relative_mse(run_block(rtn, hidden, calls, _CHECK_CHUNKS), fp_out)
     del rtn
     return err
@@ -515,7 +518,7 @@ _CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
 def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel) -> torch.Tensor:
     wn = np.ascontiguousarray(w.to(torch.float32).numpy())
     kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
-                              max_shrink=cfg.clip_max_shrink)
+                              max_shrink=cfg.clip_max_shrink, rule=cfg.rule)
     if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // 512]
         sample = x.strided(max(1, x.rows // _CLIP_TOKENS))
         res = search_clip(sample.numpy(), wn, n_sample_tokens=None, **kw)

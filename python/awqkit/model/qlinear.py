@@ -2,7 +2,7 @@
 
 ``QuantizedLinear``: what ``quantize_model`` leaves in the model. It runs the dequantized
 weight with ``F.linear`` (exactly the weights a checkpoint stores) and keeps the AutoAWQ
-tensors (``awq_tensors``) for ``save_quantized``.
+tensors of its checkpoint format (``stored``) for ``save_quantized``.
 
 ``AWQLinear``: what ``load_quantized`` builds, a module around the native fused kernel
 ``awqkit.PackedLinear`` (float32 activations; inference only).
@@ -22,16 +22,17 @@ __all__ = ["AWQLinear", "QuantizedLinear"]
 
 class QuantizedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int, group_size: int,
-                 zero_point: bool, awq_tensors: dict[str, np.ndarray] | None):
+                 zero_point: bool, stored: dict[str, torch.Tensor] | None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.bits, self.group_size, self.zero_point = bits, group_size, zero_point
         self.register_buffer("weight", weight.detach().to(torch.float32).contiguous())
         # The checkpoint stores the bias in float16 (AutoAWQ), so that is what we evaluate.
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float16).to(torch.float32))
-        # {"qweight", "qzeros", "scales"} numpy in the AutoAWQ gemm layout (None if not 4-bit);
-        # PackedLinear.packed is something else: the native kernel's bytes.
-        self.awq_tensors = awq_tensors
+        # The checkpoint format's tensors, by suffix (AWQ gemm: qweight, qzeros, scales, bias);
+        # None if the format cannot hold this width. PackedLinear.packed is something else:
+        # the native kernel's bytes.
+        self.stored = stored
 
     weight: torch.Tensor
     bias: torch.Tensor | None

@@ -34,9 +34,11 @@ import torch
 from torch import nn
 
 from ..config import AWQConfig
+from ..formats import format_named
 from .capture import BlockCalls, capture_block_calls, get_submodule, set_submodule
 from .checkpoint import (
     check_output_folder,
+    finalize_checkpoint,
     fsync_dir,
     fsync_tree,
     module_checkpoint_tensors,
@@ -338,8 +340,9 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         raise ValueError(f"method must be 'awq' or 'rtn' for a checkpoint, got {method!r}")
     if activations not in ("auto", "memory", "disk"):
         raise ValueError(f"activations must be 'auto', 'memory' or 'disk', got {activations!r}")
-    if cfg.bits != 4:
-        raise ValueError(f"the AWQ gemm checkpoint format holds 4-bit weights only, got bits={cfg.bits}")
+    problem = format_named(cfg.format).config_problem(cfg)
+    if problem:
+        raise ValueError(problem)
     model_path = os.fspath(model_path)
     out_dir = check_output_folder(out, overwrite)
     partial = out_dir + PARTIAL_SUFFIX
@@ -455,7 +458,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                     convert_blocks(nn.ModuleList([block]), layout)
                 hidden = quantize_block(run, i, block, hidden, calls[i] if calls else None, bar, dtype)
                 with meter.stage("write"):
-                    tensors, _ = module_checkpoint_tensors(block, cfg.group_size, dtype)
+                    tensors, _ = module_checkpoint_tensors(block, cfg, dtype)
                     tensors = {f"{prefix}{i}.{k}": v for k, v in tensors.items()}
                     elapsed = seconds_before + time.perf_counter() - t_start
                     resume.commit(i, tensors, hidden, run.finish(t_start, seconds_before), elapsed)
@@ -506,7 +509,7 @@ def _finish(resume: _Resume, model: nn.Module, layers_path: str, cfg: AWQConfig,
     set_submodule(model, layers_path, nn.ModuleList())  # the blocks are in their shards already
     try:
         round_module_to(model, dtype)
-        rest, _ = module_checkpoint_tensors(model, cfg.group_size, dtype)
+        rest, _ = module_checkpoint_tensors(model, cfg, dtype)
     finally:
         set_submodule(model, layers_path, blocks)
     save_file(rest, os.path.join(folder, resume.shard_name(n + 1)), metadata={"format": "pt"})
@@ -522,4 +525,5 @@ def _finish(resume: _Resume, model: nn.Module, layers_path: str, cfg: AWQConfig,
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
     write_checkpoint_metadata(folder, model, cfg, report, dtype, tokenizer)
+    finalize_checkpoint(folder, cfg)
     fsync_tree(folder)
