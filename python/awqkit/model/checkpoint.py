@@ -320,8 +320,9 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
 def load_quantized(path: str, return_tokenizer: bool = False):
     """A transformers model from an AWQ gemm checkpoint whose quantized linears are
     ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU). A
-    compressed-tensors checkpoint is read by transformers' own loader (weights decompressed
-    to float32); a GGUF file runs in llama.cpp.
+    compressed-tensors checkpoint or a GGUF file (or a folder holding one) is read by
+    transformers' own loader, its weights decompressed to float32 (to evaluate it here; llama.cpp
+    runs a GGUF fast).
 
     Never builds float32 weights for the quantized linears: the model skeleton is made with
     its parameters on the meta device, each quantized linear's tensors are read from the
@@ -334,9 +335,9 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        gguf = format_named("gguf").module().gguf_file(path)
-        if gguf:
-            raise ValueError(f"{gguf} is a GGUF file: run it with llama.cpp (llama-cli -m {gguf}) or ollama")
+        gguf_module = format_named("gguf").module()
+        if path.endswith(".gguf") or gguf_module.gguf_file(path):
+            return gguf_module.load(path, return_tokenizer)  # float32, for evaluation; llama.cpp runs it fast
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no config.json there): pass the folder save_quantized wrote")
     with open(config_path) as f:
         raw = json.load(f)

@@ -237,6 +237,35 @@ def _tensor_order(key: str):
     return (0 if "embed" in key else 2, 0, key)
 
 
-def load(path: str):
-    raise NotImplementedError("a GGUF checkpoint runs in llama.cpp or ollama (llama-cli -m <file>); "
-                              "awqkit reads it back with gguf's reader in its tests")
+def load(path: str, return_tokenizer: bool = False):
+    """A float32 transformers model from a GGUF file (or a folder holding one), read by
+    transformers' own GGUF reader (config and tokenizer from the metadata, tensors dequantized
+    by the ``gguf`` package, q/k rows back in Hugging Face order): to evaluate the file in
+    Python. To run it fast, use llama.cpp."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from .weight_files import parameters_on_meta
+
+    file = gguf_file(path) if os.path.isdir(path) else path
+    if not file or not os.path.isfile(file):
+        raise FileNotFoundError(f"no .gguf file at {path}")
+    gdir, gname = os.path.dirname(os.path.abspath(file)), os.path.basename(file)
+    config = AutoConfig.from_pretrained(gdir, gguf_file=gname)
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(file, return_tensors=True, model_to_load=model)["tensors"]
+    state = {k: torch.as_tensor(v).to(torch.float32) for k, v in tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{file}: GGUF tensors do not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    if tied:
+        model.tie_weights()
+    model.eval()
+    if return_tokenizer:
+        from transformers import AutoTokenizer
+
+        return model, AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
+    return model
