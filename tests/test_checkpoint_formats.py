@@ -103,6 +103,8 @@ def test_gguf_via_the_cli(data_dir, tmp_path):
     rc = main(["quantize", str(data_dir / STORIES), "--out", str(out), "--format", "gguf", "--method", "rtn"])
     assert rc == 0
     assert (out / "model-Q4_0.gguf").is_file()
+    text = str(data_dir / "tinystories" / "tinystories_sample.txt")
+    assert main(["eval", str(out / "model-Q4_0.gguf"), "--text", text, "--seqlen", "128"]) == 0
 
 
 @pytest.mark.parametrize("bits,zero_point", [(4, True), (3, True), (8, False)])

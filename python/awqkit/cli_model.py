@@ -94,10 +94,19 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_awq_dir(path: str) -> bool:
+def _is_gguf(path: str) -> bool:
+    return path.endswith(".gguf") and os.path.isfile(path) or \
+        os.path.isdir(path) and any(f.endswith(".gguf") for f in os.listdir(path))
+
+
+def _is_quantized_dir(path: str) -> bool:
+    """A checkpoint awqkit writes (AWQ gemm, compressed-tensors, GGUF): load_quantized reads it."""
+    if _is_gguf(path):
+        return True
     try:
         with open(os.path.join(path, "config.json")) as f:
-            return json.load(f).get("quantization_config", {}).get("quant_method") == "awq"
+            method = json.load(f).get("quantization_config", {}).get("quant_method")
+        return method in ("awq", "compressed-tensors")
     except (OSError, ValueError):
         return False
 
@@ -105,12 +114,13 @@ def _is_awq_dir(path: str) -> bool:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    _check_model_folder(args.model)
+    if not _is_gguf(args.model):
+        _check_model_folder(args.model)
     if not os.path.isfile(args.text):
         raise FileNotFoundError(f"--text {args.text}: no such file; pass the path of a UTF-8 text file")
     from .model import evaluate_perplexity, load_model, load_quantized
 
-    if _is_awq_dir(args.model):
+    if _is_quantized_dir(args.model):
         model, tok = load_quantized(args.model, return_tokenizer=True)
     else:
         model, tok = load_model(args.model)
@@ -189,7 +199,7 @@ def add_model_commands(sub) -> None:
     q.set_defaults(func=_cmd_quantize)
 
     e = sub.add_parser("eval", help="perplexity of a model or an AWQ checkpoint on a text file")
-    e.add_argument("model", help="model folder or AWQ checkpoint folder")
+    e.add_argument("model", help="model folder, checkpoint folder (AWQ, compressed-tensors) or GGUF file/folder")
     e.add_argument("--text", required=True, help="text file")
     e.add_argument("--seqlen", type=_window_length, default=512, help="tokens per window (at least 2)")
     e.add_argument("--max-tokens", dest="max_tokens", type=positive_int, default=None, help="evaluate the first N tokens only")
