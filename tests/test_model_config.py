@@ -41,6 +41,7 @@ def test_unknown_field_is_refused():
 def test_quantization_config_block():
     q = AWQConfig(bits=4, group_size=64, zero_point=True).quantization_config(["model.layers.0.mlp.down_proj"])
     assert q == {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "gemm",
+                 "w_bit": 4, "q_group_size": 64, "lm_head": False,
                  "modules_to_not_convert": ["model.layers.0.mlp.down_proj"]}
 
 

@@ -164,12 +164,20 @@ class AWQConfig:
         return cls.from_dict(json.loads(s))
 
     def quantization_config(self, modules_to_not_convert: list[str] | None = None) -> dict[str, Any]:
-        """The ``quantization_config`` block of a checkpoint's config.json (AutoAWQ/transformers)."""
+        """The ``quantization_config`` block of a checkpoint's config.json, for every reader:
+        ``quant_method``, ``bits``, ``group_size``, ``zero_point``, ``version``,
+        ``modules_to_not_convert`` (transformers; AutoAWQ reads these from config.json; vLLM's
+        AWQ-Marlin reads ``bits``/``group_size``/``zero_point`` only, and ``lm_head``, the
+        head being quantized: never here); AutoAWQ's own names ``w_bit``/``q_group_size``
+        beside them (its quant_config.json form, which vLLM's AWQ loader prefers when present)."""
         return {
             "quant_method": "awq",
             "bits": self.bits,
+            "w_bit": self.bits,
             "group_size": self.group_size,
+            "q_group_size": self.group_size,
             "zero_point": self.zero_point,
             "version": "gemm",
+            "lm_head": False,
             "modules_to_not_convert": list(modules_to_not_convert if modules_to_not_convert is not None else self.modules_to_not_convert),
         }

@@ -35,6 +35,7 @@ from ..packing import pack_awq
 from .capture import set_submodule
 from .conversions import convert_blocks
 from .families import family_for, layout_for
+from .interop import add_legacy_config_keys, modules_to_not_convert, tokenizer_class_for_v4
 from .qlinear import AWQLinear, QuantizedLinear
 from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
 
@@ -139,8 +140,12 @@ def linear_tensors(qt, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
     return out
 
 
-def quantization_config(cfg: AWQConfig, not_converted: list[str]) -> dict[str, Any]:
-    return cfg.quantization_config(not_converted)
+def quantization_config(cfg: AWQConfig, not_converted: list[str], *, quantized: list[str], layers_path: str | None,
+                        n_blocks: int) -> dict[str, Any]:
+    """The AWQ block, its skip list in the form every loader applies to the same linears
+    (``awqkit.model.interop.modules_to_not_convert``)."""
+    skip, _ = modules_to_not_convert(not_converted, quantized, layers_path, n_blocks, cfg.modules_to_not_convert)
+    return cfg.quantization_config(skip)
 
 
 def module_checkpoint_tensors(module: nn.Module, cfg: AWQConfig, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -209,15 +214,69 @@ def sibling_dir(out: str, tag: str) -> str:
             continue
 
 
+def _quantized_in_folder(folder: str) -> list[str]:
+    """The quantized linears of the checkpoint in ``folder`` (its ``.qweight`` tensors): what a
+    loader will find, read from the weight files already written there."""
+    from .._safetensors import read_header
+
+    names = []
+    for fname in weight_files(folder):
+        header, _ = read_header(os.path.join(folder, fname))
+        names += [k[: -len(".qweight")] for k in header if k.endswith(".qweight")]
+    return sorted(names)
+
+
+def _layers_path(model: nn.Module, cfg: AWQConfig) -> str | None:
+    try:
+        return layout_for(cast(Any, model).config, cfg.mappings, cfg.layers_path).layers_path
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        log.warning("checkpoint config: the decoder-block list of this model is unknown (%s): modules_to_not_convert "
+                    "lists full paths, which AutoAWQ does not apply", e)
+        return None
+
+
+def _tokenizer_config_for_v4(folder: str, src: str | None) -> None:
+    """tokenizer_config.json names a class transformers 4.x knows (transformers 5 writes its own
+    ``TokenizersBackend``), see ``interop.tokenizer_class_for_v4``."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        tok_cfg = json.load(f)
+    source = None
+    if src and os.path.isfile(os.path.join(src, "tokenizer_config.json")):
+        try:
+            with open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8") as f:
+                source = json.load(f).get("tokenizer_class")
+        except (OSError, ValueError):
+            source = None
+    written = tok_cfg.get("tokenizer_class")
+    cls = tokenizer_class_for_v4(written, source, os.path.isfile(os.path.join(folder, "tokenizer.json")),
+                                 os.path.isfile(os.path.join(folder, "tokenizer.model")))
+    if cls != written:
+        tok_cfg["tokenizer_class"] = cls
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(tok_cfg, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
 def write_checkpoint_metadata(folder: str, model: nn.Module, cfg: AWQConfig, report, dtype: torch.dtype, tokenizer=None) -> None:
     """config.json (with the format's ``quantization_config`` and the stored ``dtype``), the
-    tokenizer files and ``awq_report.json`` of a checkpoint, into ``folder``."""
+    tokenizer files and ``awq_report.json`` of a checkpoint, into ``folder``, after its weight
+    files.
+
+    Every loader reads it the same (``awqkit.model.interop``): config.json carries the
+    transformers-4 keys beside the transformers-5 ones (``rope_theta``, ``rope_scaling``,
+    ``torch_dtype``), ``quantization_config`` the AutoAWQ ones beside the transformers/vLLM ones
+    and a ``modules_to_not_convert`` that AutoAWQ, vLLM and transformers apply to the same
+    linears; tokenizer_config.json a class transformers 4.x knows."""
     not_converted = [e["module"] for e in report.not_converted]
     config = cast(Any, model).config.to_dict()
     config["dtype"] = str(dtype).replace("torch.", "")  # what the tensors are, not what we computed in
-    config.pop("torch_dtype", None)
+    add_legacy_config_keys(config)
     qcfg = format_named(cfg.format).module().quantization_config(
-        cfg, sorted(set(cfg.modules_to_not_convert) | set(not_converted)))
+        cfg, not_converted, quantized=_quantized_in_folder(folder), layers_path=_layers_path(model, cfg),
+        n_blocks=report.n_blocks)
     if qcfg is not None:
         config["quantization_config"] = qcfg
     with open(os.path.join(folder, "config.json"), "w") as f:
@@ -230,6 +289,7 @@ def write_checkpoint_metadata(folder: str, model: nn.Module, cfg: AWQConfig, rep
             p = os.path.join(src, fname)
             if os.path.isfile(p) and not os.path.exists(os.path.join(folder, fname)):
                 shutil.copy2(p, folder)
+    _tokenizer_config_for_v4(folder, src if src and os.path.isdir(src) else None)
     report.to_json(os.path.join(folder, "awq_report.json"))
 
 

@@ -324,7 +324,7 @@ def linear_tensors(qt: QuantizedTensor, bias: torch.Tensor | None) -> dict[str, 
     return {k[len("m."):]: v for k, v in tensors.items()}
 
 
-def quantization_config(cfg, not_converted: list[str]) -> dict[str, Any]:
+def quantization_config(cfg, not_converted: list[str], **_context) -> dict[str, Any]:
     """``ignore``: the head and every linear kept in full precision, by full name (the
     pipeline's report); user patterns (``modules_to_not_convert`` substrings) as regexes."""
     patterns = [f"re:.*{re.escape(p)}.*" for p in cfg.modules_to_not_convert]

@@ -57,7 +57,7 @@ def linear_tensors(qt, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
     return out
 
 
-def quantization_config(cfg, not_converted: list[str]) -> dict:
+def quantization_config(cfg, not_converted: list[str], **_context) -> dict:
     # Read back by finalize only (config.json does not survive into the .gguf folder).
     return {"quant_method": "gguf", "type": cfg.rule, "modules_to_not_convert": list(not_converted)}
 
