@@ -8,7 +8,13 @@ import pytest
 import awqkit
 from awqkit import _core
 from awqkit.gguf_blocks import BLOCK_TYPES, pack_blocks, rule_id, unpack_blocks
-from awqkit.reference import ggml_dequantize_ref, ggml_quantize_ref, search_clip_ref, search_scale_ref
+from awqkit.reference import (
+    ggml_dequantize_ref,
+    ggml_quantize_ref,
+    search_clip_ref,
+    search_clip_refit_ref,
+    search_scale_ref,
+)
 from search_data import linear_weights, planted_activations
 
 gguf = pytest.importorskip("gguf")
@@ -140,3 +146,43 @@ def test_clip_search_rounds_with_the_type(name):
     np.testing.assert_array_equal(res.max_val, max_val)
     np.testing.assert_allclose(res.group_loss_before, before, rtol=1e-4, atol=1e-12)
     np.testing.assert_allclose(res.group_loss_after, after, rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_clip_search_scale_refit_matches_reference(name):
+    bits, zp = TYPES[name]
+    rng = np.random.default_rng(13)
+    x = planted_activations(rng, 1100, 128)
+    w = linear_weights(rng, [24], 128)[0]
+    res = awqkit.search_clip(x, w, bits=bits, group_size=32, zero_point=zp, n_grid=10, rule=name, refit_scales=True)
+    max_val, min_val, scales, offsets, before, after = search_clip_refit_ref(x, w, name, n_grid=10)
+    np.testing.assert_array_equal(res.max_val, max_val)
+    np.testing.assert_array_equal(res.min_val, min_val)
+    np.testing.assert_array_equal(res.scales, scales)
+    if offsets is None:
+        assert res.offsets is None
+    else:
+        np.testing.assert_array_equal(res.offsets, offsets)
+    np.testing.assert_allclose(res.group_loss_before, before, rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose(res.group_loss_after, after, rtol=1e-4, atol=1e-12)
+    assert res.loss_after < res.loss_before
+    # what a file stores (the codes of the clipped weights with the refit scales) scores what the search said
+    import dataclasses
+
+    qt = awqkit.quantize(awqkit.apply_clip(w, res), bits, 32, zp, rule=name)
+    qt = dataclasses.replace(qt, scales=res.scales.astype(np.float16),
+                             offsets=None if res.offsets is None else res.offsets.astype(np.float16))
+    xs = x[:: max(1, 1100 // 512)].astype(np.float64)
+    e = (awqkit.dequantize(qt) - w).astype(np.float64).reshape(24, 1, 4, 32)
+    per_group = ((xs.reshape(-1, 4, 32)[None] * e).sum(-1) ** 2).mean(1)
+    np.testing.assert_allclose(per_group, res.group_loss_after, rtol=1e-4, atol=1e-12)
+    # and the packed blocks hold those values (the gguf package dequantizes them the same)
+    blocks = pack_blocks(qt)
+    np.testing.assert_array_equal(gguf_quants.dequantize(blocks, GGMLQuantizationType[name.upper()]),
+                                  awqkit.dequantize(qt))
+
+
+def test_refit_is_for_gguf_rules_only():
+    w = np.ones((8, 64), np.float32)
+    with pytest.raises(ValueError, match="refit is for GGUF"):
+        awqkit.search_clip(np.ones((40, 64), np.float32), w, group_size=32, refit_scales=True)

@@ -176,7 +176,7 @@ py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, in
 
 py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_tokens, int bits,
                         int64_t group_size, bool zero_point, bool fp16_scale, int n_grid, int n_shrink,
-                        bool asymmetric, int rule) {
+                        bool asymmetric, int rule, bool refit) {
   const MatrixView v = float_view(w, "w");
   require_nonempty(w, "w");
   ClipSpec spec;
@@ -184,6 +184,7 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
   spec.n_grid = n_grid;
   spec.n_shrink = n_shrink;
   spec.asymmetric = asymmetric;
+  spec.refit = refit;
   check_weights({v}, v.cols, spec.quant);
   const int64_t gs = spec.quant.group_size, G = v.cols / gs, N = v.rows;
   require_dtype(has_dtype<double>(blocks), blocks, "gram blocks", "float64");
@@ -205,6 +206,10 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
   d["err_after"] = to_array(out.err_after, {N, G});
   d["shrink_max"] = to_array(out.shrink_max, {N, G});
   d["shrink_min"] = to_array(out.shrink_min, {N, G});
+  if (refit) {
+    d["scale"] = to_array(out.scale, {N, G});
+    d["offset"] = to_array(out.offset, {N, G});
+  }
   return d;
 }
 
@@ -309,7 +314,8 @@ void register_search(py::module_& m) {
   m.def("group_gram_blocks", &group_gram_blocks_py, py::arg("x"), py::arg("stride"), py::arg("group_size"));
   m.def("search_clip", &search_clip_py, py::arg("w"), py::arg("blocks"), py::arg("n_tokens"),
         py::arg("bits"), py::arg("group_size"), py::arg("zero_point"), py::arg("fp16_scale"),
-        py::arg("n_grid"), py::arg("n_shrink"), py::arg("asymmetric"), py::arg("rule") = 0);
+        py::arg("n_grid"), py::arg("n_shrink"), py::arg("asymmetric"), py::arg("rule") = 0,
+        py::arg("refit") = false);
 }
 
 }  // namespace awqkit::bind

@@ -9,6 +9,7 @@
 
 #include "common/errors.h"
 #include "common/half.h"
+#include "quant/ggml_block_types.h"
 #include "quant/quantize_kernels.h"
 #include "search/activation_stats.h"
 #include "search/gram.h"
@@ -41,12 +42,64 @@ std::vector<double> group_gram_blocks(const MatrixView& x, int64_t stride, int64
   return out;
 }
 
+namespace {
+
+// Least-squares refit of a GGUF block's stored d (and m) for fixed codes under the Gram
+// block H: minimise (w - d a - m 1)^T H (w - d a - m 1), a the codes' levels. hw = H w and
+// h1 = H 1 are precomputed. The fitted values are rounded to float16 (what the block stores)
+// and deq rewritten the way dequantize_rows computes it; a degenerate or non-finite fit
+// keeps the reference quantizer's values.
+void refit_block(const double* H, const std::vector<double>& hw, const std::vector<double>& h1,
+                 const std::vector<uint8_t>& codes, const GgmlBlockType& t, int64_t gs,
+                 std::vector<double>& ha, float* scale, float* offset, std::vector<float>& deq) {
+  const double zero = t.zero;
+  for (int64_t a = 0; a < gs; ++a) {
+    double s = 0.0;
+    for (int64_t b = 0; b < gs; ++b) s += H[a * gs + b] * (static_cast<double>(codes[b]) - zero);
+    ha[a] = s;
+  }
+  double aha = 0.0, ahw = 0.0, ah1 = 0.0, oh1 = 0.0, ohw = 0.0;
+  for (int64_t a = 0; a < gs; ++a) {
+    const double lv = static_cast<double>(codes[a]) - zero;
+    aha += lv * ha[a];
+    ahw += lv * hw[a];
+    ah1 += ha[a];
+    oh1 += h1[a];
+    ohw += hw[a];
+  }
+  double d, m = 0.0;
+  if (t.has_min) {
+    const double det = aha * oh1 - ah1 * ah1;
+    if (!(det > 1e-12 * aha * oh1)) return;
+    d = (ahw * oh1 - ohw * ah1) / det;
+    m = (aha * ohw - ah1 * ahw) / det;
+  } else {
+    if (!(aha > 0.0)) return;
+    d = ahw / aha;
+  }
+  const float dh = half_to_float(float_to_half(static_cast<float>(d)));
+  const float mh = half_to_float(float_to_half(static_cast<float>(m)));
+  if (!std::isfinite(dh) || !std::isfinite(mh)) return;
+  for (int64_t k = 0; k < gs; ++k) {
+    const float level = static_cast<float>(codes[k]) - static_cast<float>(t.zero);
+    deq[k] = t.has_min ? level * dh + mh : level * dh;
+  }
+  *scale = dh;
+  *offset = t.has_min ? mh : 0.0f;
+}
+
+}  // namespace
+
 ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tokens, const ClipSpec& spec) {
   const int64_t N = w.rows, K = w.cols, gs = spec.quant.group_size, G = K / gs;
   require(spec.n_grid >= 1, "n_grid must be >= 1, got " + std::to_string(spec.n_grid));
   require(spec.n_shrink >= 1, "int(max_shrink * n_grid) must be >= 1 (no shrink to try)");
   require(n_tokens > 0, "no calibration tokens");
-  const int64_t ns = spec.n_shrink, C = spec.asymmetric ? ns * ns : ns;
+  const int64_t ns = spec.n_shrink, C0 = spec.asymmetric ? ns * ns : ns;
+  const GgmlBlockType* block_type = ggml_block_type(spec.quant.rule);
+  require(!spec.refit || block_type, "the scale refit is for GGUF block types (rule q4_0, q4_1, q8_0)");
+  // With refit, candidate C0 is the plain quantization (no clip, no refit).
+  const int64_t C = C0 + (spec.refit ? 1 : 0);
   // Rows per work item: enough (row, candidate) pairs to fill register tiles.
   const int64_t R = spec.asymmetric ? 12 : 48;
   const QuantizeGroupFn quantize = quantize_group_kernel(spec.quant);
@@ -60,6 +113,10 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
   out.err_after.resize(N * G);
   out.shrink_max.resize(N * G);
   out.shrink_min.resize(N * G);
+  if (spec.refit) {
+    out.scale.resize(N * G);
+    out.offset.resize(N * G);
+  }
   const double inv_n = 1.0 / static_cast<double>(n_tokens);
   const int64_t n_row_blocks = (N + R - 1) / R;
   // Errors cannot leave the parallel region: the first row whose clipped group has a scale
@@ -69,7 +126,9 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
 
 #pragma omp parallel
   {
-    std::vector<float> E, buf(K), cur(gs), deq(gs);
+    std::vector<float> E, buf(K), cur(gs), deq(gs), d_b, m_b;
+    std::vector<uint8_t> codes(gs);
+    std::vector<double> hw(gs), h1(gs), ha(gs);
     QuadraticFormScratch scratch;
     std::vector<double> err;
     GramPanels P;
@@ -86,6 +145,9 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
         E.assign(static_cast<size_t>(rows * Kp), 0.0f);
         err.resize(rows);
         std::vector<float> lo_b(nr * C), hi_b(nr * C);
+        d_b.assign(nr * C, 0.0f);
+        m_b.assign(nr * C, 0.0f);
+        const double* H = gblocks + g * gs * gs;
         for (int64_t i = 0; i < nr; ++i) {
           const float* row;
           if (w.type == FloatType::f32) {
@@ -101,9 +163,23 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
             minv = std::fmin(minv, row[k]);
             amax = std::fmax(amax, std::fabs(row[k]));
           }
+          if (spec.refit) {  // G w and G 1, shared by the candidates' least-squares fits
+            for (int64_t a = 0; a < gs; ++a) {
+              double sw = 0.0, s1 = 0.0;
+              for (int64_t b = 0; b < gs; ++b) {
+                sw += H[a * gs + b] * static_cast<double>(row[b]);
+                s1 += H[a * gs + b];
+              }
+              hw[a] = sw;
+              h1[a] = s1;
+            }
+          }
           for (int64_t c = 0; c < C; ++c) {
             float hi, lo;
-            if (spec.asymmetric) {
+            if (c == C0) {  // the plain candidate (refit only)
+              hi = maxv;
+              lo = minv;
+            } else if (spec.asymmetric) {
               hi = maxv * factor[c / ns];
               lo = minv * factor[c % ns];
             } else {
@@ -113,9 +189,17 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
             hi_b[i * C + c] = hi;
             lo_b[i * C + c] = lo;
             for (int64_t k = 0; k < gs; ++k) cur[k] = std::fmin(std::fmax(row[k], lo), hi);
-            float scale;
+            float scale, offset = 0.0f;
             uint8_t zero;
-            quantize(cur.data(), gs, spec.quant, nullptr, deq.data(), &scale, &zero);
+            if (spec.refit) {
+              block_type->quantize_block(cur.data(), codes.data(), deq.data(), &scale, &offset);
+              zero = static_cast<uint8_t>(block_type->zero);
+              if (c != C0 && std::isfinite(scale)) refit_block(H, hw, h1, codes, *block_type, gs, ha, &scale, &offset, deq);
+              d_b[i * C + c] = scale;
+              m_b[i * C + c] = offset;
+            } else {
+              quantize(cur.data(), gs, spec.quant, nullptr, deq.data(), &scale, &zero);
+            }
             if (!std::isfinite(scale)) {
               int64_t first = overflow_row.load();
               while (r0 + i < first && !overflow_row.compare_exchange_weak(first, r0 + i)) {}
@@ -139,12 +223,17 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
               best = c;
             }
           const int64_t o = (r0 + i) * G + g;
+          const int64_t plain = spec.refit ? C0 : 0;
           out.max_val[o] = hi_b[i * C + best];
           out.min_val[o] = lo_b[i * C + best];
-          out.err_before[o] = e[0] * inv_n;
+          out.err_before[o] = e[plain] * inv_n;
           out.err_after[o] = e[best] * inv_n;
-          out.shrink_max[o] = static_cast<int32_t>(spec.asymmetric ? best / ns : best);
-          out.shrink_min[o] = static_cast<int32_t>(spec.asymmetric ? best % ns : best);
+          out.shrink_max[o] = static_cast<int32_t>(best == C0 && spec.refit ? -1 : spec.asymmetric ? best / ns : best);
+          out.shrink_min[o] = static_cast<int32_t>(best == C0 && spec.refit ? -1 : spec.asymmetric ? best % ns : best);
+          if (spec.refit) {
+            out.scale[o] = d_b[i * C + best];
+            out.offset[o] = m_b[i * C + best];
+          }
         }
       }
   }

@@ -18,12 +18,20 @@ struct ClipSpec {
   int n_grid = 20;
   int n_shrink = 10;        // int(max_shrink * n_grid)
   bool asymmetric = false;  // shrink the max and the min separately (n_shrink^2 candidates)
+  // GGUF rules only: after rounding each clipped candidate, refit the block's stored scale d
+  // (and Q4_1's minimum m) by least squares under the group's Gram block, d = a^T G w / a^T G a
+  // with a the codes' integer levels, then round to float16; the block keeps its codes. The
+  // plain (unclipped, unrefit) quantization is a candidate too, so the result is never worse
+  // than it on this objective. llama.cpp's imatrix quantizer refits the same way with the
+  // diagonal of G.
+  bool refit = false;
 };
 
 struct ClipOutput {
   std::vector<float> max_val, min_val;        // [N, G] clamp bounds (min = -max when symmetric)
   std::vector<double> err_before, err_after;  // [N, G] group objective without / with clipping
-  std::vector<int32_t> shrink_max, shrink_min;  // [N, G] chosen i (and j)
+  std::vector<int32_t> shrink_max, shrink_min;  // [N, G] chosen i (and j); -1: the plain candidate
+  std::vector<float> scale, offset;           // [N, G] with refit: the stored d (and m) chosen
 };
 
 // Per-group Gram blocks [G, gs, gs] (double) of tokens 0, stride, 2*stride, ... of x.

@@ -76,6 +76,7 @@ class AWQConfig:
     on_fold_error: str = "raise"
     block_fallback: bool = True
     format: str = "awq"
+    gguf_refit: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -92,7 +93,7 @@ class AWQConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("zero_point", "clip", "gqa_tie", "block_fallback"):
+        for name in ("zero_point", "clip", "gqa_tie", "block_fallback", "gguf_refit"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.layers_path is not None and not isinstance(self.layers_path, str):

@@ -83,7 +83,9 @@ class ClipResult:
     ``loss_before``/``loss_after``: the clip objective (mean over groups of the mean
     squared error of the group's partial dot products) without and with clipping;
     ``group_loss_*`` are its per-group values, ``shrink`` the chosen grid index i
-    (max_val = absmax * (1 - i / n_grid)).
+    (max_val = absmax * (1 - i / n_grid)). With ``refit_scales`` (GGUF rules): ``scales``
+    (and ``offsets``, Q4_1's minimum) float32 [N, G], the stored float16 values each group
+    keeps with the codes of its clipped weights; ``shrink`` -1 marks the plain candidate.
     """
 
     max_val: np.ndarray
@@ -96,6 +98,8 @@ class ClipResult:
     group_loss_after: np.ndarray = field(repr=False)
     n_tokens: int = 0
     asymmetric: bool = False
+    scales: np.ndarray | None = field(default=None, repr=False)
+    offsets: np.ndarray | None = field(default=None, repr=False)
 
 
 def _weights_list(weights) -> list[np.ndarray]:
@@ -238,6 +242,7 @@ def search_clip(
     asymmetric: bool = False,
     scale_dtype: str = "float16",
     rule: str = "awq",
+    refit_scales: bool = False,
 ) -> ClipResult:
     """Search AWQ's per-group clipping of ``w`` [N, K] on activations ``x`` [tokens, K].
 
@@ -251,6 +256,13 @@ def search_clip(
 
     ``w`` must be quantizable as it is (the rule of :func:`awqkit.quantize`) and the
     activations must keep the search's float32 arithmetic finite; otherwise ``ValueError``.
+
+    ``rule``: the rounding rule (a GGUF type such as ``"q4_0"`` clips for exactly what that type
+    stores). ``refit_scales`` (GGUF rules only): each candidate's stored scale (and Q4_1
+    minimum) is refit by least squares under the group's Gram block for its codes, and the
+    plain quantization competes too; the chosen values are in ``scales``/``offsets``, to store
+    with the codes of ``apply_clip(w, result)`` (llama.cpp's imatrix quantizer does such a
+    refit with the diagonal).
     """
     w = np.ascontiguousarray(as_weight(w))
     n, k = w.shape
@@ -282,7 +294,7 @@ def search_clip(
         n_used = -(-t // step)
         blocks = _core.group_gram_blocks(x, step, gs)
     out = _core.search_clip(w, blocks, n_used, bits, gs, bool(zero_point), fp16, n_grid, n_shrink, bool(asymmetric),
-                            rule_id(rule))
+                            rule_id(rule), bool(refit_scales))
     return ClipResult(
         max_val=out["max_val"],
         min_val=out["min_val"],
@@ -294,6 +306,8 @@ def search_clip(
         group_loss_after=out["err_after"],
         n_tokens=int(n_used),
         asymmetric=bool(asymmetric),
+        scales=out.get("scale"),
+        offsets=out.get("offset") if zero_point else None,
     )
 
 

@@ -18,6 +18,7 @@ quantized outputs with ``"quantized"``). Only one block's activations are held a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -85,9 +86,14 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
     return format_named(cfg.format).layout_problem(n, k, cfg)
 
 
-def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig) -> QuantizedLinear:
+def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig,
+                     refit: tuple[np.ndarray, np.ndarray | None] | None = None) -> QuantizedLinear:
     qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
                   rule=cfg.rule)
+    if refit is not None:  # the clip search's refit scales (and Q4_1 minima), stored with these codes
+        scales, offsets = refit
+        qt = dataclasses.replace(qt, scales=scales.astype(np.float16),
+                                 offsets=None if offsets is None else offsets.astype(np.float16))
     fmt = format_named(cfg.format)
     # The format's tensors, made now (the float weight is dropped as this module replaces it);
     # None where the format cannot hold this width (the writer then says so).
@@ -326,11 +332,13 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     for rel in quant_names:
         lin = linears.pop(rel)
         w = lin.weight.detach()
-        if method == "awq" and cfg.clip and not layout.never_clipped(rel) and rel in cap.inputs:
+        refit = None
+        refit_only = cfg.rule != "awq" and cfg.gguf_refit and layout.never_clipped(rel)  # GGUF: q/k refit, unclipped
+        if method == "awq" and cfg.clip and (refit_only or not layout.never_clipped(rel)) and rel in cap.inputs:
             with meter.stage("clip_search"):
-                w = _clip(w, cap.inputs[rel], cfg, report, i, rel)
+                w, refit = _clip(w, cap.inputs[rel], cfg, report, i, rel, refit_only)
         with meter.stage("quantize_pack"):
-            set_submodule(block, rel, _quantize_weight(w, lin.bias, cfg))
+            set_submodule(block, rel, _quantize_weight(w, lin.bias, cfg, refit))
             report.quantized_layers += 1
         del lin, w
     with meter.stage("quantize_pack"):
@@ -515,14 +523,19 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
 _CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
 
 
-def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel) -> torch.Tensor:
+def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel, refit_only: bool = False):
+    """The clipped weight, and with GGUF's refit the (scales, offsets) to store with its codes."""
     wn = np.ascontiguousarray(w.to(torch.float32).numpy())
+    refit = cfg.rule != "awq" and cfg.gguf_refit
     kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
-                              max_shrink=cfg.clip_max_shrink, rule=cfg.rule)
+                              max_shrink=1.0 / cfg.clip_n_grid if refit_only else cfg.clip_max_shrink, rule=cfg.rule,
+                              refit_scales=refit)
     if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // 512]
         sample = x.strided(max(1, x.rows // _CLIP_TOKENS))
         res = search_clip(sample.numpy(), wn, n_sample_tokens=None, **kw)
     else:
         res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=_CLIP_TOKENS, **kw)
-    report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after)})
-    return torch.from_numpy(apply_clip(wn, res.max_val))
+    report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after),
+                        **({"refit_only": True} if refit_only else {})})
+    clipped = torch.from_numpy(apply_clip(wn, res))
+    return clipped, ((res.scales, res.offsets) if refit else None)

@@ -146,3 +146,67 @@ def search_clip_ref(x, w, bits=4, group_size=128, zero_point=True, n_grid=20, ma
         after_all.append(best_err)
     squeeze = lambda parts: np.concatenate(parts, axis=0).reshape(org_w_shape[0], -1)  # noqa: E731
     return squeeze(best_all).astype(np.float32), squeeze(before_all), squeeze(after_all)
+
+
+def search_clip_refit_ref(x, w, rule, n_grid=20, max_shrink=0.5, n_sample_token=512):
+    """The clip search with the GGUF scale refit (``search_clip(..., refit_scales=True)``),
+    group by group in float64: candidates max|w| * (1 - i/n_grid), i < int(max_shrink*n_grid),
+    clamp symmetric, quantize with the GGUF reference, refit d (Q4_1: d and m) by least squares
+    under the group's Gram block H = X_g^T X_g of the sampled tokens, round to float16; then the
+    plain quantization (no clip, no refit). The first lowest e^T H e / n wins.
+    Returns (max_val, min_val, scales, offsets or None, err_before, err_after), each [N, G]."""
+    from .quant import ggml_dequantize_ref, ggml_quantize_ref
+
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    g_count = k // 32
+    x = np.asarray(x, dtype=np.float32).reshape(-1, k)
+    step = 1 if n_sample_token is None else max(1, x.shape[0] // n_sample_token)
+    xs = x[::step].astype(np.float64)
+    t = xs.shape[0]
+    has_min = rule == "q4_1"
+    zero = {"q4_0": 8, "q4_1": 0, "q8_0": 128}[rule]
+    shape = (n, g_count)
+    max_val, min_val = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    scales, offsets = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    before, after = np.zeros(shape), np.zeros(shape)
+    n_shrink = int(max_shrink * n_grid)
+    for g in range(g_count):
+        xg = xs[:, g * 32:(g + 1) * 32]
+        h = xg.T @ xg
+        for r in range(n):
+            row = w[r, g * 32:(g + 1) * 32]
+            amax = np.float32(np.abs(row).max())
+            cands = [(-(amax * np.float32(1 - i / n_grid)), amax * np.float32(1 - i / n_grid), True) for i in range(n_shrink)]
+            cands.append((row.min(), row.max(), False))
+            best = None
+            for lo, hi, refit in cands:
+                cur = np.clip(row, lo, hi)[None, :]
+                codes, d, m = ggml_quantize_ref(cur, rule)
+                d = d.astype(np.float32)
+                m = None if m is None else m.astype(np.float32)
+                if refit:
+                    a = codes[0].astype(np.float64) - zero
+                    wv = row.astype(np.float64)
+                    if has_min:
+                        one = np.ones(32)
+                        mat = np.array([[a @ h @ a, a @ h @ one], [one @ h @ a, one @ h @ one]])
+                        rhs = np.array([a @ h @ wv, one @ h @ wv])
+                        det = mat[0, 0] * mat[1, 1] - mat[0, 1] ** 2
+                        if det > 1e-12 * mat[0, 0] * mat[1, 1]:
+                            sol = np.linalg.solve(mat, rhs)
+                            dh, mh = np.float16(sol[0]).astype(np.float32), np.float16(sol[1]).astype(np.float32)
+                            if np.isfinite(dh) and np.isfinite(mh):
+                                d, m = np.array([[dh]]), np.array([[mh]])
+                    elif a @ h @ a > 0:
+                        dh = np.float16((a @ h @ wv) / (a @ h @ a)).astype(np.float32)
+                        if np.isfinite(dh):
+                            d = np.array([[dh]], np.float32)
+                deq = ggml_dequantize_ref(codes, d, m, rule)[0].astype(np.float64)
+                e = deq - row.astype(np.float64)
+                err = float(e @ h @ e) / t
+                if best is None or err < best[0]:
+                    best = (err, lo, hi, d[0, 0], 0.0 if m is None else m[0, 0])
+            before[r, g] = err  # the last candidate: plain
+            after[r, g], min_val[r, g], max_val[r, g], scales[r, g], offsets[r, g] = best
+    return max_val, min_val, scales, (offsets if has_min else None), before, after
