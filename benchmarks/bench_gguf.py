@@ -131,14 +131,27 @@ def _tool(build: Path, name: str) -> Path:
 # --------------------------------------------------------------------------- build-llama
 
 def _fetch_sdist(version: str, dest: Path) -> Path:
-    """The llama-cpp-python sdist of ``version`` from PyPI (JSON API), SHA-256 checked."""
-    with urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{version}/json", timeout=60) as r:
-        meta = json.load(r)
-    sdists = [u for u in meta["urls"] if u.get("packagetype") == "sdist"]
+    """The llama-cpp-python sdist of ``version`` from PyPI (JSON API), SHA-256 checked.
+
+    Where the per-version JSON (``/pypi/<name>/<version>/json``) is not served (404 on some
+    mirrors), the project JSON's ``releases[version]`` is used; its URLs may be relative to the
+    JSON's address (``../../packages/...``)."""
+    from urllib.error import HTTPError
+    from urllib.parse import urljoin
+
+    api = f"https://pypi.org/pypi/llama-cpp-python/{version}/json"
+    try:
+        with urllib.request.urlopen(api, timeout=60) as r:
+            files = json.load(r)["urls"]
+    except HTTPError:
+        api = "https://pypi.org/pypi/llama-cpp-python/json"
+        with urllib.request.urlopen(api, timeout=60) as r:
+            files = json.load(r)["releases"].get(version, [])
+    sdists = [u for u in files if u.get("packagetype") == "sdist"]
     if not sdists:
         raise SystemExit(f"llama-cpp-python {version}: no sdist on PyPI")
     u = sdists[0]
-    url = u["url"] if u["url"].startswith("http") else "https://pypi.org" + ("" if u["url"].startswith("/") else "/") + u["url"]
+    url = urljoin(api, u["url"])
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / u["filename"]
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != u["digests"]["sha256"]:
