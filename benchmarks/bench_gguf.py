@@ -413,6 +413,45 @@ def metadata(args) -> None:
     print(text)
 
 
+def awqkit_export(args) -> None:
+    """awqkit's GGUF of the same model with the same calibration documents (``awqkit quantize
+    --format gguf``), each variant into ``--out/<name>-awqkit-<variant>/``."""
+    variants = {"rtn": (["--method", "rtn"], {}), "awq": ([], {"gguf_refit": False}), "awq-refit": ([], {})}
+    for v in args.variants:
+        extra, cfg = variants[v]
+        out = Path(args.out) / f"{args.name}-awqkit-{v}"
+        cmd = [sys.executable, "-m", "awqkit", "quantize", args.model_dir, "--out", out, "--format", "gguf",
+               "--overwrite", "--restart", "--calib", args.calib, "--n-samples", args.n_samples, "--seqlen", args.seqlen,
+               *extra]
+        if args.bits == 8:
+            cmd += ["--bits", "8"]
+        elif args.zero_point:
+            cmd += ["--zero-point"]
+        if cfg:
+            cfg_path = Path(args.out) / f"{args.name}-awqkit-{v}.json"
+            cfg_path.write_text(json.dumps(cfg))
+            cmd += ["--config", cfg_path]
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+        dt, log = _run(cmd, env=env)
+        files = sorted(out.glob("*.gguf"))
+        _record({"step": "awqkit", "variant": v, "name": args.name, "file": str(files[0]), "calib": args.calib,
+                 "n_samples": args.n_samples, "seqlen": args.seqlen, "seconds": round(dt, 1),
+                 "size_bytes": files[0].stat().st_size})
+
+
+def same_tensors(args) -> None:
+    """Whether two GGUF files hold the same tensors, byte for byte (names, types, data)."""
+    import gguf
+    import numpy as np
+
+    a, b = gguf.GGUFReader(args.a), gguf.GGUFReader(args.b)
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    differ = sorted(n for n in set(ta) | set(tb) if n not in ta or n not in tb or ta[n].tensor_type != tb[n].tensor_type
+                    or not np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data)))
+    _record({"step": "same_tensors", "a": args.a, "b": args.b, "tensors": len(ta), "differing": differ[:20],
+             "identical": not differ})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -452,6 +491,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--logs", default=str(ROOT / "build" / "gguf" / "logs"))
     p.set_defaults(fn=perplexity)
+
+    a = sub.add_parser("awqkit", help="awqkit's GGUF exports of the model on the same calibration documents")
+    a.add_argument("model_dir")
+    a.add_argument("--out", required=True)
+    a.add_argument("--calib", required=True)
+    a.add_argument("--n-samples", type=int, default=64)
+    a.add_argument("--seqlen", type=int, default=512)
+    a.add_argument("--bits", type=int, default=4, choices=[4, 8])
+    a.add_argument("--zero-point", action="store_true", help="Q4_1 instead of Q4_0")
+    a.add_argument("--variants", nargs="+", default=["rtn", "awq", "awq-refit"], choices=["rtn", "awq", "awq-refit"])
+    a.add_argument("--name", default="model")
+    a.set_defaults(fn=awqkit_export)
+
+    c = sub.add_parser("same-tensors", help="whether two GGUF files hold the same tensors byte for byte")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.set_defaults(fn=same_tensors)
 
     m = sub.add_parser("metadata", help="dump a GGUF's key/values and first-block tensors")
     m.add_argument("gguf", nargs="+", help="the first is dumped in full, the others as differences from it")
