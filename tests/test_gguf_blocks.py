@@ -149,16 +149,20 @@ def test_clip_search_rounds_with_the_type(name):
 
 
 @pytest.mark.parametrize("name", TYPES)
-def test_clip_search_scale_refit_matches_reference(name):
+@pytest.mark.parametrize("n_expand", [0, 8])
+def test_clip_search_scale_refit_matches_reference(name, n_expand):
     bits, zp = TYPES[name]
     rng = np.random.default_rng(13)
     x = planted_activations(rng, 1100, 128)
     w = linear_weights(rng, [24], 128)[0]
-    res = awqkit.search_clip(x, w, bits=bits, group_size=32, zero_point=zp, n_grid=10, rule=name, refit_scales=True)
-    max_val, min_val, scales, offsets, before, after = search_clip_refit_ref(x, w, name, n_grid=10)
+    res = awqkit.search_clip(x, w, bits=bits, group_size=32, zero_point=zp, n_grid=10, rule=name, refit_scales=True,
+                             n_expand=n_expand)
+    max_val, min_val, scales, offsets, before, after, codes = search_clip_refit_ref(x, w, name, n_grid=10,
+                                                                                   n_expand=n_expand)
     np.testing.assert_array_equal(res.max_val, max_val)
     np.testing.assert_array_equal(res.min_val, min_val)
     np.testing.assert_array_equal(res.scales, scales)
+    np.testing.assert_array_equal(res.codes, codes)
     if offsets is None:
         assert res.offsets is None
     else:
@@ -166,12 +170,14 @@ def test_clip_search_scale_refit_matches_reference(name):
     np.testing.assert_allclose(res.group_loss_before, before, rtol=1e-4, atol=1e-12)
     np.testing.assert_allclose(res.group_loss_after, after, rtol=1e-4, atol=1e-12)
     assert res.loss_after < res.loss_before
-    # what a file stores (the codes of the clipped weights with the refit scales) scores what the search said
-    import dataclasses
-
-    qt = awqkit.quantize(awqkit.apply_clip(w, res), bits, 32, zp, rule=name)
-    qt = dataclasses.replace(qt, scales=res.scales.astype(np.float16),
-                             offsets=None if res.offsets is None else res.offsets.astype(np.float16))
+    if n_expand:
+        assert (res.shrink < -1).any()  # some group chose an expanded scale
+    # what a file stores (the chosen codes with the refit scales) scores what the search said
+    t = BLOCK_TYPES[name]
+    qt = awqkit.QuantizedTensor(codes=res.codes, scales=res.scales.astype(np.float16),
+                                zeros=np.full(res.scales.shape, t.zero, np.uint8), bits=bits, group_size=32,
+                                zero_point=zp, offsets=None if res.offsets is None else res.offsets.astype(np.float16),
+                                rule=name)
     xs = x[:: max(1, 1100 // 512)].astype(np.float64)
     e = (awqkit.dequantize(qt) - w).astype(np.float64).reshape(24, 1, 4, 32)
     per_group = ((xs.reshape(-1, 4, 32)[None] * e).sum(-1) ** 2).mean(1)

@@ -343,11 +343,11 @@ def test_awqkit_exposes_the_streaming_entry_point():
 def test_a_nested_stage_does_not_hide_the_outer_stages_peak():
     """Each stage resets the kernel's high-water mark; a stage started inside another (a fold
     check inside the scale search) must not erase the outer one's peak, nor the run's."""
+    import mmap
+
     import numpy as np
 
     from awqkit.model.report import StageMeter
-
-    import mmap
 
     meter = StageMeter()
     with meter.stage("outer"):

@@ -176,7 +176,7 @@ py::array_t<double> group_gram_blocks_py(const py::object& x, int64_t stride, in
 
 py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_tokens, int bits,
                         int64_t group_size, bool zero_point, bool fp16_scale, int n_grid, int n_shrink,
-                        bool asymmetric, int rule, bool refit) {
+                        bool asymmetric, int rule, bool refit, int n_expand) {
   const MatrixView v = float_view(w, "w");
   require_nonempty(w, "w");
   ClipSpec spec;
@@ -185,6 +185,7 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
   spec.n_shrink = n_shrink;
   spec.asymmetric = asymmetric;
   spec.refit = refit;
+  spec.n_expand = n_expand;
   check_weights({v}, v.cols, spec.quant);
   const int64_t gs = spec.quant.group_size, G = v.cols / gs, N = v.rows;
   require_dtype(has_dtype<double>(blocks), blocks, "gram blocks", "float64");
@@ -209,6 +210,7 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
   if (refit) {
     d["scale"] = to_array(out.scale, {N, G});
     d["offset"] = to_array(out.offset, {N, G});
+    d["codes"] = to_array(out.codes, {N, v.cols});
   }
   return d;
 }
@@ -315,7 +317,7 @@ void register_search(py::module_& m) {
   m.def("search_clip", &search_clip_py, py::arg("w"), py::arg("blocks"), py::arg("n_tokens"),
         py::arg("bits"), py::arg("group_size"), py::arg("zero_point"), py::arg("fp16_scale"),
         py::arg("n_grid"), py::arg("n_shrink"), py::arg("asymmetric"), py::arg("rule") = 0,
-        py::arg("refit") = false);
+        py::arg("refit") = false, py::arg("n_expand") = 0);
 }
 
 }  // namespace awqkit::bind

@@ -83,6 +83,39 @@ void q8_0_block(const float* x, uint8_t* codes, float* deq, float* d_out, float*
   *m_out = 0.0f;
 }
 
+void q4_0_expanded(const float* x, float f, uint8_t* codes) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < 32; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  const float d = max / -8 * f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int j = 0; j < 32; ++j) codes[j] = static_cast<uint8_t>(std::min(15, trunc_int8(x[j] * id + 8.5f)));
+}
+
+void q4_1_expanded(const float* x, float f, uint8_t* codes) {
+  float min = FLT_MAX, max = -FLT_MAX;
+  for (int j = 0; j < 32; ++j) {
+    if (x[j] < min) min = x[j];
+    if (x[j] > max) max = x[j];
+  }
+  const float d = (max - min) / ((1 << 4) - 1) * f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int j = 0; j < 32; ++j)
+    codes[j] = static_cast<uint8_t>(std::min(15, trunc_int8((x[j] - min) * id + 0.5f)));
+}
+
+void q8_0_expanded(const float* x, float f, uint8_t* codes) {
+  float amax = 0.0f;
+  for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[j]));
+  const float d = amax / ((1 << 7) - 1) * f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  for (int j = 0; j < 32; ++j) codes[j] = static_cast<uint8_t>(trunc_int8(std::round(x[j] * id)) + 128);
+}
+
 template <void (*Block)(const float*, uint8_t*, float*, float*, float*), int Zero>
 void as_group(const float* w, int64_t, const QuantSpec&, uint8_t* codes, float* deq, float* scale,
               uint8_t* zero) {
@@ -93,9 +126,10 @@ void as_group(const float* w, int64_t, const QuantSpec&, uint8_t* codes, float* 
 
 // ggml_type ids: GGML_TYPE_Q4_0 = 2, GGML_TYPE_Q4_1 = 3, GGML_TYPE_Q8_0 = 8 (ggml.h).
 const GgmlBlockType kGgmlBlockTypes[] = {
-    {GroupRule::ggml_q4_0, "q4_0", 2, 4, 32, false, 8, &q4_0_block, &as_group<&q4_0_block, 8>},
-    {GroupRule::ggml_q4_1, "q4_1", 3, 4, 32, true, 0, &q4_1_block, &as_group<&q4_1_block, 0>},
-    {GroupRule::ggml_q8_0, "q8_0", 8, 8, 32, false, 128, &q8_0_block, &as_group<&q8_0_block, 128>},
+    {GroupRule::ggml_q4_0, "q4_0", 2, 4, 32, false, 8, &q4_0_block, &as_group<&q4_0_block, 8>, &q4_0_expanded},
+    {GroupRule::ggml_q4_1, "q4_1", 3, 4, 32, true, 0, &q4_1_block, &as_group<&q4_1_block, 0>, &q4_1_expanded},
+    {GroupRule::ggml_q8_0, "q8_0", 8, 8, 32, false, 128, &q8_0_block, &as_group<&q8_0_block, 128>,
+     &q8_0_expanded},
 };
 
 }  // namespace

@@ -27,6 +27,11 @@ struct GgmlBlockType {
   void (*quantize_block)(const float* x, uint8_t* codes, float* deq, float* d, float* m);
   // The same in the group-quantizer form the searches call (n == block).
   QuantizeGroupFn quantize_group;
+  // The codes the reference would give with its scale d multiplied by f (f > 1: a coarser grid
+  // than the block's range needs, so no clamping is involved), from 1/(d*f) unrounded; Q4_1
+  // keeps its minimum. The clip search's refit tries these too (llama.cpp's imatrix quantizer,
+  // make_qx_quants, tries such scales around the plain one).
+  void (*codes_at_expanded_scale)(const float* x, float f, uint8_t* codes);
 };
 
 // The type of a ggml rule; nullptr for GroupRule::awq.

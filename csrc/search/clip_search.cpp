@@ -49,7 +49,7 @@ namespace {
 // h1 = H 1 are precomputed. The fitted values are rounded to float16 (what the block stores)
 // and deq rewritten the way dequantize_rows computes it; a degenerate or non-finite fit
 // keeps the reference quantizer's values.
-void refit_block(const double* H, const std::vector<double>& hw, const std::vector<double>& h1,
+bool refit_block(const double* H, const std::vector<double>& hw, const std::vector<double>& h1,
                  const std::vector<uint8_t>& codes, const GgmlBlockType& t, int64_t gs,
                  std::vector<double>& ha, float* scale, float* offset, std::vector<float>& deq) {
   const double zero = t.zero;
@@ -70,22 +70,23 @@ void refit_block(const double* H, const std::vector<double>& hw, const std::vect
   double d, m = 0.0;
   if (t.has_min) {
     const double det = aha * oh1 - ah1 * ah1;
-    if (!(det > 1e-12 * aha * oh1)) return;
+    if (!(det > 1e-12 * aha * oh1)) return false;
     d = (ahw * oh1 - ohw * ah1) / det;
     m = (aha * ohw - ah1 * ahw) / det;
   } else {
-    if (!(aha > 0.0)) return;
+    if (!(aha > 0.0)) return false;
     d = ahw / aha;
   }
   const float dh = half_to_float(float_to_half(static_cast<float>(d)));
   const float mh = half_to_float(float_to_half(static_cast<float>(m)));
-  if (!std::isfinite(dh) || !std::isfinite(mh)) return;
+  if (!std::isfinite(dh) || !std::isfinite(mh)) return false;
   for (int64_t k = 0; k < gs; ++k) {
     const float level = static_cast<float>(codes[k]) - static_cast<float>(t.zero);
     deq[k] = t.has_min ? level * dh + mh : level * dh;
   }
   *scale = dh;
   *offset = t.has_min ? mh : 0.0f;
+  return true;
 }
 
 }  // namespace
@@ -98,8 +99,11 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
   const int64_t ns = spec.n_shrink, C0 = spec.asymmetric ? ns * ns : ns;
   const GgmlBlockType* block_type = ggml_block_type(spec.quant.rule);
   require(!spec.refit || block_type, "the scale refit is for GGUF block types (rule q4_0, q4_1, q8_0)");
-  // With refit, candidate C0 is the plain quantization (no clip, no refit).
-  const int64_t C = C0 + (spec.refit ? 1 : 0);
+  // With refit, candidates C0 .. c_plain - 1 are the expanded scales and the last one (c_plain) is the
+  // plain quantization (no clip, no refit).
+  require(spec.n_expand >= 0 && (spec.refit || spec.n_expand == 0), "n_expand needs the refit");
+  const int64_t c_plain = C0 + spec.n_expand;
+  const int64_t C = spec.refit ? c_plain + 1 : C0;
   // Rows per work item: enough (row, candidate) pairs to fill register tiles.
   const int64_t R = spec.asymmetric ? 12 : 48;
   const QuantizeGroupFn quantize = quantize_group_kernel(spec.quant);
@@ -116,6 +120,7 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
   if (spec.refit) {
     out.scale.resize(N * G);
     out.offset.resize(N * G);
+    out.codes.resize(N * K);
   }
   const double inv_n = 1.0 / static_cast<double>(n_tokens);
   const int64_t n_row_blocks = (N + R - 1) / R;
@@ -127,7 +132,8 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
 #pragma omp parallel
   {
     std::vector<float> E, buf(K), cur(gs), deq(gs), d_b, m_b;
-    std::vector<uint8_t> codes(gs);
+    std::vector<uint8_t> codes(gs), codes_b, plain_codes(gs);
+    std::vector<float> plain_deq(gs);
     std::vector<double> hw(gs), h1(gs), ha(gs);
     QuadraticFormScratch scratch;
     std::vector<double> err;
@@ -147,6 +153,7 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
         std::vector<float> lo_b(nr * C), hi_b(nr * C);
         d_b.assign(nr * C, 0.0f);
         m_b.assign(nr * C, 0.0f);
+        if (spec.refit) codes_b.assign(nr * C * gs, 0);
         const double* H = gblocks + g * gs * gs;
         for (int64_t i = 0; i < nr; ++i) {
           const float* row;
@@ -174,9 +181,13 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
               h1[a] = s1;
             }
           }
+          float plain_scale = 0.0f, plain_offset = 0.0f;
+          if (spec.refit) {  // the plain quantization: candidate c_plain, and the fallback of a failed refit
+            block_type->quantize_block(row, plain_codes.data(), plain_deq.data(), &plain_scale, &plain_offset);
+          }
           for (int64_t c = 0; c < C; ++c) {
             float hi, lo;
-            if (c == C0) {  // the plain candidate (refit only)
+            if (spec.refit && c >= C0) {  // an expanded scale or the plain candidate: no clamping
               hi = maxv;
               lo = minv;
             } else if (spec.asymmetric) {
@@ -188,18 +199,35 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
             }
             hi_b[i * C + c] = hi;
             lo_b[i * C + c] = lo;
-            for (int64_t k = 0; k < gs; ++k) cur[k] = std::fmin(std::fmax(row[k], lo), hi);
             float scale, offset = 0.0f;
             uint8_t zero;
             if (spec.refit) {
-              block_type->quantize_block(cur.data(), codes.data(), deq.data(), &scale, &offset);
+              bool fitted = false;
+              if (c == c_plain) {
+                std::copy(plain_codes.begin(), plain_codes.end(), codes.begin());
+              } else if (c >= C0) {
+                block_type->codes_at_expanded_scale(row, 1.0f + static_cast<float>(c - C0 + 1) / 80.0f, codes.data());
+              } else {
+                for (int64_t k = 0; k < gs; ++k) cur[k] = std::fmin(std::fmax(row[k], lo), hi);
+                block_type->quantize_block(cur.data(), codes.data(), deq.data(), &scale, &offset);
+              }
+              if (c != c_plain && (c >= C0 || std::isfinite(scale)))
+                fitted = refit_block(H, hw, h1, codes, *block_type, gs, ha, &scale, &offset, deq);
+              if (!fitted && (c == c_plain || c >= C0)) {  // the plain values (a failed expansion repeats them)
+                std::copy(plain_codes.begin(), plain_codes.end(), codes.begin());
+                std::copy(plain_deq.begin(), plain_deq.end(), deq.begin());
+                scale = plain_scale;
+                offset = plain_offset;
+              }
               zero = static_cast<uint8_t>(block_type->zero);
-              if (c != C0 && std::isfinite(scale)) refit_block(H, hw, h1, codes, *block_type, gs, ha, &scale, &offset, deq);
               d_b[i * C + c] = scale;
               m_b[i * C + c] = offset;
+              std::copy(codes.begin(), codes.end(), codes_b.begin() + (i * C + c) * gs);
             } else {
+              for (int64_t k = 0; k < gs; ++k) cur[k] = std::fmin(std::fmax(row[k], lo), hi);
               quantize(cur.data(), gs, spec.quant, nullptr, deq.data(), &scale, &zero);
             }
+            (void)zero;
             if (!std::isfinite(scale)) {
               int64_t first = overflow_row.load();
               while (r0 + i < first && !overflow_row.compare_exchange_weak(first, r0 + i)) {}
@@ -223,16 +251,19 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
               best = c;
             }
           const int64_t o = (r0 + i) * G + g;
-          const int64_t plain = spec.refit ? C0 : 0;
+          const int64_t plain = spec.refit ? c_plain : 0;
           out.max_val[o] = hi_b[i * C + best];
           out.min_val[o] = lo_b[i * C + best];
           out.err_before[o] = e[plain] * inv_n;
           out.err_after[o] = e[best] * inv_n;
-          out.shrink_max[o] = static_cast<int32_t>(best == C0 && spec.refit ? -1 : spec.asymmetric ? best / ns : best);
-          out.shrink_min[o] = static_cast<int32_t>(best == C0 && spec.refit ? -1 : spec.asymmetric ? best % ns : best);
+          const int64_t shrink = best >= C0 ? (best == c_plain ? -1 : -1 - (best - C0 + 1)) : -2;
+          out.shrink_max[o] = static_cast<int32_t>(shrink != -2 ? shrink : spec.asymmetric ? best / ns : best);
+          out.shrink_min[o] = static_cast<int32_t>(shrink != -2 ? shrink : spec.asymmetric ? best % ns : best);
           if (spec.refit) {
             out.scale[o] = d_b[i * C + best];
             out.offset[o] = m_b[i * C + best];
+            std::copy(codes_b.begin() + (i * C + best) * gs, codes_b.begin() + (i * C + best + 1) * gs,
+                      out.codes.begin() + (r0 + i) * K + g * gs);
           }
         }
       }

@@ -25,13 +25,18 @@ struct ClipSpec {
   // than it on this objective. llama.cpp's imatrix quantizer refits the same way with the
   // diagonal of G.
   bool refit = false;
+  // With refit: also try the codes of the plain scale times 1 + k/80, k = 1..n_expand (no
+  // clamping), each refit the same way.
+  int n_expand = 0;
 };
 
 struct ClipOutput {
   std::vector<float> max_val, min_val;        // [N, G] clamp bounds (min = -max when symmetric)
   std::vector<double> err_before, err_after;  // [N, G] group objective without / with clipping
-  std::vector<int32_t> shrink_max, shrink_min;  // [N, G] chosen i (and j); -1: the plain candidate
-  std::vector<float> scale, offset;           // [N, G] with refit: the stored d (and m) chosen
+  // [N, G] chosen i (and j); with refit -1 is the plain candidate, -1 - k the expansion 1 + k/80
+  std::vector<int32_t> shrink_max, shrink_min;
+  std::vector<float> scale, offset;  // [N, G] with refit: the stored d (and m) chosen
+  std::vector<uint8_t> codes;        // [N, K] with refit: the chosen codes, to store with them
 };
 
 // Per-group Gram blocks [G, gs, gs] (double) of tokens 0, stride, 2*stride, ... of x.

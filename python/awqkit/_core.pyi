@@ -109,6 +109,8 @@ def search_clip(
     n_shrink: int,
     asymmetric: bool,
     rule: int = 0,
+    refit: bool = False,
+    n_expand: int = 0,
 ) -> dict[str, Any]: ...
 
 # bind_int4_linear.cpp: the fused INT4 layer (awqkit.PackedLinear subclasses Int4Linear)

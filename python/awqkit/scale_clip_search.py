@@ -85,7 +85,8 @@ class ClipResult:
     ``group_loss_*`` are its per-group values, ``shrink`` the chosen grid index i
     (max_val = absmax * (1 - i / n_grid)). With ``refit_scales`` (GGUF rules): ``scales``
     (and ``offsets``, Q4_1's minimum) float32 [N, G], the stored float16 values each group
-    keeps with the codes of its clipped weights; ``shrink`` -1 marks the plain candidate.
+    keeps with ``codes`` uint8 [N, K]; ``shrink`` -1 marks the plain candidate, -1 - k the
+    expanded scale 1 + k/80.
     """
 
     max_val: np.ndarray
@@ -100,6 +101,7 @@ class ClipResult:
     asymmetric: bool = False
     scales: np.ndarray | None = field(default=None, repr=False)
     offsets: np.ndarray | None = field(default=None, repr=False)
+    codes: np.ndarray | None = field(default=None, repr=False)
 
 
 def _weights_list(weights) -> list[np.ndarray]:
@@ -243,6 +245,7 @@ def search_clip(
     scale_dtype: str = "float16",
     rule: str = "awq",
     refit_scales: bool = False,
+    n_expand: int = 0,
 ) -> ClipResult:
     """Search AWQ's per-group clipping of ``w`` [N, K] on activations ``x`` [tokens, K].
 
@@ -260,9 +263,10 @@ def search_clip(
     ``rule``: the rounding rule (a GGUF type such as ``"q4_0"`` clips for exactly what that type
     stores). ``refit_scales`` (GGUF rules only): each candidate's stored scale (and Q4_1
     minimum) is refit by least squares under the group's Gram block for its codes, and the
-    plain quantization competes too; the chosen values are in ``scales``/``offsets``, to store
-    with the codes of ``apply_clip(w, result)`` (llama.cpp's imatrix quantizer does such a
-    refit with the diagonal).
+    plain quantization competes too; ``n_expand`` adds the codes of the plain scale times
+    1 + k/80 (k = 1..n_expand, no clamping), refit the same way. The chosen codes and stored
+    values are in ``codes``, ``scales`` and ``offsets`` (llama.cpp's imatrix quantizer refits
+    such candidates with the Gram's diagonal).
     """
     w = np.ascontiguousarray(as_weight(w))
     n, k = w.shape
@@ -294,7 +298,7 @@ def search_clip(
         n_used = -(-t // step)
         blocks = _core.group_gram_blocks(x, step, gs)
     out = _core.search_clip(w, blocks, n_used, bits, gs, bool(zero_point), fp16, n_grid, n_shrink, bool(asymmetric),
-                            rule_id(rule), bool(refit_scales))
+                            rule_id(rule), bool(refit_scales), check_int("n_expand", n_expand, 0))
     return ClipResult(
         max_val=out["max_val"],
         min_val=out["min_val"],
@@ -308,6 +312,7 @@ def search_clip(
         asymmetric=bool(asymmetric),
         scales=out.get("scale"),
         offsets=out.get("offset") if zero_point else None,
+        codes=out.get("codes"),
     )
 
 

@@ -18,7 +18,6 @@ quantized outputs with ``"quantized"``). Only one block's activations are held a
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -32,7 +31,9 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..formats import format_named
-from ..quantizer import pseudo_quantize, quantize
+from ..gguf_blocks import BLOCK_TYPES
+from ..quantizer import QuantizedTensor, pseudo_quantize, quantize
+from ..scale_clip_search import ClipResult as ScaleClipResult
 from ..scale_clip_search import apply_clip, search_clip
 from .calibration import get_calib_blocks
 from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
@@ -87,13 +88,17 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
 
 
 def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig,
-                     refit: tuple[np.ndarray, np.ndarray | None] | None = None) -> QuantizedLinear:
-    qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
-                  rule=cfg.rule)
-    if refit is not None:  # the clip search's refit scales (and Q4_1 minima), stored with these codes
-        scales, offsets = refit
-        qt = dataclasses.replace(qt, scales=scales.astype(np.float16),
-                                 offsets=None if offsets is None else offsets.astype(np.float16))
+                     refit: ScaleClipResult | None = None) -> QuantizedLinear:
+    if refit is not None:  # GGUF: the clip search chose each block's codes and refit stored values
+        t = BLOCK_TYPES[cfg.rule]
+        assert refit.codes is not None and refit.scales is not None
+        qt = QuantizedTensor(codes=refit.codes, scales=refit.scales.astype(np.float16),
+                             zeros=np.full(refit.scales.shape, t.zero, np.uint8), bits=cfg.bits,
+                             group_size=cfg.group_size, zero_point=cfg.zero_point, rule=cfg.rule,
+                             offsets=None if refit.offsets is None else refit.offsets.astype(np.float16))
+    else:
+        qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
+                      rule=cfg.rule)
     fmt = format_named(cfg.format)
     # The format's tensors, made now (the float weight is dropped as this module replaces it);
     # None where the format cannot hold this width (the writer then says so).
@@ -521,15 +526,17 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
 
 
 _CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
+_GGUF_EXPANDED_SCALES = 8  # GGUF refit: also the plain scale times 1 + k/80, k = 1..8 (make_qx_quants' range)
 
 
 def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel, refit_only: bool = False):
-    """The clipped weight, and with GGUF's refit the (scales, offsets) to store with its codes."""
+    """The clipped weight, and with GGUF's refit the search's result (codes, stored scales and
+    minima) to store as it is."""
     wn = np.ascontiguousarray(w.to(torch.float32).numpy())
     refit = cfg.rule != "awq" and cfg.gguf_refit
     kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
                               max_shrink=1.0 / cfg.clip_n_grid if refit_only else cfg.clip_max_shrink, rule=cfg.rule,
-                              refit_scales=refit)
+                              refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
     if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // 512]
         sample = x.strided(max(1, x.rows // _CLIP_TOKENS))
         res = search_clip(sample.numpy(), wn, n_sample_tokens=None, **kw)
@@ -538,4 +545,4 @@ def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel, refit_only: bool =
     report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after),
                         **({"refit_only": True} if refit_only else {})})
     clipped = torch.from_numpy(apply_clip(wn, res))
-    return clipped, ((res.scales, res.offsets) if refit else None)
+    return clipped, (res if refit else None)

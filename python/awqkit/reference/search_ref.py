@@ -148,13 +148,36 @@ def search_clip_ref(x, w, bits=4, group_size=128, zero_point=True, n_grid=20, ma
     return squeeze(best_all).astype(np.float32), squeeze(before_all), squeeze(after_all)
 
 
-def search_clip_refit_ref(x, w, rule, n_grid=20, max_shrink=0.5, n_sample_token=512):
+def _expanded_codes_ref(row, rule, f):
+    """The codes of the GGUF reference with its scale times ``f`` (> 1, no clamping)."""
+    f32 = np.float32
+    with np.errstate(divide="ignore"):
+        if rule == "q4_0":
+            mx = row[np.argmax(np.abs(row))]
+            d = (mx / f32(-8)) * f32(f)
+            inv = f32(1) / d if d != 0 else f32(0)
+            return np.minimum(15, np.trunc(row * inv + f32(8.5)).astype(np.int32)).astype(np.uint8)
+        if rule == "q4_1":
+            lo = row.min()
+            d = ((row.max() - lo) / f32(15)) * f32(f)
+            inv = f32(1) / d if d != 0 else f32(0)
+            return np.minimum(15, np.trunc((row - lo) * inv + f32(0.5)).astype(np.int32)).astype(np.uint8)
+        d = (np.abs(row).max() / f32(127)) * f32(f)
+        inv = f32(1) / d if d != 0 else f32(0)
+        v = row * inv
+        q = np.where(v >= 0, np.floor(v + f32(0.5)), np.ceil(v - f32(0.5)))
+        return (q.astype(np.int32) + 128).astype(np.uint8)
+
+
+def search_clip_refit_ref(x, w, rule, n_grid=20, max_shrink=0.5, n_sample_token=512, n_expand=0):
     """The clip search with the GGUF scale refit (``search_clip(..., refit_scales=True)``),
     group by group in float64: candidates max|w| * (1 - i/n_grid), i < int(max_shrink*n_grid),
     clamp symmetric, quantize with the GGUF reference, refit d (Q4_1: d and m) by least squares
     under the group's Gram block H = X_g^T X_g of the sampled tokens, round to float16; then the
-    plain quantization (no clip, no refit). The first lowest e^T H e / n wins.
-    Returns (max_val, min_val, scales, offsets or None, err_before, err_after), each [N, G]."""
+    codes of the plain scale times 1 + k/80, k = 1..n_expand (refit; the plain values when the
+    fit is degenerate); then the plain quantization (no clip, no refit). The first lowest
+    e^T H e / n wins. Returns (max_val, min_val, scales, offsets or None, err_before, err_after,
+    each [N, G], and the chosen codes [N, K])."""
     from .quant import ggml_dequantize_ref, ggml_quantize_ref
 
     w = np.asarray(w, dtype=np.float32)
@@ -170,6 +193,7 @@ def search_clip_refit_ref(x, w, rule, n_grid=20, max_shrink=0.5, n_sample_token=
     max_val, min_val = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     scales, offsets = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     before, after = np.zeros(shape), np.zeros(shape)
+    chosen = np.zeros((n, k), np.uint8)
     n_shrink = int(max_shrink * n_grid)
     for g in range(g_count):
         xg = xs[:, g * 32:(g + 1) * 32]
@@ -177,14 +201,20 @@ def search_clip_refit_ref(x, w, rule, n_grid=20, max_shrink=0.5, n_sample_token=
         for r in range(n):
             row = w[r, g * 32:(g + 1) * 32]
             amax = np.float32(np.abs(row).max())
-            cands = [(-(amax * np.float32(1 - i / n_grid)), amax * np.float32(1 - i / n_grid), True) for i in range(n_shrink)]
-            cands.append((row.min(), row.max(), False))
-            best = None
-            for lo, hi, refit in cands:
+            cands: list[tuple] = [(-(amax * np.float32(1 - i / n_grid)), amax * np.float32(1 - i / n_grid), True, None)
+                                  for i in range(n_shrink)]
+            cands += [(row.min(), row.max(), True, 1 + j / 80) for j in range(1, n_expand + 1)]
+            cands.append((row.min(), row.max(), False, None))
+            best: tuple = ()
+            plain = ggml_quantize_ref(row[None, :], rule)
+            for lo, hi, refit, expand in cands:
                 cur = np.clip(row, lo, hi)[None, :]
                 codes, d, m = ggml_quantize_ref(cur, rule)
                 d = d.astype(np.float32)
                 m = None if m is None else m.astype(np.float32)
+                fitted = False
+                if expand is not None:
+                    codes = _expanded_codes_ref(row, rule, expand)[None, :]
                 if refit:
                     a = codes[0].astype(np.float64) - zero
                     wv = row.astype(np.float64)
@@ -197,16 +227,19 @@ def search_clip_refit_ref(x, w, rule, n_grid=20, max_shrink=0.5, n_sample_token=
                             sol = np.linalg.solve(mat, rhs)
                             dh, mh = np.float16(sol[0]).astype(np.float32), np.float16(sol[1]).astype(np.float32)
                             if np.isfinite(dh) and np.isfinite(mh):
-                                d, m = np.array([[dh]]), np.array([[mh]])
+                                d, m, fitted = np.array([[dh]]), np.array([[mh]]), True
                     elif a @ h @ a > 0:
                         dh = np.float16((a @ h @ wv) / (a @ h @ a)).astype(np.float32)
                         if np.isfinite(dh):
-                            d = np.array([[dh]], np.float32)
+                            d, fitted = np.array([[dh]], np.float32), True
+                if expand is not None and not fitted:  # a degenerate fit: the plain values
+                    codes, d, m = plain
                 deq = ggml_dequantize_ref(codes, d, m, rule)[0].astype(np.float64)
                 e = deq - row.astype(np.float64)
                 err = float(e @ h @ e) / t
-                if best is None or err < best[0]:
-                    best = (err, lo, hi, d[0, 0], 0.0 if m is None else m[0, 0])
+                if not best or err < best[0]:
+                    best = (err, lo, hi, d[0, 0], 0.0 if m is None else m[0, 0], codes[0])
             before[r, g] = err  # the last candidate: plain
-            after[r, g], min_val[r, g], max_val[r, g], scales[r, g], offsets[r, g] = best
-    return max_val, min_val, scales, (offsets if has_min else None), before, after
+            after[r, g], min_val[r, g], max_val[r, g], scales[r, g], offsets[r, g], c = best
+            chosen[r, g * 32:(g + 1) * 32] = c
+    return max_val, min_val, scales, (offsets if has_min else None), before, after, chosen
