@@ -23,7 +23,7 @@ deps-system:
 install: deps-system
 	$(PIP) install -q --config-settings=cmake.define.AWQKIT_BENCH_PROBES=ON ".[torch,test,notebooks,lint]"
 	$(PIP) install -q --no-deps autoawq==0.2.9  # only its pure-torch unpacking code is used (interop test)
-	# transformers 5 + gptqmodel loading a checkpoint on the CPU (tests/test_checkpoint_interop.py): pure
+	# transformers 5 + gptqmodel loading a checkpoint on the CPU (tests/test_model_interop.py): pure
 	# Python (kernels are built at run time, the CPU one is torch's), --no-deps so torch stays as installed
 	$(PIP) install -q --no-deps gptqmodel==7.6.0 pypcre==0.6.4 logbar==0.4.15 accelerate==1.15.0 threadpoolctl==3.8.0 \
 	  device-smi==0.5.7 tokenicer==0.0.14 defuser==0.0.28

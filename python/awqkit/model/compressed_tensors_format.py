@@ -29,7 +29,7 @@ tensors' symmetric form: ``q = codes - 2^(b-1)`` and no zero point.
 transformers 5.24 + compressed-tensors 0.20.1 load these on the CPU. Asymmetric ones only
 with ``CompressedTensorsConfig(dequantize=True)``: the default path builds the compressed
 module with an unpacked [N, G] zero point and refuses the packed one the package's own
-compressor writes (tests/test_compressed_tensors_format.py shows both).
+compressor writes (tests/test_model_compressed_tensors.py shows both).
 """
 
 from __future__ import annotations
