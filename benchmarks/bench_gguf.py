@@ -354,6 +354,35 @@ def perplexity(args) -> None:
         print(f"| {Path(r['file']).name} | {r['ppl']:.4f} | {r['ppl_err']:.4f} | {r['size_bytes']} | {types} | {r['seconds']} |")
 
 
+def kl_divergence(args) -> None:
+    """llama-perplexity's KL divergence of each file's next-token distribution from the base
+    file's (the full-precision model), on the same chunks: more sensitive than perplexity, and
+    paired token by token."""
+    tool = _tool(Path(args.llama_build), "llama-perplexity")
+    base = Path(args.logs) / f"kld-base-{Path(args.base).stem}-c{args.ctx}-n{args.chunks}.bin"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if not base.exists():
+        _run([tool, "-m", args.base, "-f", args.text, "-c", args.ctx, "--chunks", args.chunks, "-t", args.threads,
+              "--kl-divergence-base", base], log=base.with_suffix(".log"))
+    for f in args.gguf:
+        f = Path(f)
+        log_file = Path(args.logs) / f"kld-{f.parent.name}-{f.stem}-c{args.ctx}-n{args.chunks}.log"
+        dt, log = _run([tool, "-m", f, "--kl-divergence-base", base, "--kl-divergence", "-t", args.threads],
+                       log=log_file)
+        def grab(label, text=log):
+            m = re.search(rf"{label}\s*:\s*([-\d.]+)\s*±\s*([\d.]+)", text)
+            return (float(m.group(1)), float(m.group(2))) if m else (None, None)
+        ppl_ratio = re.search(r"Mean\s+PPL\(Q\)/PPL\(base\)\s*:\s*([\d.]+)\s*±\s*([\d.]+)", log)
+        kld, kld_err = grab("Mean    KLD")
+        same, same_err = grab("Same top p")
+        ppl_q, _ = grab("Mean PPL\\(Q\\)")
+        _record({"step": "kl_divergence", "file": str(f), "base": str(args.base), "text": str(args.text), "ctx": args.ctx,
+                 "chunks": args.chunks, "mean_kld": kld, "mean_kld_err": kld_err, "same_top_p_pct": same,
+                 "same_top_p_err": same_err, "ppl_q": ppl_q,
+                 "ppl_ratio": float(ppl_ratio.group(1)) if ppl_ratio else None,
+                 "size_bytes": f.stat().st_size, "seconds": round(dt, 1)})
+
+
 # --------------------------------------------------------------------------- metadata
 
 def _fields(r) -> dict[str, str]:
@@ -508,6 +537,17 @@ def main() -> None:
     c.add_argument("a")
     c.add_argument("b")
     c.set_defaults(fn=same_tensors)
+
+    k = sub.add_parser("kld", help="KL divergence of each file from a base file (llama-perplexity)")
+    k.add_argument("base", help="the full-precision GGUF")
+    k.add_argument("gguf", nargs="+")
+    k.add_argument("--text", required=True)
+    k.add_argument("--ctx", type=int, default=512)
+    k.add_argument("--chunks", type=int, default=40)
+    k.add_argument("--threads", type=int, default=2)
+    k.add_argument("--logs", default=str(ROOT / "build" / "gguf" / "logs"))
+    k.add_argument("--llama-build", default=str(LLAMA_BUILD))
+    k.set_defaults(fn=kl_divergence)
 
     m = sub.add_parser("metadata", help="dump a GGUF's key/values and first-block tensors")
     m.add_argument("gguf", nargs="+", help="the first is dumped in full, the others as differences from it")

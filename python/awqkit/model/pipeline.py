@@ -526,6 +526,7 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
 
 
 _CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
+_REFIT_TOKENS = 16384  # the GGUF refit's token sample (every token of the default calibration)
 _GGUF_EXPANDED_SCALES = 8  # GGUF refit: also the plain scale times 1 + k/80, k = 1..8 (make_qx_quants' range)
 
 
@@ -537,11 +538,14 @@ def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel, refit_only: bool =
     kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
                               max_shrink=1.0 / cfg.clip_n_grid if refit_only else cfg.clip_max_shrink, rule=cfg.rule,
                               refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
-    if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // 512]
-        sample = x.strided(max(1, x.rows // _CLIP_TOKENS))
+    # The refit fits each block's stored values to the tokens' Gram block: on AutoAWQ's 512-token
+    # sample it would fit that sample's noise, so it takes (nearly) every calibration token.
+    tokens = _REFIT_TOKENS if refit else _CLIP_TOKENS
+    if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // tokens]
+        sample = x.strided(max(1, x.rows // tokens))
         res = search_clip(sample.numpy(), wn, n_sample_tokens=None, **kw)
     else:
-        res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=_CLIP_TOKENS, **kw)
+        res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=tokens, **kw)
     report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after),
                         **({"refit_only": True} if refit_only else {})})
     clipped = torch.from_numpy(apply_clip(wn, res))
