@@ -27,3 +27,23 @@ def checkpoint_tensors(folder):
         with safe_open(f, "pt") as st:
             out.update({k: st.get_tensor(k) for k in st.keys()})
     return out
+
+
+def autoawq_module(relative: str):
+    """One file of AutoAWQ (autoawq 0.2.9, installed --no-deps by `make install`), e.g.
+    "utils/packing_utils.py", loaded from its path: the package's __init__ needs CUDA kernels,
+    accelerate and datasets, the files the tests use are pure torch."""
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.find_spec("awq")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("autoawq is not installed: pip install --no-deps autoawq==0.2.9 (the [test] extra)")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    mspec = importlib.util.spec_from_file_location("autoawq_" + path.stem, path)
+    assert mspec is not None and mspec.loader is not None
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    return mod

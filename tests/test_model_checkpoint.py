@@ -1,10 +1,8 @@
 """AutoAWQ gemm checkpoints: layout, config, sharding, an independent reader, and reload
 onto the fused kernel (generation and perplexity)."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import torch
 
 import awqkit
 from awqkit.model import AWQLinear, QuantizedLinear, evaluate_perplexity, load_model, load_quantized, save_quantized
-from model_helpers import STORIES, checkpoint_tensors, stories_config
+from model_helpers import STORIES, autoawq_module, checkpoint_tensors, stories_config
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +51,8 @@ def test_layout_and_config(quantized, data_dir):
 
 
 def _autoawq_packing_utils():
-    """AutoAWQ's own pure-torch unpacking code (awq/utils/packing_utils.py of autoawq 0.2.9,
-    the `[test]` extra), loaded from its file so the package's __init__ (CUDA kernels,
-    accelerate, datasets) is never imported."""
-    spec = importlib.util.find_spec("awq")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("autoawq is not installed: pip install --no-deps autoawq==0.2.9 (the [test] extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "utils" / "packing_utils.py"
-    mspec = importlib.util.spec_from_file_location("autoawq_packing_utils", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
+    """AutoAWQ's own pure-torch unpacking code (awq/utils/packing_utils.py)."""
+    return autoawq_module("utils/packing_utils.py")
 
 
 def test_autoawq_reads_the_weights_we_evaluated(quantized):

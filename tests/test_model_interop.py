@@ -23,7 +23,7 @@ from torch import nn
 import awqkit
 from awqkit.model import load_model, load_quantized, save_quantized
 from awqkit.model.interop import add_legacy_config_keys, loader_skips, modules_to_not_convert, tokenizer_class_for_v4
-from model_helpers import STORIES, stories_config
+from model_helpers import STORIES, autoawq_module, stories_config
 
 TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her dog."
 
@@ -154,18 +154,9 @@ def test_source_tokenizer_class_is_kept(awq_checkpoint):
 # -- 2. modules_to_not_convert as every loader matches it -----------------------------------
 
 def _autoawq_module_utils():
-    """AutoAWQ's own awq/utils/module.py (autoawq 0.2.9, the [test] extra), loaded from its file
-    (the package's __init__ needs CUDA kernels): get_named_linears and
-    exclude_layers_to_not_quantize are what its loader (awq/models/base.py
-    _load_quantized_modules) runs on each decoder block."""
-    spec = importlib.util.find_spec("awq")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("autoawq is not installed: pip install --no-deps autoawq==0.2.9 (the [test] extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "utils" / "module.py"
-    mspec = importlib.util.spec_from_file_location("autoawq_module_utils", path)
-    mod = importlib.util.module_from_spec(mspec)
-    mspec.loader.exec_module(mod)
-    return mod
+    """AutoAWQ's own awq/utils/module.py: get_named_linears and exclude_layers_to_not_quantize
+    are what its loader (awq/models/base.py _load_quantized_modules) runs on each decoder block."""
+    return autoawq_module("utils/module.py")
 
 
 # vLLM's rules, re-implemented (vLLM needs CUDA). vllm/model_executor/layers/quantization/
