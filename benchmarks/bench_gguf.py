@@ -293,7 +293,8 @@ def reference(args) -> None:
 
     # calibration text: the documents awqkit calibrates on
     text, info, hf_ids = calibration_text(model_dir, args.calib, args.n_samples, args.seqlen, args.seed)
-    calib_txt = out / f"calib_{Path(args.calib).stem}_n{args.n_samples}_s{args.seqlen}_seed{args.seed}.txt"
+    # per model: the documents kept depend on the tokenizer (over-long ones are dropped)
+    calib_txt = out / f"{name}-calib_{Path(args.calib).stem}_n{args.n_samples}_s{args.seqlen}_seed{args.seed}.txt"
     calib_txt.write_text(text, encoding="utf-8")
     ll = _llama_tokens(build, base, calib_txt)
     if ll is not None:
@@ -444,11 +445,12 @@ def metadata(args) -> None:
 
 def awqkit_export(args) -> None:
     """awqkit's GGUF of the same model with the same calibration documents (``awqkit quantize
-    --format gguf``), each variant into ``--out/<name>-awqkit-<variant>/``."""
+    --format gguf``), each variant into ``--out/<name>-awqkit-<variant>[-q4_1|-q8_0]/``."""
     variants = {"rtn": (["--method", "rtn"], {}), "awq": ([], {"gguf_refit": False}), "awq-refit": ([], {})}
     for v in args.variants:
         extra, cfg = variants[v]
-        out = Path(args.out) / f"{args.name}-awqkit-{v}"
+        gtype = "q8_0" if args.bits == 8 else "q4_1" if args.zero_point else "q4_0"
+        out = Path(args.out) / (f"{args.name}-awqkit-{v}" + ("" if gtype == "q4_0" else f"-{gtype}"))
         cmd = [sys.executable, "-m", "awqkit", "quantize", args.model_dir, "--out", out, "--format", "gguf",
                "--overwrite", "--restart", "--calib", args.calib, "--n-samples", args.n_samples, "--seqlen", args.seqlen,
                *extra]
