@@ -526,7 +526,7 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
 
 
 _CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
-_REFIT_TOKENS = 16384  # the GGUF refit's token sample (every token of the default calibration)
+_REFIT_TOKENS = 16384  # the GGUF refit's token sample: every token up to 16384, a stride beyond
 _GGUF_EXPANDED_SCALES = 8  # GGUF refit: also the plain scale times 1 + k/80, k = 1..8 (make_qx_quants' range)
 
 
@@ -536,7 +536,9 @@ def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel, refit_only: bool =
     wn = np.ascontiguousarray(w.to(torch.float32).numpy())
     refit = cfg.rule != "awq" and cfg.gguf_refit
     kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
-                              max_shrink=1.0 / cfg.clip_n_grid if refit_only else cfg.clip_max_shrink, rule=cfg.rule,
+                              # refit only: one shrink candidate, 1.0 (1.5 / n: int(n * 1.5 / n) is 1 despite rounding)
+                              max_shrink=min(1.0, 1.5 / cfg.clip_n_grid) if refit_only else cfg.clip_max_shrink,
+                              rule=cfg.rule,
                               refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
     # The refit fits each block's stored values to the tokens' Gram block: on AutoAWQ's 512-token
     # sample it would fit that sample's noise, so it takes (nearly) every calibration token.
