@@ -200,7 +200,6 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
             hi_b[i * C + c] = hi;
             lo_b[i * C + c] = lo;
             float scale, offset = 0.0f;
-            uint8_t zero;
             if (spec.refit) {
               bool fitted = false;
               if (c == c_plain) {
@@ -219,15 +218,14 @@ ClipOutput search_clip(const MatrixView& w, const double* gblocks, int64_t n_tok
                 scale = plain_scale;
                 offset = plain_offset;
               }
-              zero = static_cast<uint8_t>(block_type->zero);
               d_b[i * C + c] = scale;
               m_b[i * C + c] = offset;
               std::copy(codes.begin(), codes.end(), codes_b.begin() + (i * C + c) * gs);
             } else {
               for (int64_t k = 0; k < gs; ++k) cur[k] = std::fmin(std::fmax(row[k], lo), hi);
+              uint8_t zero;
               quantize(cur.data(), gs, spec.quant, nullptr, deq.data(), &scale, &zero);
             }
-            (void)zero;
             if (!std::isfinite(scale)) {
               int64_t first = overflow_row.load();
               while (r0 + i < first && !overflow_row.compare_exchange_weak(first, r0 + i)) {}

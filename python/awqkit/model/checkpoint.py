@@ -140,11 +140,13 @@ def linear_tensors(qt, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
     return out
 
 
-def quantization_config(cfg: AWQConfig, not_converted: list[str], *, quantized: list[str], layers_path: str | None,
+def quantization_config(cfg: AWQConfig, not_converted: list[str], *, folder: str, model: nn.Module,
                         n_blocks: int) -> dict[str, Any]:
     """The AWQ block, its skip list in the form every loader applies to the same linears
-    (``awqkit.model.interop.modules_to_not_convert``)."""
-    skip, _ = modules_to_not_convert(not_converted, quantized, layers_path, n_blocks, cfg.modules_to_not_convert)
+    (``awqkit.model.interop.modules_to_not_convert``), from the quantized linears the weight
+    files already written in ``folder`` hold."""
+    skip, _ = modules_to_not_convert(not_converted, _quantized_in_folder(folder), _layers_path(model, cfg), n_blocks,
+                                     cfg.modules_to_not_convert)
     return cfg.quantization_config(skip)
 
 
@@ -275,8 +277,7 @@ def write_checkpoint_metadata(folder: str, model: nn.Module, cfg: AWQConfig, rep
     config["dtype"] = str(dtype).replace("torch.", "")  # what the tensors are, not what we computed in
     add_legacy_config_keys(config)
     qcfg = format_named(cfg.format).module().quantization_config(
-        cfg, not_converted, quantized=_quantized_in_folder(folder), layers_path=_layers_path(model, cfg),
-        n_blocks=report.n_blocks)
+        cfg, not_converted, folder=folder, model=model, n_blocks=report.n_blocks)
     if qcfg is not None:
         config["quantization_config"] = qcfg
     with open(os.path.join(folder, "config.json"), "w") as f:
