@@ -79,3 +79,23 @@ def test_clip_search_matches_reference(captured, layer, mapping, n_sample):
     np.testing.assert_allclose(res.group_loss_before, before, rtol=1e-4, atol=1e-12)
     np.testing.assert_allclose(res.group_loss_after, after, rtol=1e-4, atol=1e-12)
     assert res.loss_after <= res.loss_before
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("mapping", ["qkv", "o", "gate_up", "down"])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_matches_reference(captured, layer, mapping, act_order):
+    from awqkit.gptq import gptq_factor, gptq_quantize, hessian_of
+    from awqkit.reference import gptq_ref
+
+    x, ws = captured[(layer, mapping)]
+    gs = group_for(x.shape[1])
+    h = hessian_of(x)
+    factor = gptq_factor(h, act_order=act_order)  # one factor for the linears sharing the input
+    for w in ws:
+        res = gptq_quantize(w, factor, group_size=gs)
+        codes, scales, zeros, damp = gptq_ref(w, h, 4, gs, True, act_order=act_order)
+        np.testing.assert_array_equal(res.quantized.codes, codes)
+        np.testing.assert_array_equal(res.quantized.scales.astype(np.float32), scales)
+        np.testing.assert_array_equal(res.quantized.zeros, zeros)
+        assert res.damp == damp

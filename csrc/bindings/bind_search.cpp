@@ -6,6 +6,7 @@
 #include "search/activation_stats.h"
 #include "search/quadratic_form_amx.h"
 #include "search/clip_search.h"
+#include "search/gptq.h"
 #include "search/gram.h"
 #include "search/scale_search.h"
 
@@ -215,9 +216,72 @@ py::dict search_clip_py(const py::array& w, const py::array& blocks, int64_t n_t
   return d;
 }
 
+GPTQFactor gptq_factor_py(const py::array& H, double damp, bool act_order) {
+  require_array<double>(H, "H", 2);
+  require_nonempty(H, "H");
+  require(H.shape(0) == H.shape(1), "H must be square [K, K], got [", H.shape(0), ", ", H.shape(1), "]");
+  const double* h = static_cast<const double*>(H.data());
+  const int64_t K = H.shape(0);
+  py::gil_scoped_release nogil;
+  return gptq_factor(h, K, K, damp, act_order);
+}
+
+py::dict gptq_quantize_py(const py::array& w, const GPTQFactor& f, int bits, int64_t group_size, bool zero_point,
+                          bool fp16_scale, int64_t block_size, bool static_groups, const py::object& scales,
+                          const py::object& zeros) {
+  const MatrixView v = float_view(w, "w");
+  require_nonempty(w, "w");
+  GPTQSpec spec;
+  spec.quant = resolve_spec(bits, group_size, zero_point, fp16_scale, v.cols);
+  spec.block_size = block_size;
+  spec.static_groups = static_groups;
+  const int64_t N = v.rows, K = v.cols, G = K / spec.quant.group_size;
+  require(scales.is_none() == zeros.is_none(), "give both scales and zeros, or neither");
+  py::array sa, za;
+  const float* sp = nullptr;
+  const uint8_t* zp = nullptr;
+  if (!scales.is_none()) {
+    sa = scales.cast<py::array>();
+    za = zeros.cast<py::array>();
+    require_array<float>(sa, "scales", 2);
+    require_array<uint8_t>(za, "zeros", 2);
+    require(sa.shape(0) == N && sa.shape(1) == G && za.shape(0) == N && za.shape(1) == G,
+            "scales and zeros must be [N, G] = [", N, ", ", G, "]");
+    sp = static_cast<const float*>(sa.data());
+    zp = static_cast<const uint8_t*>(za.data());
+  }
+  GPTQOutput out;
+  {
+    py::gil_scoped_release nogil;
+    out = gptq_quantize(v, f, spec, sp, zp);
+  }
+  py::dict d;
+  d["codes"] = to_array(out.codes, {N, K});
+  d["scales"] = to_array(out.scales, {N, G});
+  d["zeros"] = to_array(out.zeros, {N, G});
+  d["loss"] = to_array(out.loss, {N});
+  d["block_columns"] = gptq_block_columns(block_size, spec.quant.group_size);
+  return d;
+}
+
 }  // namespace
 
 void register_search(py::module_& m) {
+  // Made only by gptq_factor (no constructor from Python): an instance always holds a valid factor.
+  py::class_<GPTQFactor>(m, "GPTQFactor")
+      .def_property_readonly("in_features", [](const GPTQFactor& f) { return f.K; })
+      .def_property_readonly("damp", [](const GPTQFactor& f) { return f.damp; })
+      .def_property_readonly("perm", [](const GPTQFactor& f) { return to_array(f.perm, {f.K}); })
+      .def_property_readonly("dead", [](const GPTQFactor& f) {
+        std::vector<bool> b(f.dead.begin(), f.dead.end());
+        py::array_t<bool> a({f.K});
+        std::copy(b.begin(), b.end(), a.mutable_data());
+        return a;
+      });
+  m.def("gptq_factor", &gptq_factor_py, py::arg("H"), py::arg("damp"), py::arg("act_order"));
+  m.def("gptq_quantize", &gptq_quantize_py, py::arg("w"), py::arg("factor"), py::arg("bits"), py::arg("group_size"),
+        py::arg("zero_point"), py::arg("fp16_scale"), py::arg("block_size"), py::arg("static_groups"),
+        py::arg("scales") = py::none(), py::arg("zeros") = py::none());
   // Methods take the Python object and look the statistics up through stats_of, so an
   // instance whose __init__ never ran raises instead of reading uninitialised memory. The
   // statistics lock themselves (activation_stats.h), so the GIL is released around the work.

@@ -3,6 +3,7 @@
 Written independently of the C++ code, in the plainest numpy, favouring clarity over speed.
 """
 
+from .gptq_ref import gptq_ref
 from .packing import pack_awq_ref, unpack_awq_ref
 from .quant import dequantize_ref, ggml_dequantize_ref, ggml_quantize_ref, pseudo_quantize_ref, quantize_ref
 from .search_ref import (
@@ -20,6 +21,7 @@ __all__ = [
     "direct_loss_ref",
     "ggml_dequantize_ref",
     "ggml_quantize_ref",
+    "gptq_ref",
     "pack_awq_ref",
     "pseudo_quantize_ref",
     "quantize_ref",
