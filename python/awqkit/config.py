@@ -52,6 +52,9 @@ class AWQConfig:
     ``awqkit.model.families``. block_fallback: each block's output error is measured on a
     calibration chunk for AWQ and for plain rounding; where AWQ's is higher, the block keeps plain
     rounding of its original weights (reported in ``report.block_errors`` as ``kept: "rtn"``).
+    linear_fallback: before that, each linear in turn is swapped for plain rounding of its
+    (folded) weight, kept where the block's output error drops (``plain_rounding`` in the
+    block's entry): a linear's own objective ignores the softmax and norms after it.
     gptq_*: the GPTQ rounding of the methods that use it (``awqkit.model.quant_methods``):
     relative dampening, activation order (the group scales are then static, so every format
     still loads), static groups, lazy-batch columns, and true-sequential (the inputs of a
@@ -79,6 +82,7 @@ class AWQConfig:
     fold_tolerance: float = 1e-4
     on_fold_error: str = "raise"
     block_fallback: bool = True
+    linear_fallback: bool = True
     format: str = "awq"
     gguf_refit: bool = True
     gptq_damp: float = 0.01
@@ -102,7 +106,7 @@ class AWQConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("zero_point", "clip", "gqa_tie", "block_fallback", "gguf_refit", "gptq_act_order",
+        for name in ("zero_point", "clip", "gqa_tie", "block_fallback", "linear_fallback", "gguf_refit", "gptq_act_order",
                      "gptq_static_groups", "gptq_true_sequential"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")

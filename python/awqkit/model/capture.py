@@ -115,11 +115,13 @@ class BlockCapture:
 
 @torch.no_grad()
 def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, linear_names: list[str],
-                  inspect_names: list[str], on_disk: bool = False,
-                  disk_folder: str | None = None) -> tuple[BlockCapture, list[torch.Tensor]]:
+                  inspect_names: list[str], on_disk: bool = False, disk_folder: str | None = None,
+                  inputs_only: bool = False) -> tuple[BlockCapture, list[torch.Tensor]]:
     """Run ``block`` on every chunk with hooks; returns the capture and the block outputs.
     ``on_disk``: the linears' inputs go to ``DiskActivations`` files (in ``disk_folder``)
-    chunk by chunk instead of memory."""
+    chunk by chunk instead of memory. ``inputs_only`` (in memory): each chunk's forward stops
+    once every linear named has run (GPTQ's re-capture of o_proj's inputs needs no MLP); no
+    outputs are returned."""
     if on_disk:
         return _capture_to_disk(block, hidden, calls, linear_names, inspect_names, disk_folder)
     per_name: dict[str, list[torch.Tensor]] = {n: [] for n in linear_names}
@@ -128,13 +130,23 @@ def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCall
     for name in linear_names:
         def hook(mod, args, out, name=name):
             per_name[name].append(args[0])
+            if inputs_only and all(len(v) == len(per_name[name]) for v in per_name.values()):
+                raise _StopForward
         handles.append(get_submodule(block, name).register_forward_hook(hook))
     for name in inspect_names:
         def pre(mod, args, kwargs, name=name):
             mcalls[name].append((args, dict(kwargs)))
         handles.append(get_submodule(block, name).register_forward_pre_hook(pre, with_kwargs=True))
     try:
-        outs = run_block(block, hidden, calls)
+        if inputs_only:
+            outs: list[torch.Tensor] = []
+            for c in range(len(hidden)):
+                try:
+                    block(hidden[c], *calls.args[c], **calls.kwargs[c])
+                except _StopForward:
+                    pass
+        else:
+            outs = run_block(block, hidden, calls)
     finally:
         for h in handles:
             h.remove()

@@ -338,6 +338,10 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     # rounded by the method; the float weight is dropped as its quantized module replaces it, so
     # the block never holds a second full copy here.
     inputs = BlockInputs()
+    # Plain rounding of each linear's weight as the method received it (after any fold): the
+    # per-linear fallback below keeps it where it gives the lower block output error.
+    plain: dict[str, QuantizedLinear] = {}
+    linear_check = run.searched and cfg.linear_fallback
     for si, names in enumerate(stages):
         if si > 0 and cap is not None:
             with meter.stage("capture"):
@@ -354,6 +358,8 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
             with meter.stage("quantize_pack"):
                 set_submodule(block, rel, _quantized_linear(qt, lin.bias, cfg))
                 report.quantized_layers += 1
+                if linear_check:
+                    plain[rel] = _quantize_weight(job.weight, lin.bias, cfg)
             del lin, job, ranges
     del inputs
     with meter.stage("quantize_pack"):
@@ -366,11 +372,27 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     if cfg.propagation == "fp" and len(stages) > 1:
         del hidden[_CHECK_CHUNKS:]
     with meter.stage("block_check"):
-        q_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
-        err = _relative_mse(q_out, fp_out)
+        err = _relative_mse(run_block(block, hidden, calls, _CHECK_CHUNKS), fp_out)
+        kept_plain = []
+        for rel, alt in plain.items():
+            # Each linear's objective ignores what follows it (softmax attention, norms): a
+            # rounding that lowers a linear's own error can raise the block's (v_proj under an
+            # attention sink). Greedy, in the block's order, measured at the block's output.
+            mine = get_submodule(block, rel)
+            set_submodule(block, rel, alt)
+            e = _relative_mse(run_block(block, hidden, calls, _CHECK_CHUNKS), fp_out)
+            if e < err:
+                err = e
+                kept_plain.append(rel)
+            else:
+                set_submodule(block, rel, mine)
+            del mine
+        plain.clear()
         entry = {"block": i, "method": spec.name, "error": err, "rtn": rtn_err,
                  "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
                                for o in fp_out[:_CHECK_CHUNKS])}
+        if kept_plain:
+            entry["plain_rounding"] = kept_plain
         if spec.scales == "awq":
             entry["awq"] = err  # the key reports written before other methods existed use
         if cfg.block_fallback and err > rtn_err:
@@ -413,7 +435,7 @@ def _rounding_stages(quant_names: list[str], layout: BlockLayout) -> list[list[s
 
 def _recapture_inputs(block: nn.Module, hidden, calls, names: list[str], cap, run: BlockRun) -> None:
     """The inputs of ``names`` from the block as it is now (earlier linears already rounded)."""
-    fresh, _ = capture_block(block, hidden, calls, names, [], run.activations_on_disk, run.disk_folder)
+    fresh, _ = capture_block(block, hidden, calls, names, [], run.activations_on_disk, run.disk_folder, inputs_only=True)
     for n in names:
         old = cap.inputs.get(n)
         if n in fresh.inputs:
