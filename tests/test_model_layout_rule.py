@@ -73,7 +73,7 @@ def test_a_run_that_quantizes_nothing_is_an_error(data_dir):
 
 def test_reports_never_hold_nan():
     report = QuantizationReport(method="rtn", config=awqkit.AWQConfig().to_dict())
-    assert report.summary() == {"block_error_awq_over_rtn": None, "blocks_kept_rtn": None, "mean_awq_over_rtn": None,
+    assert report.summary() == {"block_error_over_rtn": None, "blocks_kept_rtn": None, "mean_awq_over_rtn": None,
                                 "mean_clip_after_over_before": None}
     report.clip.append({"block": 0, "layer": "mlp.up_proj", "loss_before": float("nan"), "loss_after": 1.0})
     with pytest.raises(ValueError, match=r"report\['clip'\]\[0\]\['loss_before'\] = nan is not a finite number"):

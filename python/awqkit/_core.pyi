@@ -113,6 +113,31 @@ def search_clip(
     n_expand: int = 0,
 ) -> dict[str, Any]: ...
 
+# GPTQ (search/gptq.h): the factor is made only by gptq_factor
+class GPTQFactor:
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def damp(self) -> float: ...
+    @property
+    def perm(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def dead(self) -> npt.NDArray[np.bool_]: ...
+
+def gptq_factor(H: npt.NDArray[np.float64], damp: float, act_order: bool) -> GPTQFactor: ...
+def gptq_quantize(
+    w: npt.NDArray[Any],
+    factor: GPTQFactor,
+    bits: int,
+    group_size: int,
+    zero_point: bool,
+    fp16_scale: bool,
+    block_size: int,
+    static_groups: bool,
+    scales: npt.NDArray[np.float32] | None = None,
+    zeros: npt.NDArray[np.uint8] | None = None,
+) -> dict[str, Any]: ...
+
 # bind_int4_linear.cpp: the fused INT4 layer (awqkit.PackedLinear subclasses Int4Linear)
 def int4_pack_from_awq(
     qweight: npt.NDArray[np.int32], qzeros: npt.NDArray[np.int32], scales: npt.NDArray[np.float16], group_size: int

@@ -16,6 +16,7 @@ import sys
 from .cli import group_size_arg, positive_int
 from .config import AWQConfig
 from .formats import FORMATS
+from .quant_methods import METHODS
 
 __all__ = ["add_model_commands"]
 
@@ -221,7 +222,8 @@ def add_model_commands(sub) -> None:
     q.add_argument("--propagation", choices=["fp", "quantized"])
     q.add_argument("--inspect", choices=["linears", "module"])
     q.add_argument("--exclude", action="append", help="name substring of linears to keep in full precision (repeatable)")
-    q.add_argument("--method", choices=["awq", "rtn"], default="awq", help="rtn: plain rounding baseline")
+    q.add_argument("--method", choices=[m for m, spec in METHODS.items() if spec.quantizes], default="awq",
+                   help="; ".join(f"{m}: {spec.summary}" for m, spec in METHODS.items() if spec.quantizes))
     q.add_argument("--restart", action="store_true",
                    help="discard an interrupted run of --out (<out>.partial) instead of resuming it")
     q.add_argument("--no-memory-check", dest="memory_check", action="store_false",

@@ -52,6 +52,10 @@ class AWQConfig:
     ``awqkit.model.families``. block_fallback: each block's output error is measured on a
     calibration chunk for AWQ and for plain rounding; where AWQ's is higher, the block keeps plain
     rounding of its original weights (reported in ``report.block_errors`` as ``kept: "rtn"``).
+    gptq_*: the GPTQ rounding of the methods that use it (``awqkit.model.quant_methods``):
+    relative dampening, activation order (the group scales are then static, so every format
+    still loads), static groups, lazy-batch columns, and true-sequential (the inputs of a
+    block's later linears re-captured after its earlier ones are rounded).
     """
 
     bits: int = 4
@@ -77,6 +81,11 @@ class AWQConfig:
     block_fallback: bool = True
     format: str = "awq"
     gguf_refit: bool = True
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = False
+    gptq_static_groups: bool = False
+    gptq_block_size: int = 128
+    gptq_true_sequential: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -93,7 +102,8 @@ class AWQConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name in ("zero_point", "clip", "gqa_tie", "block_fallback", "gguf_refit"):
+        for name in ("zero_point", "clip", "gqa_tie", "block_fallback", "gguf_refit", "gptq_act_order",
+                     "gptq_static_groups", "gptq_true_sequential"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.layers_path is not None and not isinstance(self.layers_path, str):
@@ -109,6 +119,11 @@ class AWQConfig:
         if isinstance(self.fold_tolerance, bool) or not isinstance(self.fold_tolerance, Real) \
                 or not math.isfinite(self.fold_tolerance) or not 0.0 < self.fold_tolerance < 1.0:
             raise ValueError(f"fold_tolerance must be in (0, 1), got {self.fold_tolerance!r}")
+        if isinstance(self.gptq_damp, bool) or not isinstance(self.gptq_damp, Real) \
+                or not math.isfinite(self.gptq_damp) or not 0.0 < self.gptq_damp <= 1.0:
+            raise ValueError(f"gptq_damp must be in (0, 1], got {self.gptq_damp!r}")
+        if not _is_int(self.gptq_block_size) or self.gptq_block_size < 1:
+            raise ValueError(f"gptq_block_size must be a positive integer, got {self.gptq_block_size!r}")
         if not _is_int(self.n_samples) or self.n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {self.n_samples!r}")
         if not _is_int(self.seqlen) or self.seqlen < 1:

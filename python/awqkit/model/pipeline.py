@@ -25,16 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..config import AWQConfig
 from ..formats import format_named
-from ..gguf_blocks import BLOCK_TYPES
+from ..quant_methods import method_named
 from ..quantizer import QuantizedTensor, pseudo_quantize, quantize
-from ..scale_clip_search import ClipResult as ScaleClipResult
-from ..scale_clip_search import apply_clip, search_clip
 from .calibration import get_calib_blocks
 from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
 from .checkpoint import checkpoint_dtype, round_module_to, round_to_checkpoint_dtype
@@ -43,6 +40,7 @@ from .disk_activations import DiskActivations
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .mapping_search import search_linears, search_module
+from .method_stages import RANGE_SEARCHES, ROUNDINGS, BlockInputs, LinearJob
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter
 
@@ -87,18 +85,14 @@ def _exclusion_reason(name: str, lin: nn.Linear, cfg: AWQConfig) -> str | None:
     return format_named(cfg.format).layout_problem(n, k, cfg)
 
 
-def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig,
-                     refit: ScaleClipResult | None = None) -> QuantizedLinear:
-    if refit is not None:  # GGUF: the clip search chose each block's codes and refit stored values
-        t = BLOCK_TYPES[cfg.rule]
-        assert refit.codes is not None and refit.scales is not None
-        qt = QuantizedTensor(codes=refit.codes, scales=refit.scales.astype(np.float16),
-                             zeros=np.full(refit.scales.shape, t.zero, np.uint8), bits=cfg.bits,
-                             group_size=cfg.group_size, zero_point=cfg.zero_point, rule=cfg.rule,
-                             offsets=None if refit.offsets is None else refit.offsets.astype(np.float16))
-    else:
-        qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
-                      rule=cfg.rule)
+def _quantize_weight(w: torch.Tensor, bias: torch.Tensor | None, cfg: AWQConfig) -> QuantizedLinear:
+    """Plain rounding of ``w`` (the block fallback's)."""
+    qt = quantize(w.detach().to(torch.float32).contiguous().numpy(), cfg.bits, cfg.group_size, cfg.zero_point,
+                  rule=cfg.rule)
+    return _quantized_linear(qt, bias, cfg)
+
+
+def _quantized_linear(qt: QuantizedTensor, bias: torch.Tensor | None, cfg: AWQConfig) -> QuantizedLinear:
     fmt = format_named(cfg.format)
     # The format's tensors, made now (the float weight is dropped as this module replaces it);
     # None where the format cannot hold this width (the writer then says so).
@@ -143,8 +137,10 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         return load_quantized(os.fspath(out)), report
     cfg = AWQConfig() if config is None else config
     cfg.validate()
-    if method not in ("awq", "rtn", "fold"):
-        raise ValueError(f"method must be 'awq', 'rtn' or 'fold', got {method!r}")
+    spec = method_named(method)
+    problem = spec.problem(cfg)
+    if problem:
+        raise ValueError(problem)
     meter = StageMeter()
     t_start = time.perf_counter()
     with meter.stage("load"):
@@ -172,7 +168,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         for i in bar:
             hidden = quantize_block(run, i, blocks[i], hidden, calls[i] if calls else None, bar, dtype)
         bar.close()
-    if method != "fold":  # fold is a diagnostic: its function check stays exact in float32
+    if spec.quantizes:  # fold is a diagnostic: its function check stays exact in float32
         # What is evaluated is what the checkpoint holds: the kept tensors outside the blocks
         # (embeddings, final norm, head) rounded to the dtype they will be stored in.
         round_to_checkpoint_dtype(model)
@@ -223,8 +219,9 @@ class BlockRun:
                  reread_block: Callable[[int], dict[str, torch.Tensor]] | None = None,
                  activations_on_disk: bool = False, disk_folder: str | None = None):
         self.layout, self.cfg, self.method, self.meter = layout, cfg, method, meter
+        self.spec = method_named(method)
         self.skip, self.report = plan
-        self.searched = method in ("awq", "fold")
+        self.searched = self.spec.calibrated
         # Block i's state as loaded, read again from the model files (streaming): the block
         # fallback then keeps no copy of the original weights in memory.
         self.reread_block = reread_block
@@ -290,18 +287,23 @@ def plan_linears(model: nn.Module, blocks: nn.ModuleList, layout: BlockLayout, c
 @torch.no_grad()
 def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls | None,
                    bar, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Search, fold, check, clip, quantize block ``i`` in place (its linears become
-    ``QuantizedLinear``, its kept tensors are rounded to ``dtype``, the checkpoint's); returns
-    the next block's input hidden states (empty for RTN, which needs no calibration)."""
-    cfg, layout, method, meter, report, skip = run.cfg, run.layout, run.method, run.meter, run.report, run.skip
+    """Search, fold, check, choose ranges, round block ``i`` in place by the run's method
+    (``awqkit.model.quant_methods``): its linears become ``QuantizedLinear``, its kept tensors
+    are rounded to ``dtype``, the checkpoint's. Returns the next block's input hidden states
+    (empty for plain rounding, which needs no calibration)."""
+    cfg, layout, spec, meter, report, skip = run.cfg, run.layout, run.spec, run.meter, run.report, run.skip
     linears = {rel: m for rel, m in block.named_modules() if isinstance(m, nn.Linear)}
     quant_names = [rel for rel in linears if f"{i}.{rel}" not in skip]
+    cap = None
+    # GPTQ's true-sequential order re-captures the inputs of later linears from the block as
+    # rounded so far: it needs every chunk of the block's input until the last linear.
+    stages = _rounding_stages(quant_names, layout) if spec.sequential and cfg.gptq_true_sequential else [quant_names]
     if run.searched:
         assert calls is not None
         inspect_names = sorted({m.module2inspect for m in layout.mappings
                                 if cfg.inspect == "module" and not isinstance(get_submodule(block, m.module2inspect), nn.Linear)})
         input_names = list(dict.fromkeys([*linears, *(m.inp for m in layout.mappings)]))
-        if method == "awq":
+        if spec.quantizes:
             # Before the capture, so that the rounded copy of the block and the captured
             # activations are never in memory together.
             with meter.stage("block_check"):
@@ -309,60 +311,73 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         with meter.stage("capture"):
             cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names, run.activations_on_disk,
                                         run.disk_folder)
-        if cfg.propagation == "fp":
+        if cfg.propagation == "fp" and len(stages) == 1:
             # From here on only the check chunks of the block's input are read (fold and block
             # checks); the next block gets fp_out. The caller's list is this one: trimming it
             # frees the rest of the input during the search.
             del hidden[_CHECK_CHUNKS:]
-        if method == "awq":
+        if spec.quantizes:
             # The block as loaded, for the fallback below (one block's weights), unless it can be
             # read again from the files.
             keep = cfg.block_fallback and run.reread_block is None
             original = {k: v.detach().clone() for k, v in block.state_dict().items()} if keep else None
         _report_experts(i, layout, cap, report)
-        with meter.stage("scale_search"):
-            for m in layout.mappings:
-                entry = _search_and_fold(block, i, m, layout, cap, cfg, skip, report)
-                if "skipped" not in entry and entry.get("ratio") is not None:
-                    with meter.stage("fold_check"):
-                        _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
-                if entry.get("awq_loss") is not None:
-                    bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
-    if method == "fold":  # the diagnostic: folded full-precision weights, no clip, no rounding
+        if spec.scales == "awq":
+            with meter.stage("scale_search"):
+                for m in layout.mappings:
+                    entry = _search_and_fold(block, i, m, layout, cap, cfg, skip, report)
+                    if "skipped" not in entry and entry.get("ratio") is not None:
+                        with meter.stage("fold_check"):
+                            _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
+                    if entry.get("awq_loss") is not None:
+                        bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
+    if not spec.quantizes:  # the fold diagnostic: folded full-precision weights, no clip, no rounding
         del cap
         return fp_out
-    # Linear by linear: the weights after folding (AWQ) or as loaded (RTN), clipped, quantized;
-    # the float weight is dropped as its quantized module replaces it, so the block never
-    # holds a second full copy here.
-    for rel in quant_names:
-        lin = linears.pop(rel)
-        w = lin.weight.detach()
-        refit = None
-        refit_only = cfg.rule != "awq" and cfg.gguf_refit and layout.never_clipped(rel)  # GGUF: q/k refit, unclipped
-        if method == "awq" and cfg.clip and (refit_only or not layout.never_clipped(rel)) and rel in cap.inputs:
-            with meter.stage("clip_search"):
-                w, refit = _clip(w, cap.inputs[rel], cfg, report, i, rel, refit_only)
-        with meter.stage("quantize_pack"):
-            set_submodule(block, rel, _quantize_weight(w, lin.bias, cfg, refit))
-            report.quantized_layers += 1
-        del lin, w
+    # Linear by linear: the weights after folding (AWQ) or as loaded, their ranges chosen and
+    # rounded by the method; the float weight is dropped as its quantized module replaces it, so
+    # the block never holds a second full copy here.
+    inputs = BlockInputs()
+    for si, names in enumerate(stages):
+        if si > 0 and cap is not None:
+            with meter.stage("capture"):
+                _recapture_inputs(block, hidden, calls, names, cap, run)
+            inputs = BlockInputs()  # the new inputs are new tensors: nothing derived from the old ones applies
+        for rel in names:
+            lin = linears.pop(rel)
+            job = LinearJob(weight=lin.weight.detach(), x=cap.inputs.get(rel) if cap is not None else None, cfg=cfg,
+                            inputs=inputs, never_clipped=layout.never_clipped(rel), report=report, block=i, name=rel)
+            with meter.stage("clip_search" if spec.ranges != "minmax" else "quantize_pack"):
+                ranges = RANGE_SEARCHES[spec.ranges](job)
+            with meter.stage("gptq" if spec.rounding == "gptq" else "quantize_pack"):
+                qt = ROUNDINGS[spec.rounding](job, ranges)
+            with meter.stage("quantize_pack"):
+                set_submodule(block, rel, _quantized_linear(qt, lin.bias, cfg))
+                report.quantized_layers += 1
+            del lin, job, ranges
+    del inputs
     with meter.stage("quantize_pack"):
         # What is evaluated (the block check, the quantized propagation) is what the checkpoint
         # holds: AWQ's folded norms are float32 values a bf16 checkpoint cannot hold.
         round_module_to(block, dtype)
-    if method != "awq":
+    if not run.searched:
         return []
     assert calls is not None
+    if cfg.propagation == "fp" and len(stages) > 1:
+        del hidden[_CHECK_CHUNKS:]
     with meter.stage("block_check"):
-        awq_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
-        entry = {"block": i, "awq": _relative_mse(awq_out, fp_out), "rtn": rtn_err,
+        q_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
+        err = _relative_mse(q_out, fp_out)
+        entry = {"block": i, "method": spec.name, "error": err, "rtn": rtn_err,
                  "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
                                for o in fp_out[:_CHECK_CHUNKS])}
-        if cfg.block_fallback and entry["awq"] > entry["rtn"]:
+        if spec.scales == "awq":
+            entry["awq"] = err  # the key reports written before other methods existed use
+        if cfg.block_fallback and err > rtn_err:
             if original is None:
                 assert run.reread_block is not None
                 original = run.reread_block(i)
-            # AWQ lost to plain rounding at this block's output: the block keeps plain
+            # The method lost to plain rounding at this block's output: the block keeps plain
             # rounding of its original weights, and the report says so.
             own = {f"{rel}.{p}" for rel in quant_names for p in ("weight", "bias")}
             block.load_state_dict({k: v for k, v in original.items() if k not in own}, strict=False)
@@ -378,6 +393,33 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     with meter.stage("propagate"):
         del cap
         return run_block(block, hidden, calls) if cfg.propagation == "quantized" else fp_out
+
+
+def _rounding_stages(quant_names: list[str], layout: BlockLayout) -> list[list[str]]:
+    """The block's quantized linears in true-sequential stages: each mapping's linears (q/k/v,
+    o, gate/up, down, in the family's order), then any linear no mapping names."""
+    stages: list[list[str]] = []
+    seen: set[str] = set()
+    for m in layout.mappings:
+        names = [n for n in quant_names if n in m.layers and n not in seen]
+        if names:
+            stages.append(names)
+            seen.update(names)
+    rest = [n for n in quant_names if n not in seen]
+    if rest:
+        stages.append(rest)
+    return stages
+
+
+def _recapture_inputs(block: nn.Module, hidden, calls, names: list[str], cap, run: BlockRun) -> None:
+    """The inputs of ``names`` from the block as it is now (earlier linears already rounded)."""
+    fresh, _ = capture_block(block, hidden, calls, names, [], run.activations_on_disk, run.disk_folder)
+    for n in names:
+        old = cap.inputs.get(n)
+        if n in fresh.inputs:
+            cap.inputs[n] = fresh.inputs[n]
+        if isinstance(old, DiskActivations) and not any(v is old for v in cap.inputs.values()):
+            old.close()
 
 
 def _relative_mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
@@ -523,32 +565,3 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
         t.div_(s.view(1, -1))
     entry["_undo"] = (saved, divided, s)  # taken by _check_fold
     return entry
-
-
-_CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
-_REFIT_TOKENS = 16384  # the GGUF refit's token sample: every token up to 16384, a stride beyond
-_GGUF_EXPANDED_SCALES = 8  # GGUF refit: also the plain scale times 1 + k/80, k = 1..8 (make_qx_quants' range)
-
-
-def _clip(w: torch.Tensor, x, cfg: AWQConfig, report, i, rel, refit_only: bool = False):
-    """The clipped weight, and with GGUF's refit the search's result (codes, stored scales and
-    minima) to store as it is."""
-    wn = np.ascontiguousarray(w.to(torch.float32).numpy())
-    refit = cfg.rule != "awq" and cfg.gguf_refit
-    kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
-                              # refit only: one shrink candidate, 1.0 (1.5 / n: int(n * 1.5 / n) is 1 despite rounding)
-                              max_shrink=min(1.0, 1.5 / cfg.clip_n_grid) if refit_only else cfg.clip_max_shrink,
-                              rule=cfg.rule,
-                              refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
-    # The refit fits each block's stored values to the tokens' Gram block: on AutoAWQ's 512-token
-    # sample it would fit that sample's noise, so it takes (nearly) every calibration token.
-    tokens = _REFIT_TOKENS if refit else _CLIP_TOKENS
-    if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // tokens]
-        sample = x.strided(max(1, x.rows // tokens))
-        res = search_clip(sample.numpy(), wn, n_sample_tokens=None, **kw)
-    else:
-        res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=tokens, **kw)
-    report.clip.append({"block": i, "layer": rel, "loss_before": float(res.loss_before), "loss_after": float(res.loss_after),
-                        **({"refit_only": True} if refit_only else {})})
-    clipped = torch.from_numpy(apply_clip(wn, res))
-    return clipped, (res if refit else None)

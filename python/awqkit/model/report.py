@@ -85,6 +85,7 @@ class QuantizationReport:
     calib_tokens: int = 0
     mappings: list[dict[str, Any]] = field(default_factory=list)
     clip: list[dict[str, Any]] = field(default_factory=list)
+    gptq: list[dict[str, Any]] = field(default_factory=list)  # per linear: GPTQ's proxy loss, the dampening used
     not_converted: list[dict[str, str]] = field(default_factory=list)
     quantized_layers: int = 0
     # Per block: the relative output error (mean squared error over mean square of the
@@ -121,8 +122,8 @@ class QuantizationReport:
         return text
 
     def summary(self) -> dict[str, float | None]:
-        """A one-line health check. ``block_error_awq_over_rtn``: mean over blocks of AWQ's block
-        output error over plain rounding's, measured on the blocks' real outputs (what the search
+        """A one-line health check. ``block_error_over_rtn``: mean over blocks of the method's
+        (AWQ's, GPTQ's, ...) block output error over plain rounding's, measured on the blocks' real outputs (what the search
         optimises only through the linears); ``mean_awq_over_rtn``: the searched linears' losses;
         ``mean_clip_after_over_before``: the clip gain; ``blocks_kept_rtn``: blocks where AWQ lost to
         plain rounding at the output and kept plain rounding. None where there is nothing to average
@@ -132,7 +133,7 @@ class QuantizationReport:
         blocks = [b for b in self.block_errors if b.get("rtn")]
         return {
             # what the model holds: a block that kept plain rounding counts as 1
-            "block_error_awq_over_rtn": sum((1.0 if b.get("kept") == "rtn" else b["awq"] / b["rtn"]) for b in blocks) / len(blocks)
+            "block_error_over_rtn": sum((1.0 if b.get("kept") == "rtn" else b["error"] / b["rtn"]) for b in blocks) / len(blocks)
             if blocks else None,
             "blocks_kept_rtn": sum(b.get("kept") == "rtn" for b in self.block_errors) if self.block_errors else None,
             "mean_awq_over_rtn": sum(m["awq_loss"] / m["rtn_loss"] for m in searched) / len(searched) if searched else None,

@@ -321,7 +321,7 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
     """Quantize the model folder ``model_path`` into the AutoAWQ gemm checkpoint ``out``, one
     decoder block in memory at a time, resumable (see the module docstring). Returns the report.
 
-    ``calib``, ``method`` ("awq" or "rtn"): as ``quantize_model``. ``restart=True`` discards an
+    ``calib``, ``method`` (a name of ``awqkit.quant_methods.METHODS``): as ``quantize_model``. ``restart=True`` discards an
     interrupted run of ``out`` instead of resuming it. ``memory_check``: before any work, the
     run's peak memory is estimated from the config and the file headers (``report.memory_plan``)
     and a plan above the available memory is an error saying what to reduce. ``activations``:
@@ -336,8 +336,13 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
 
     cfg = AWQConfig() if config is None else config
     cfg.validate()
-    if method not in ("awq", "rtn"):
-        raise ValueError(f"method must be 'awq' or 'rtn' for a checkpoint, got {method!r}")
+    from ..quant_methods import method_named
+
+    spec = method_named(method)
+    if not spec.quantizes:
+        raise ValueError(f"method {method!r} keeps full-precision weights: it writes no checkpoint")
+    if spec.problem(cfg):
+        raise ValueError(spec.problem(cfg))
     if activations not in ("auto", "memory", "disk"):
         raise ValueError(f"activations must be 'auto', 'memory' or 'disk', got {activations!r}")
     problem = format_named(cfg.format).config_problem(cfg)

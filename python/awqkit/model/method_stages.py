@@ -1,0 +1,184 @@
+"""The stages of the quantization methods (``awqkit.quant_methods``): one handler per range
+search and per rounding, keyed by the names that registry lists.
+
+Every linear reading one input shares one Gram matrix and one GPTQ factor, computed once per
+block in :class:`BlockInputs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import quant_methods as _registry
+from ..config import AWQConfig
+from ..gptq import gptq_factor, gptq_quantize
+from ..quantizer import QuantizedTensor, quantize
+from ..scale_clip_search import ClipResult, apply_clip, search_clip
+from ..stats import ActivationStats, _from_state
+from .disk_activations import DiskActivations, stats_of
+
+__all__ = ["RANGE_SEARCHES", "ROUNDINGS", "BlockInputs", "LinearJob", "RangeChoice"]
+
+
+class BlockInputs:
+    """The captured inputs of one block's linears and what is derived from them once per input
+    tensor (linears fed the same tensor share it): the Gram statistics and the GPTQ factor."""
+
+    def __init__(self) -> None:
+        self._stats: dict[int, tuple[Any, ActivationStats]] = {}
+        self._factors: dict[tuple, tuple[Any, Any]] = {}
+
+    def stats(self, x) -> ActivationStats:
+        hit = self._stats.get(id(x))
+        if hit is None or hit[0] is not x:
+            hit = (x, stats_of(x, gram=True))
+            self._stats[id(x)] = hit
+        return hit[1]
+
+    def factor(self, x, damp: float, act_order: bool):
+        key = (id(x), damp, act_order)
+        hit = self._factors.get(key)
+        if hit is None or hit[0] is not x:
+            hit = (x, gptq_factor(self.stats(x), damp=damp, act_order=act_order))
+            self._factors[key] = hit
+        return hit[1]
+
+
+@dataclass
+class LinearJob:
+    """One linear of a block, ready to be quantized: its weight after any fold, its captured
+    input (None where no calibration token reached it), whether the family forbids clipping
+    it (q/k projections), and where the search results are reported."""
+
+    weight: torch.Tensor
+    x: Any
+    cfg: AWQConfig
+    inputs: BlockInputs
+    never_clipped: bool
+    report: Any
+    block: int
+    name: str
+
+
+@dataclass
+class RangeChoice:
+    """The weight to take each group's scale and zero from (clipped or as it is), and with GGUF's
+    refit the search's chosen codes and stored values."""
+
+    weight: np.ndarray
+    clipped: bool = False
+    refit: ClipResult | None = None
+
+
+_CLIP_TOKENS = 512  # AutoAWQ's token subsampling for the clip search
+_REFIT_TOKENS = 16384  # the GGUF refit's token sample: every token up to 16384, a stride beyond
+_GGUF_EXPANDED_SCALES = 8  # GGUF refit: also the plain scale times 1 + k/80, k = 1..8 (make_qx_quants' range)
+
+
+def _minmax(job: LinearJob) -> RangeChoice:
+    return RangeChoice(np.ascontiguousarray(job.weight.detach().to(torch.float32).numpy()))
+
+
+def _clip(job: LinearJob) -> RangeChoice:
+    """AWQ's clip search (AutoAWQ's auto_clip on 512 sampled tokens); with a GGUF rule and
+    ``gguf_refit`` each block's stored values are also refit on (nearly) every token, and q/k
+    projections, never clipped, get the refit alone."""
+    cfg = job.cfg
+    wn = np.ascontiguousarray(job.weight.detach().to(torch.float32).numpy())
+    refit = cfg.rule != "awq" and cfg.gguf_refit
+    refit_only = refit and job.never_clipped
+    if job.x is None or (job.never_clipped and not refit_only) or not cfg.clip:
+        return RangeChoice(wn)
+    kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
+                              # refit only: one shrink candidate, 1.0 (1.5 / n: int(n * 1.5 / n) is 1 despite rounding)
+                              max_shrink=min(1.0, 1.5 / cfg.clip_n_grid) if refit_only else cfg.clip_max_shrink,
+                              rule=cfg.rule, refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
+    # The refit fits each block's stored values to the tokens' Gram block: on AutoAWQ's 512-token
+    # sample it would fit that sample's noise, so it takes (nearly) every calibration token.
+    tokens = _REFIT_TOKENS if refit else _CLIP_TOKENS
+    x = job.x
+    if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // tokens]
+        res = search_clip(x.strided(max(1, x.rows // tokens)).numpy(), wn, n_sample_tokens=None, **kw)
+    else:
+        res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=tokens, **kw)
+    job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": float(res.loss_before),
+                            "loss_after": float(res.loss_after), **({"refit_only": True} if refit_only else {})})
+    return RangeChoice(apply_clip(wn, res), clipped=True, refit=res if refit else None)
+
+
+def _imatrix(job: LinearJob) -> RangeChoice:
+    """The clip search with a diagonal objective: each group's rounding error weighted by the
+    inputs' E[x_k^2] (llama.cpp's imatrix), on every calibration token; the lower and upper
+    bounds are searched separately with a zero point."""
+    cfg = job.cfg
+    wn = np.ascontiguousarray(job.weight.detach().to(torch.float32).numpy())
+    if job.x is None or job.never_clipped:
+        return RangeChoice(wn)
+    stats = job.inputs.stats(job.x)
+    res = search_clip(_diagonal_stats(stats), wn, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
+                      n_grid=cfg.clip_n_grid, max_shrink=cfg.clip_max_shrink, n_sample_tokens=None,
+                      asymmetric=cfg.zero_point and cfg.rule == "awq", rule=cfg.rule)
+    job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": float(res.loss_before),
+                            "loss_after": float(res.loss_after), "objective": "imatrix"})
+    return RangeChoice(apply_clip(wn, res), clipped=True)
+
+
+def _diagonal_stats(stats: ActivationStats) -> ActivationStats:
+    """Statistics whose Gram matrix is the diagonal of ``stats``' (sum of x_k^2 per channel)."""
+    n, sum_abs, sum_sq, max_abs, _ = stats._impl.state()
+    return _from_state(stats.in_features, True, (n, sum_abs, sum_sq, max_abs, np.diag(sum_sq)))
+
+
+RANGE_SEARCHES: dict[str, Callable[[LinearJob], RangeChoice]] = {
+    "minmax": _minmax,
+    "clip": _clip,
+    "imatrix": _imatrix,
+}
+
+
+def _nearest(job: LinearJob, r: RangeChoice) -> QuantizedTensor:
+    cfg = job.cfg
+    if r.refit is not None:  # GGUF: the clip search chose each block's codes and refit stored values
+        from ..gguf_blocks import BLOCK_TYPES
+
+        t = BLOCK_TYPES[cfg.rule]
+        res = r.refit
+        assert res.codes is not None and res.scales is not None
+        return QuantizedTensor(codes=res.codes, scales=res.scales.astype(np.float16),
+                               zeros=np.full(res.scales.shape, t.zero, np.uint8), bits=cfg.bits,
+                               group_size=cfg.group_size, zero_point=cfg.zero_point, rule=cfg.rule,
+                               offsets=None if res.offsets is None else res.offsets.astype(np.float16))
+    return quantize(r.weight, cfg.bits, cfg.group_size, cfg.zero_point, rule=cfg.rule)
+
+
+def _gptq(job: LinearJob, r: RangeChoice) -> QuantizedTensor:
+    cfg = job.cfg
+    if job.x is None:  # no calibration token reached it (an expert): nothing to compensate with
+        return _nearest(job, r)
+    w = np.ascontiguousarray(job.weight.detach().to(torch.float32).numpy())
+    factor = job.inputs.factor(job.x, cfg.gptq_damp, cfg.gptq_act_order)
+    fixed: dict[str, Any] = {}
+    if r.clipped:  # the range search's group scales and zeros; GPTQ rounds the unclipped weight with them
+        qt = quantize(r.weight, cfg.bits, cfg.group_size, cfg.zero_point)
+        fixed = {"scales": qt.scales, "zeros": qt.zeros}
+    res = gptq_quantize(w, factor, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
+                        block_size=cfg.gptq_block_size, static_groups=cfg.gptq_static_groups, **fixed)
+    job.report.gptq.append({"block": job.block, "layer": job.name, "loss": float(res.loss.sum()),
+                            "damp": res.damp})
+    return res.quantized
+
+
+ROUNDINGS: dict[str, Callable[[LinearJob, RangeChoice], QuantizedTensor]] = {
+    "nearest": _nearest,
+    "gptq": _gptq,
+}
+
+
+# The registry's stage names, each with its handler (a test checks the two agree).
+if set(RANGE_SEARCHES) != set(_registry.RANGE_SEARCHES) or set(ROUNDINGS) != set(_registry.ROUNDINGS):
+    raise ImportError("awqkit.quant_methods and awqkit.model.method_stages list different stages")
