@@ -188,6 +188,8 @@ def _user_error(capsys, monkeypatch, *argv) -> str:
 @pytest.mark.parametrize("args, expected", [
     (["--methods", "rtn,nope"], "unknown method 'nope'"),
     (["--methods", ","], "one or more method names"),
+    (["--methods", "rtn,fold"], "keeps full precision"),
+    (["--methods", "rtn,gptq", "--format", "gguf"], "cannot round for the gguf format"),
     (["--bits", "4,9"], "out of range"),
     (["--bits", "four"], "not an integer"),
     (["--eval-text", "/missing/eval.txt"], "/missing/eval.txt: no such file"),
@@ -215,22 +217,13 @@ def test_bad_prompts_file(capsys, monkeypatch, data_dir, tmp_path):
     assert "p.jsonl:1" in msg and '"prompt"' in msg
 
 
-def test_methods_come_from_the_registry_when_there_is_one(monkeypatch):
-    import sys
-    import types
-
+def test_methods_come_from_the_registry():
     from awqkit.model.method_comparison import available_methods, check_methods
+    from awqkit.quant_methods import METHODS
 
-    assert {"rtn", "awq"} <= set(available_methods())
+    assert set(available_methods()) == {name for name, m in METHODS.items() if m.quantizes} >= {"rtn", "awq"}
     assert check_methods(["awq", "rtn", "awq"]) == ["awq", "rtn"]
     with pytest.raises(ValueError, match="unknown method 'definitely-not-a-method'"):
         check_methods(["definitely-not-a-method"])
-    # A registry (awqkit.model.quant_methods.METHODS) decides the names when it exists.
-    fake = types.ModuleType("awqkit.model.quant_methods")
-    fake.METHODS = {"rtn": types.SimpleNamespace(name="rtn", summary="plain rounding"),
-                    "awq+gptq": types.SimpleNamespace(name="awq+gptq", summary="both")}
-    monkeypatch.setitem(sys.modules, "awqkit.model.quant_methods", fake)
-    assert available_methods() == {"rtn": "plain rounding", "awq+gptq": "both"}
-    assert check_methods(["awq+gptq", "rtn"]) == ["awq+gptq", "rtn"]
-    with pytest.raises(ValueError, match="choose among rtn, awq\\+gptq"):
-        check_methods(["awq"])
+    with pytest.raises(ValueError, match="keeps full precision"):
+        check_methods(["fold"])

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 
 from ..config import AWQConfig
 from ..formats import format_named
+from ..quant_methods import METHODS
 from .perplexity import eval_windows, window_logits, window_nll
 from .report import _peak_rss_mb, _reset_peak_rss
 
@@ -66,35 +67,35 @@ __all__ = ["ComparisonResult", "ComparisonRow", "available_methods", "check_meth
 
 log = logging.getLogger(__name__)
 
-_FALLBACK_METHODS = {"rtn": "plain round-to-nearest, the baseline", "awq": "activation-aware scale and clip search (AWQ)"}
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
 _RESERVED_NAMES = ("fp",)
 
 
 def available_methods() -> dict[str, str]:
-    """Method name -> one-line summary: ``awqkit.model.quant_methods.METHODS`` where that
-    registry exists, else the pipeline's own ``rtn`` and ``awq``."""
-    import importlib
-
-    try:
-        quant_methods = importlib.import_module(f"{__package__}.quant_methods")
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.quant_methods":
-            raise  # the registry exists but something it imports is missing: say so
-        return dict(_FALLBACK_METHODS)
-    return {name: str(getattr(m, "summary", "")) for name, m in quant_methods.METHODS.items()}
+    """Method name -> one-line summary: the methods of ``awqkit.quant_methods.METHODS`` that
+    quantize (not diagnostics such as ``fold``, which keeps full precision)."""
+    return {name: m.summary for name, m in METHODS.items() if m.quantizes}
 
 
-def check_methods(methods: Iterable[str]) -> list[str]:
+def check_methods(methods: Iterable[str], configs: Iterable[AWQConfig] = ()) -> list[str]:
     """The method names, in order and without repeats, or a ``ValueError`` naming the unknown
-    one and the known ones (cheap: nothing is loaded)."""
+    one and the known ones, or a method that cannot produce one of ``configs`` (a format whose
+    rounding it does not do). Cheap: nothing is loaded."""
     names = [m.strip() for m in methods]
     if not names or any(not m for m in names):
         raise ValueError("methods: give one or more method names separated by commas, e.g. rtn,awq")
     known = available_methods()
+    configs = list(configs)
     for m in names:
         if m not in known:
+            if m in METHODS:
+                raise ValueError(f"method {m!r} keeps full precision (a diagnostic): there is nothing to compare; "
+                                 f"choose among {', '.join(known)}")
             raise ValueError(f"unknown method {m!r}: choose among {', '.join(known)}")
+        for cfg in configs:
+            problem = METHODS[m].problem(cfg)
+            if problem:
+                raise ValueError(problem)
     return list(dict.fromkeys(names))
 
 
@@ -468,12 +469,14 @@ def compare_methods(model_path: str | os.PathLike, methods: Iterable[str], bits:
     """
     # Everything checkable is checked before any work.
     model_path = os.fspath(model_path)
-    method_list = check_methods(methods)
+    methods = list(methods)
+    check_methods(methods)  # the names first: an unknown one is the likelier mistake
     bit_list = parse_bits(bits)
     base = config.to_dict() if isinstance(config, AWQConfig) else dict(config or AWQConfig().to_dict())
     if group_size is not None:
         base["group_size"] = group_size
     cfgs = {b: AWQConfig.from_dict({**base, "bits": b}) for b in bit_list}  # validates every width with the format
+    method_list = check_methods(methods, cfgs.values())
     text_paths = [os.fspath(p) for p in eval_texts]
     if not text_paths:
         raise ValueError("eval_texts: give at least one text file to evaluate on")
