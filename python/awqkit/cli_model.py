@@ -1,4 +1,4 @@
-"""``awqkit quantize``, ``awqkit eval`` and ``awqkit footprint``: the model subcommands.
+"""``awqkit quantize``, ``awqkit eval``, ``awqkit footprint`` and ``awqkit compare``: the model subcommands.
 
 ``add_model_commands(subparsers)`` registers them on the main parser (see cli.py). Each
 handler returns an exit code and writes results to stdout (the command's output) while
@@ -157,6 +157,41 @@ def _cmd_footprint(args: argparse.Namespace) -> int:
     return 0 if fp.fits in (None, True) else 1
 
 
+def _comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _extra_arg(text: str) -> tuple[str, str]:
+    """argparse type: NAME=CHECKPOINT_DIR."""
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise argparse.ArgumentTypeError(f"must be NAME=CHECKPOINT_DIR, got {text!r}")
+    return name.strip(), folder.strip()
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    _check_model_folder(args.model)
+    cfg = _config_from_args(argparse.Namespace(config=args.config, format=args.format, group_size=args.group_size,
+                                               n_samples=args.n_samples, seqlen=args.calib_seqlen, no_clip=False, exclude=None))
+    texts = [t for group in args.eval_text for t in _comma_list(group)]
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise FileNotFoundError(f"--json {args.json}: its folder does not exist")
+    from .model.method_comparison import compare_methods
+
+    logging.getLogger("awqkit.model.method_comparison").setLevel(logging.INFO)  # a line per row on stderr
+    result = compare_methods(args.model, _comma_list(args.methods), _comma_list(args.bits), config=cfg, calib=args.calib,
+                             eval_texts=texts, prompts=args.prompts or (), max_new_tokens=args.max_new_tokens,
+                             eval_tokens=args.eval_tokens, seqlen=args.seqlen, batch_size=args.batch_size,
+                             extras=args.extra or [], save_calib=args.save_calib)
+    print(result.table())
+    if result.prompts:
+        print()
+        print(result.outputs_table())
+    if args.json:
+        result.to_json(args.json)
+    return 1 if any(r.error for r in result.rows) else 0
+
+
 def _window_length(text: str) -> int:
     value = positive_int(text)
     if value < 2:  # a window predicts tokens 2..seqlen from the ones before
@@ -214,3 +249,33 @@ def add_model_commands(sub) -> None:
     f.add_argument("--memory", help="memory budget, e.g. 8GB or 512MiB: exit code 1 when it does not fit")
     f.add_argument("--json", action="store_true", help="machine-readable output")
     f.set_defaults(func=_cmd_footprint)
+
+    c = sub.add_parser("compare", help="quantize a model with several methods and bit widths (in memory) and compare them "
+                       "with the float model and existing checkpoints: perplexity, KL divergence, top-1 agreement, size, "
+                       "time, memory, greedy outputs")
+    c.add_argument("model", help="model folder (config.json, safetensors, tokenizer), loaded once in float32")
+    c.add_argument("--methods", required=True, help="comma-separated method names, e.g. rtn,awq (see awqkit.model.method_comparison."
+                   "available_methods)")
+    c.add_argument("--bits", default="4", help="comma-separated bit widths, e.g. 4,3 (default 4)")
+    c.add_argument("--group-size", dest="group_size", type=group_size_arg)
+    c.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="checkpoint format: which linears are quantized, how they round, and the size measured "
+                   "(default awq: AutoAWQ gemm, 4-bit only, other widths get no size; compressed-tensors: 2..8 bits)")
+    c.add_argument("--config", help="AWQConfig JSON file (flags override it; --bits sets the width of each row)")
+    c.add_argument("--calib", help=".txt or .jsonl calibration text (default: built-in offline text), tokenised once for every row")
+    c.add_argument("--n-samples", dest="n_samples", type=positive_int, help="calibration documents")
+    c.add_argument("--calib-seqlen", dest="calib_seqlen", type=positive_int, help="calibration block length (the config's seqlen)")
+    c.add_argument("--save-calib", dest="save_calib", help="write the calibration tokens (int64 [blocks, seqlen]) to this .npy file")
+    c.add_argument("--eval-text", dest="eval_text", action="append", required=True,
+                   help="text file(s) to evaluate on, comma-separated or repeated")
+    c.add_argument("--seqlen", type=_window_length, default=512, help="evaluation window in tokens (at least 2)")
+    c.add_argument("--eval-tokens", dest="eval_tokens", type=positive_int, default=8192,
+                   help="evaluate the first N tokens of each text (whole windows)")
+    c.add_argument("--batch-size", dest="batch_size", type=positive_int, default=4, help="evaluation windows per forward")
+    c.add_argument("--prompts", help=".jsonl ({\"prompt\": ...} a line) or .txt (a prompt a line): greedy outputs side by side")
+    c.add_argument("--max-new-tokens", dest="max_new_tokens", type=positive_int, default=32)
+    c.add_argument("--extra", action="append", type=_extra_arg, metavar="NAME=DIR",
+                   help="an existing quantized checkpoint to evaluate the same way (repeatable); its run.json "
+                   "(oneshot_seconds, peak_rss_mb) is shown when present")
+    c.add_argument("--json", help="write every setting, measurement and output to this JSON file")
+    c.set_defaults(func=_cmd_compare)

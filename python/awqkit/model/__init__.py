@@ -1,5 +1,5 @@
 """The model pipeline (needs the ``[torch]`` extra): calibration, layer-by-layer AWQ,
-AutoAWQ gemm checkpoints, reload on the fused kernel, perplexity."""
+AutoAWQ gemm checkpoints, reload on the fused kernel, perplexity, the method comparison."""
 
 # The oldest transformers the test suite has run on; pyproject.toml declares the same floor
 # (tests/test_requirements.py keeps them equal). Older releases differ in the keywords we
@@ -28,6 +28,7 @@ check_transformers_version(_installed_transformers_version())
 from .calibration import default_calibration_texts, get_calib_blocks, load_calibration_texts  # noqa: E402 (after the version check, on purpose)
 from .checkpoint import check_output_folder, load_quantized, save_quantized  # noqa: E402 (after the version check, on purpose)
 from .families import FAMILIES, ModelFamily, MoEExperts, layout_for, register_family  # noqa: E402 (after the version check, on purpose)
+from .method_comparison import ComparisonResult, compare_methods  # noqa: E402 (after the version check, on purpose)
 from .perplexity import evaluate_perplexity  # noqa: E402 (after the version check, on purpose)
 from .pipeline import load_model, quantize_model, rtn_quantize_model  # noqa: E402 (after the version check, on purpose)
 from .qlinear import AWQLinear, QuantizedLinear  # noqa: E402 (after the version check, on purpose)
@@ -36,6 +37,7 @@ from .streaming import StreamingUnsupported, quantize_to_checkpoint  # noqa: E40
 
 __all__ = [
     "AWQLinear",
+    "ComparisonResult",
     "FAMILIES",
     "ModelFamily",
     "MoEExperts",
@@ -43,6 +45,7 @@ __all__ = [
     "QuantizedLinear",
     "StreamingUnsupported",
     "check_output_folder",
+    "compare_methods",
     "default_calibration_texts",
     "evaluate_perplexity",
     "get_calib_blocks",
