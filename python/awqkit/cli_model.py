@@ -262,7 +262,8 @@ def add_model_commands(sub) -> None:
                    help="checkpoint format: which linears are quantized, how they round, and the size measured "
                    "(default awq: AutoAWQ gemm, 4-bit only, other widths get no size; compressed-tensors: 2..8 bits)")
     c.add_argument("--config", help="AWQConfig JSON file (flags override it; --bits sets the width of each row)")
-    c.add_argument("--calib", help=".txt or .jsonl calibration text (default: built-in offline text), tokenised once for every row")
+    c.add_argument("--calib", help=".txt or .jsonl calibration text (default: built-in offline text), tokenised once for "
+                   "every row; or an .npy of int tokens [blocks, seqlen] (e.g. written by --save-calib)")
     c.add_argument("--n-samples", dest="n_samples", type=positive_int, help="calibration documents")
     c.add_argument("--calib-seqlen", dest="calib_seqlen", type=positive_int, help="calibration block length (the config's seqlen)")
     c.add_argument("--save-calib", dest="save_calib", help="write the calibration tokens (int64 [blocks, seqlen]) to this .npy file")

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -484,7 +485,8 @@ def compare_methods(model_path: str | os.PathLike, methods: Iterable[str], bits:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"eval text {p}: no such file; pass the path of a UTF-8 text file")
     if isinstance(calib, (str, os.PathLike)) and not os.path.isfile(calib):
-        raise FileNotFoundError(f"calibration file {os.fspath(calib)}: no such file; pass a .txt or .jsonl file")
+        raise FileNotFoundError(f"calibration file {os.fspath(calib)}: no such file; pass a .txt or .jsonl file "
+                                "(or an .npy of tokens)")
     prompt_list = load_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else [str(p) for p in prompts]
     extra_items = [(str(n), os.fspath(d)) for n, d in (extras.items() if isinstance(extras, Mapping) else extras or [])]
     taken = {"fp"} | {f"{m} w{b}" for m in method_list for b in bit_list}
@@ -518,13 +520,17 @@ def compare_methods(model_path: str | os.PathLike, methods: Iterable[str], bits:
         text_info.append({"label": label, "path": path, "text_tokens": total, "windows": int(windows.shape[0]),
                           "tokens_evaluated": int(windows.numel()), "positions_scored": int(windows[:, 1:].numel())})
     first = cfgs[bit_list[0]]
+    if isinstance(calib, (str, os.PathLike)) and os.fspath(calib).endswith(".npy"):
+        # Tokens saved by --save-calib (or any int [blocks, seqlen] array): other tools' runs on
+        # exactly these tokens compare with these rows.
+        calib = torch.from_numpy(np.load(os.fspath(calib)).astype(np.int64))
+        if calib.dim() != 2:
+            raise ValueError(f"calibration tokens must be [blocks, seqlen], got shape {tuple(calib.shape)}")
     if isinstance(calib, torch.Tensor):
         tokens = calib.to(torch.long)
     else:
         tokens = get_calib_blocks(tok, calib, first.n_samples, first.seqlen, first.seed)
     if save_calib is not None:
-        import numpy as np
-
         np.save(os.fspath(save_calib), tokens.numpy().astype(np.int64))
     calib_info = {"source": None if calib is None else ("token tensor" if isinstance(calib, torch.Tensor) else
                                                          os.fspath(calib) if isinstance(calib, (str, os.PathLike)) else "list of strings"),
