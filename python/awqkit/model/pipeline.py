@@ -167,6 +167,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         bar = tqdm_blocks(len(blocks), method)
         for i in bar:
             hidden = quantize_block(run, i, blocks[i], hidden, calls[i] if calls else None, bar, dtype)
+            return_freed_memory()  # the block's freed buffers: otherwise the heap keeps them, block after block
         bar.close()
     if spec.quantizes:  # fold is a diagnostic: its function check stays exact in float32
         # What is evaluated is what the checkpoint holds: the kept tensors outside the blocks
@@ -176,6 +177,26 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
     log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
     return model, report
+
+
+def return_freed_memory() -> None:
+    """Give the freed block back to the system. glibc raises its mmap threshold each time a
+    large buffer is freed, so the next blocks' buffers come from the heap, whose free pages
+    it keeps: without a trim the resident size would grow with the number of blocks."""
+    import ctypes
+    import ctypes.util
+
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _check_fits_in_memory(path: str) -> None:

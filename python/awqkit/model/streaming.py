@@ -50,7 +50,7 @@ from .checkpoint import (
 from .conversions import convert_blocks
 from .families import layout_for
 from .memory_plan import MemoryPlan, available_memory, plan_memory
-from .pipeline import _CHUNK_SEQS, BlockRun, calibration_tokens, decoder_blocks, plan_linears, quantize_block, tqdm_blocks
+from .pipeline import _CHUNK_SEQS, BlockRun, calibration_tokens, decoder_blocks, plan_linears, quantize_block, return_freed_memory, tqdm_blocks
 from .report import QuantizationReport, StageMeter
 from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
 
@@ -180,26 +180,6 @@ def _record_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor)
         handle.remove()
         for block in list(blocks)[1:]:
             block.__dict__.pop("forward", None)
-
-
-def _return_freed_memory() -> None:
-    """Give the freed block back to the system. glibc raises its mmap threshold each time a
-    large buffer is freed, so the next blocks' buffers come from the heap, whose free pages
-    it keeps: without a trim the resident size would grow with the number of blocks."""
-    import ctypes
-    import ctypes.util
-
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None
 
 
 def _digest(*parts: bytes) -> str:
@@ -470,7 +450,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                     del tensors
                 blocks[i] = nn.Identity()  # frees the block (no later forward reaches it)
                 del block, templates[i]
-                _return_freed_memory()
+                return_freed_memory()
             bar.close()
         with meter.stage("write"):
             src.materialize_outside(layout.layers_path)
