@@ -171,6 +171,7 @@ class ComparisonRow:
     eval_seconds: float | None = None
     quantized_layers: int | None = None
     summary: dict[str, Any] | None = None
+    stage_seconds: dict[str, float] | None = None  # the pipeline's stages (capture, searches, checks, ...)
     source: str | None = None
     run_json: dict[str, Any] | None = None
     outputs: list[str] = field(default_factory=list)
@@ -568,6 +569,7 @@ def compare_methods(model_path: str | os.PathLike, methods: Iterable[str], bits:
                 row.ru_maxrss_mb = _ru_maxrss_mb()
                 row.quantized_layers = report.quantized_layers
                 row.summary = report.summary()
+                row.stage_seconds = {k: round(v["seconds"], 2) for k, v in report.stages.items()}
                 if size_problem:
                     row.size_note = size_problem
                 else:
