@@ -42,7 +42,7 @@ def compare(args) -> None:
     work = Path(args.work)
     wiki = data_dir() / "wikitext-2-raw" / "wiki.test.raw"
     extras = []
-    for name in sorted(p.name for p in work.glob("llmc-*") if (p / "config.json").exists()):
+    for name in [] if args.no_extras else sorted(p.name for p in work.glob("llmc-*") if (p / "config.json").exists()):
         extras += ["--extra", f"{name}={work / name}"]
     cmd = [sys.executable, "-m", "awqkit", "compare", args.model, "--methods", args.methods, "--bits", args.bits,
            "--group-size", "64", "--format", "compressed-tensors", "--calib", str(work / "smollm2_calib_8192.npy"),
@@ -100,6 +100,7 @@ def main() -> None:
     c.add_argument("--bits", default="4,3")
     c.add_argument("--eval-tokens", type=int, default=16384)
     c.add_argument("--json", default="benchmarks/results/bench_methods.json")
+    c.add_argument("--no-extras", action="store_true", help="leave out llm-compressor's checkpoints")
     tb = sub.add_parser("table")
     tb.add_argument("json")
     args = p.parse_args()

@@ -169,20 +169,13 @@ def test_cli_prints_the_table_and_the_outputs(run):
 def _user_error(capsys, monkeypatch, *argv) -> str:
     """A one-line error with exit code 2, before the model is loaded."""
     import awqkit.model.pipeline as pipeline
+    from test_cli_errors import _user_error as one_line_error
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(pipeline, "load_model", no_load)
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "error:" in lines[0], err
-    return lines[0]
+    return one_line_error(capsys, *argv)
 
 
 @pytest.mark.parametrize("args, expected", [

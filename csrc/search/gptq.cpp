@@ -140,6 +140,17 @@ GPTQOutput gptq_quantize(const MatrixView& w, const GPTQFactor& f, const GPTQSpe
   // Errors cannot leave the parallel region: the first bad row is recorded and reported after.
   std::atomic<int64_t> bad_row{N};
   std::atomic<int> bad_kind{0};  // 1: non-finite weight, 2: scale overflow
+  // Records a failure of `row` (the lowest row wins, as a serial loop would report); returns false.
+  auto flag = [&](int64_t row, int kind) {
+    int64_t cur = bad_row.load();
+    while (row < cur && !bad_row.compare_exchange_weak(cur, row)) {}
+    if (bad_row.load() == row) bad_kind = kind;  // the kind of the row reported
+    return false;
+  };
+  auto weight = [&](int64_t row, int64_t j) -> double {
+    return w.type == FloatType::f32 ? static_cast<const float*>(w.data)[row * w.ld + j]
+                                    : half_to_float(static_cast<const uint16_t*>(w.data)[row * w.ld + j]);
+  };
 #pragma omp parallel
   {
     RowMatrix Wc, E;
@@ -155,16 +166,9 @@ GPTQOutput gptq_quantize(const MatrixView& w, const GPTQFactor& f, const GPTQSpe
         const int64_t row = r0 + r;
         for (int64_t i = 0; i < K; ++i) {
           const int64_t j = f.perm[i];
-          double v;
-          if (w.type == FloatType::f32)
-            v = static_cast<const float*>(w.data)[row * w.ld + j];
-          else
-            v = half_to_float(static_cast<const uint16_t*>(w.data)[row * w.ld + j]);
+          const double v = weight(row, j);
           if (!std::isfinite(v)) {
-            ok = false;
-            int64_t cur = bad_row.load();
-            while (row < cur && !bad_row.compare_exchange_weak(cur, row)) {}
-            bad_kind = 1;
+            ok = flag(row, 1);
             break;
           }
           Wc(r, i) = f.dead[j] ? 0.0 : v;
@@ -181,20 +185,14 @@ GPTQOutput gptq_quantize(const MatrixView& w, const GPTQFactor& f, const GPTQSpe
             double lo = 0.0, hi = 0.0;
             bool first = true;
             for (int64_t j = g * gs; j < (g + 1) * gs; ++j) {
-              double v = 0.0;
-              if (!f.dead[j])
-                v = w.type == FloatType::f32 ? static_cast<const float*>(w.data)[row * w.ld + j]
-                                             : half_to_float(static_cast<const uint16_t*>(w.data)[row * w.ld + j]);
+              const double v = f.dead[j] ? 0.0 : weight(row, j);
               lo = first ? v : std::min(lo, v);
               hi = first ? v : std::max(hi, v);
               first = false;
             }
             p = group_params(static_cast<float>(lo), static_cast<float>(hi), q);
             if (!std::isfinite(p.scale)) {
-              ok = false;
-              int64_t cur = bad_row.load();
-              while (row < cur && !bad_row.compare_exchange_weak(cur, row)) {}
-              bad_kind = 2;
+              ok = flag(row, 2);
               break;
             }
           }
@@ -215,10 +213,7 @@ GPTQOutput gptq_quantize(const MatrixView& w, const GPTQFactor& f, const GPTQSpe
               // update so far.
               p = params_of(wr + i, gs, q);
               if (!std::isfinite(p.scale)) {
-                ok = false;
-                int64_t cur = bad_row.load();
-                while (row < cur && !bad_row.compare_exchange_weak(cur, row)) {}
-                bad_kind = 2;
+                ok = flag(row, 2);
                 break;
               }
             }
