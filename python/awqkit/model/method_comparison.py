@@ -29,8 +29,9 @@ Per row:
   resident memory before the copy, i.e. what quantizing this row added on top of what was
   already resident. The kernel's high-water mark (VmHWM) is reset before each row (Linux
   ``/proc/self/clear_refs``; ``hwm_reset`` says whether it worked: if not, the peak is the
-  process's lifetime peak). ``ru_maxrss_mb`` is ``getrusage``'s figure after the row: the
-  lifetime peak of the process, monotonic, so it only says the largest row so far. Memory a
+  process's lifetime peak). ``ru_maxrss_mb`` is ``getrusage``'s figure after the row: on Linux
+  the same high-water mark, which the resets above (and the pipeline's per-stage resets) lower,
+  so it is not the process's lifetime peak and may be below ``peak_rss_mb``. Memory a
   previous row freed may stay mapped in the allocator and count in ``rss_before_mb``;
 - greedy continuations (``do_sample=False``) of each prompt, next to the float model's.
 """
