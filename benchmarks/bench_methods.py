@@ -7,6 +7,7 @@ the same calibration tokens: one ``awqkit compare`` run.
     flock /tmp/awqkit-bench.lock python3 benchmarks/bench_methods.py compare --work build/compare \\
         --model build/real-models/smollm2-135m --json benchmarks/results/bench_methods.json
     python3 benchmarks/bench_methods.py table benchmarks/results/bench_methods.json   # markdown for benchmarks/README.md
+    python3 benchmarks/bench_methods.py profile --method gptq --blocks 8   # resident memory per block, stage times
 
 The calibration is the 8,192 tokens ``bench_llmcompressor.py calib-tokens`` writes (16 blocks of
 512 from C4 documents 0-999, awqkit's own ``get_calib_blocks``); evaluation: WikiText-2 test and C4
@@ -51,6 +52,34 @@ def compare(args) -> None:
            "--max-new-tokens", "24", "--json", args.json, *extras]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env={**__import__("os").environ, "PYTHONPATH": str(HERE.parent / "python")})
+
+
+def profile(args) -> None:
+    """One method on the first ``--blocks`` decoder blocks: resident memory after each block and
+    the pipeline's stage times (what the README's profile figures are)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from awqkit import AWQConfig
+    from awqkit.model import load_model, pipeline, quantize_model
+    from awqkit.model.report import _proc_status_mb
+
+    model, _ = load_model(args.model)
+    model.model.layers = model.model.layers[: args.blocks]
+    model.config.num_hidden_layers = args.blocks
+    tokens = torch.from_numpy(np.load(Path(args.work) / "smollm2_calib_8192.npy"))
+    quantize_block = pipeline.quantize_block
+
+    def measured(run, i, *a, **kw):
+        out = quantize_block(run, i, *a, **kw)
+        print(f"block {i}: resident {_proc_status_mb('VmRSS'):.0f} MiB", flush=True)
+        return out
+
+    pipeline.quantize_block = measured
+    _, report = quantize_model(copy.deepcopy(model), AWQConfig(bits=4, group_size=64), calib=tokens, method=args.method)
+    print(json.dumps({k: round(v["seconds"], 1) for k, v in report.stages.items()}))
 
 
 def table(args) -> None:
@@ -101,10 +130,15 @@ def main() -> None:
     c.add_argument("--eval-tokens", type=int, default=16384)
     c.add_argument("--json", default="benchmarks/results/bench_methods.json")
     c.add_argument("--no-extras", action="store_true", help="leave out llm-compressor's checkpoints")
+    pr = sub.add_parser("profile")
+    pr.add_argument("--work", default="build/compare")
+    pr.add_argument("--model", default="build/real-models/smollm2-135m")
+    pr.add_argument("--method", default="gptq")
+    pr.add_argument("--blocks", type=int, default=8)
     tb = sub.add_parser("table")
     tb.add_argument("json")
     args = p.parse_args()
-    {"texts": texts, "compare": compare, "table": table}[args.cmd](args)
+    {"texts": texts, "compare": compare, "profile": profile, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":

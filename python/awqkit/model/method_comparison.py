@@ -62,7 +62,7 @@ from ..config import AWQConfig
 from ..formats import format_named
 from ..quant_methods import METHODS
 from .perplexity import eval_windows, window_logits, window_nll
-from .report import _peak_rss_mb, _reset_peak_rss
+from .report import _peak_rss_mb, _proc_status_mb, _reset_peak_rss
 
 __all__ = ["ComparisonResult", "ComparisonRow", "available_methods", "check_methods", "compare_methods", "load_prompts",
            "parse_bits"]
@@ -276,14 +276,7 @@ def _finite(value):
 
 
 def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _proc_status_mb("VmRSS")
 
 
 def _ru_maxrss_mb() -> float:
