@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "int4_linear/packed_layout.h"
 
 namespace awqkit::bind {
 
@@ -96,6 +97,16 @@ T& initialised(py::handle obj, const char* what, const char* type_name) {
   return *vh.template value_ptr<T>();
 }
 
+// A packed INT4 buffer (PackedLinear.packed) checked against its shape, as the kernels take it.
+inline int4_linear::PackedView packed_view(const py::array& packed, int64_t N, int64_t K, int64_t group_size) {
+  require_array<uint8_t>(packed, "packed", 1);
+  int4_linear::check_packed_shape(N, K, group_size);
+  require(packed.shape(0) == int4_linear::packed_nbytes(N, K, group_size), "packed buffer has ", packed.shape(0),
+          " bytes, expected ", int4_linear::packed_nbytes(N, K, group_size), " for N, K, group_size = ", N, ", ", K, ", ",
+          group_size);
+  return int4_linear::make_view(static_cast<const uint8_t*>(packed.data()), N, K, group_size);
+}
+
 template <typename T>
 py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape);
@@ -117,5 +128,6 @@ void register_int4_linear(py::module_& m);
 void register_quant(py::module_& m);
 void register_isa(py::module_& m);
 void register_search(py::module_& m);
+void register_decoder(py::module_& m);
 
 }  // namespace awqkit::bind

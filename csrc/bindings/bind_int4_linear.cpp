@@ -10,15 +10,6 @@ namespace {
 
 using int4_linear::PackedView;
 
-PackedView packed_view(const py::array& packed, int64_t N, int64_t K, int64_t group_size) {
-  require_array<uint8_t>(packed, "packed", 1);
-  int4_linear::check_packed_shape(N, K, group_size);
-  require(packed.shape(0) == int4_linear::packed_nbytes(N, K, group_size), "packed buffer has ", packed.shape(0),
-          " bytes, expected ", int4_linear::packed_nbytes(N, K, group_size), " for N, K, group_size = ", N, ", ", K, ", ",
-          group_size);
-  return int4_linear::make_view(static_cast<const uint8_t*>(packed.data()), N, K, group_size);
-}
-
 py::array_t<uint8_t> pack(const py::array& qweight, const py::array& qzeros, const py::array& scales,
                           int64_t group_size) {
   require_array<int32_t>(qweight, "qweight", 2);

@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   awqkit::bind::register_isa(m);
   awqkit::bind::register_quant(m);
   awqkit::bind::register_search(m);
+  awqkit::bind::register_decoder(m);
 }

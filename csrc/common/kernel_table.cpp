@@ -34,6 +34,9 @@ std::vector<IsaLevel> build_levels() {
     t.gemv_digits = int4_linear::scalar::gemv_digits;
     t.quantize_act = int4_linear::scalar::quantize_act;
     t.gemm_int8 = int4_linear::scalar::gemm_int8;
+    t.rms_norm = runtime::scalar::rms_norm;
+    t.attend = runtime::scalar::attend;
+    t.silu_mul = runtime::scalar::silu_mul;
     levels.push_back({Isa::scalar, "scalar", "any CPU", always, t});
   }
 #if AWQKIT_X86_SIMD
@@ -56,6 +59,9 @@ std::vector<IsaLevel> build_levels() {
     t.gemv_digits = int4_linear::avx512_vnni::gemv_digits;
     t.quantize_act = int4_linear::avx512_vnni::quantize_act;
     t.gemm_int8 = int4_linear::avx512_vnni::gemm_int8;
+    t.rms_norm = runtime::avx512_vnni::rms_norm;
+    t.attend = runtime::avx512_vnni::attend;
+    t.silu_mul = runtime::avx512_vnni::silu_mul;
 #if AWQKIT_AMX_KERNELS
     // AMX tiles (*_amx.cpp) run beside AVX-512 code (the kernels stage and finish tiles with
     // it), so they belong to this level; they run only where the CPU and OS grant the tiles

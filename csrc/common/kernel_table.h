@@ -16,6 +16,7 @@
 #include "int4_linear/gemm_kernels.h"
 #include "int4_linear/int8_kernels.h"
 #include "quant/quantize_kernels.h"
+#include "runtime/decoder_ops.h"
 #include "search/quadratic_form_amx.h"
 #include "search/tile_kernels.h"
 
@@ -34,7 +35,7 @@ using QuadraticFormAmxFn = decltype(&amx::quadratic_form_amx);
 #define AWQKIT_KERNEL_TABLE_FIELDS(X)                                                                  \
   X(quantize_group) X(gram_tile) X(gram_dot_tile) X(gemv) X(gemm) X(split_digits) X(gemv_digits)     \
   X(quantize_act) X(gemm_int8) X(split_bf16) X(quadratic_form_amx) X(digits_to_amx_tiles)            \
-  X(gemm_digits_amx)
+  X(gemm_digits_amx) X(rms_norm) X(attend) X(silu_mul)
 
 struct KernelTable {
   // quant/: one group of the weight quantizer.
@@ -58,6 +59,10 @@ struct KernelTable {
   QuadraticFormAmxFn quadratic_form_amx;
   int4_linear::DigitsToAmxTilesFn digits_to_amx_tiles;
   int4_linear::GemmDigitsAmxFn gemm_digits_amx;
+  // runtime/: the steps of a decoder layer between its linears (norms, attention, SiLU).
+  runtime::RmsNormFn rms_norm;
+  runtime::AttendFn attend;
+  runtime::SiluMulFn silu_mul;
 
   // Whether the integer products run natively here rather than as the scalar reference.
   bool native_digits() const { return gemv_digits != &int4_linear::scalar::gemv_digits; }

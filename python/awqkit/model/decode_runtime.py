@@ -1,0 +1,364 @@
+"""A native decode runtime for reloaded Llama-family models, and their quantized output head.
+
+``NativeDecoder(model)`` runs a model that :func:`awqkit.model.load_quantized` built (or any
+Llama-family transformers model: float layers run as float) without torch between the
+layers: per token, one native call (``_core.LlamaDecoder``) runs every layer's norms, INT4
+linears, rotary embedding, KV cache and attention; Python only looks up the embedding and
+calls the output head. q/k/v and gate/up each become one fused INT4 call where their
+shapes allow (the bits of every output are unchanged: each output channel is computed alone).
+
+Which architectures it runs is a table, :data:`DECODER_ARCHITECTURES` (model_type ->
+:class:`DecoderArchitecture`); anything outside it is refused with the reason, before any
+work. The rotary tables are computed by the model's own rotary module, so every RoPE
+variant and scaling a family's config selects is the model's.
+
+The output head (:func:`quantize_head`): ``"int8"`` (default) per output channel,
+symmetric, float16 scale, run through the same INT4 kernel as two 4-bit digits of each code
+(``q + 128 = 16 * hi + lo``: the layer's inputs are [x, x], group one holds ``hi`` with
+scale ``16 * s`` and zero 8, group two ``lo`` with scale ``s`` and zero 0, so the product
+is exactly ``s * (q . x)`` with the kernel's integer dot products); ``"int4"``: 4-bit
+groups of 32 (round to nearest); ``"float"``: the model's own head. The input embedding is
+never touched (a tied head is quantized from a copy). Its accuracy is measured in
+benchmarks/README.md ("Decode runtime").
+
+Results: the linears return the same bits as the transformers path (same kernels, same
+inputs); norms, rotary embedding, softmax and SiLU follow transformers' float32 operations
+(the AVX-512 engine sums in another order and its exp is within a few ulp), so logits agree
+to float32 rounding and greedy tokens agree with ``model.generate`` (tests/test_model_decode_runtime.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _core
+from ..kernels import PackedLinear, _aligned_empty
+from ..packing import pack_awq
+from ..quantizer import QuantizedTensor, quantize
+from .qlinear import AWQLinear, QuantizedLinear
+
+__all__ = [
+    "DECODER_ARCHITECTURES",
+    "DecoderArchitecture",
+    "HEAD_KINDS",
+    "NativeDecoder",
+    "QuantizedHead",
+    "quantize_head",
+    "quantize_output_head",
+    "register_decoder_architecture",
+]
+
+_TAIL = 64  # zero bytes after a packed buffer's last block (csrc/int4_linear/packed_layout.h)
+
+
+# ---------------------------------------------------------------------------------------------
+# The output head
+
+
+def _int8_head(weight: np.ndarray) -> tuple[PackedLinear, bool]:
+    """Per-channel int8 as two 4-bit digits of one INT4 layer over [x, x] (see the module docstring)."""
+    v, h = weight.shape
+    absmax = np.abs(weight).max(axis=1)
+    scale = (absmax / 127.0).astype(np.float16)
+    scale[scale == 0] = np.float16(1.0)  # an all-zero row: codes 0 whatever the scale
+    q = np.clip(np.rint(weight / scale.astype(np.float32)[:, None]), -127, 127).astype(np.int16) + 128
+    hi, lo = (q >> 4).astype(np.uint8), (q & 15).astype(np.uint8)
+    codes = np.concatenate([hi, lo], axis=1)  # [V, 2H]: group 0 = hi, group 1 = lo
+    scales = np.stack([scale.astype(np.float32) * 16.0, scale.astype(np.float32)], axis=1).astype(np.float16)
+    zeros = np.stack([np.full(v, 8, np.uint8), np.zeros(v, np.uint8)], axis=1)
+    qt = QuantizedTensor(codes=codes, scales=scales, zeros=zeros, bits=4, group_size=h, zero_point=True)
+    t = pack_awq(qt)
+    return PackedLinear.from_awq(t["qweight"], t["qzeros"], t["scales"], h), True
+
+
+def _int4_head(weight: np.ndarray, group_size: int = 32) -> tuple[PackedLinear, bool]:
+    h = weight.shape[1]
+    gs = next((g for g in (group_size, 64, 128) if h % g == 0), h)
+    qt = quantize(weight, bits=4, group_size=gs, zero_point=True)
+    t = pack_awq(qt)
+    return PackedLinear.from_awq(t["qweight"], t["qzeros"], t["scales"], gs), False
+
+
+HEAD_KINDS: dict[str, Callable[[np.ndarray], tuple[PackedLinear, bool]] | None] = {
+    "int8": _int8_head,
+    "int4": _int4_head,
+    "float": None,  # the model's own head
+}
+
+
+class QuantizedHead(nn.Module):
+    """An output head on the INT4 kernel: ``logits = x @ W_q.T`` (float32 activations).
+
+    ``doubled``: the int8 head's layer takes [x, x] (its two 4-bit digits)."""
+
+    def __init__(self, lin: PackedLinear, doubled: bool, kind: str):
+        super().__init__()
+        self.lin, self.doubled, self.kind = lin, doubled, kind
+        self.in_features = lin.in_features // 2 if doubled else lin.in_features
+        self.out_features = lin.out_features
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """x float32 [M, H] (C-contiguous) -> logits float32 [M, V]."""
+        return self.lin(np.concatenate([x, x], axis=1) if self.doubled else x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.detach().reshape(-1, self.in_features).to(torch.float32).contiguous().numpy()
+        y = torch.from_numpy(self.logits(x2))
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind}"
+
+
+def quantize_head(weight: torch.Tensor | np.ndarray, kind: str = "int8") -> QuantizedHead:
+    """A :class:`QuantizedHead` of an output head's weight [V, H] (``kind`` in :data:`HEAD_KINDS`, not "float")."""
+    make = HEAD_KINDS.get(kind)
+    if make is None:
+        raise ValueError(f"head must be one of {sorted(k for k, f in HEAD_KINDS.items() if f)} to quantize, got {kind!r}")
+    w = weight.detach().to(torch.float32).numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight, np.float32)
+    if w.ndim != 2 or w.shape[0] % 8:
+        raise ValueError(f"the head weight must be [V, H] with V a multiple of 8, got {w.shape}")
+    lin, doubled = make(np.ascontiguousarray(w))
+    return QuantizedHead(lin, doubled, kind)
+
+
+def quantize_output_head(model: nn.Module, kind: str = "int8") -> nn.Module:
+    """Replace ``model``'s output head by a :class:`QuantizedHead` (``kind="float"``: no change).
+    A tied input embedding stays as it is. Returns the model."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"head must be one of {sorted(HEAD_KINDS)}, got {kind!r}")
+    if kind == "float" or isinstance(model.get_output_embeddings(), QuantizedHead):
+        return model
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        raise ValueError(f"the output head is a {type(head).__name__}; only a bias-free nn.Linear head is quantized")
+    model.set_output_embeddings(quantize_head(head.weight, kind))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+
+
+@dataclass(frozen=True)
+class DecoderArchitecture:
+    """How a family's transformers modules map onto the native decoder layer."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers_path: str = "model.layers"
+    final_norm: str = "model.norm"
+    rotary: str = "model.rotary_emb"
+    q_norm: str | None = None  # per-head RMSNorm before RoPE (Qwen3)
+    k_norm: str | None = None
+
+
+DECODER_ARCHITECTURES: dict[str, DecoderArchitecture] = {}
+
+
+def register_decoder_architecture(arch: DecoderArchitecture) -> DecoderArchitecture:
+    for t in arch.model_types:
+        DECODER_ARCHITECTURES[t] = arch
+    return arch
+
+
+register_decoder_architecture(DecoderArchitecture("llama", ("llama", "mistral", "qwen2")))
+register_decoder_architecture(DecoderArchitecture("qwen3", ("qwen3",), q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"))
+
+
+def _architecture_problem(config) -> str | None:
+    mt = getattr(config, "model_type", None)
+    if mt not in DECODER_ARCHITECTURES:
+        return f"model_type {mt!r} has no native decoder (supported: {sorted(DECODER_ARCHITECTURES)})"
+    act = getattr(config, "hidden_act", "silu")
+    if act != "silu":
+        return f"hidden_act {act!r}: the native decoder's MLP is SiLU(gate) * up"
+    return None
+
+
+def _context_limit(config, context: int | None) -> int:
+    limit = int(getattr(config, "max_position_embeddings", 4096) or 4096)
+    ctx = min(limit, 4096) if context is None else int(context)
+    if ctx < 1 or ctx > limit:
+        raise ValueError(f"context must be in [1, {limit}] (max_position_embeddings), got {ctx}")
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or ()
+    sliding = "sliding_attention" in types or getattr(config, "use_sliding_window", config.model_type == "mistral")
+    if window and sliding and ctx > window:
+        if context is not None:
+            raise ValueError(f"context {ctx} is beyond the sliding window ({window}); the native decoder attends to every position")
+        ctx = int(window)
+    return ctx
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder
+
+
+def _linear_spec(mod: nn.Module, name: str) -> tuple:
+    """(buffer, N, K, group_size, bias) as _core.LlamaDecoder takes a linear (group_size 0: float32 [N, K])."""
+    if isinstance(mod, AWQLinear):
+        lin = mod.lin
+        return (lin.packed, lin.out_features, lin.in_features, lin.group_size, lin.bias)
+    if isinstance(mod, (nn.Linear, QuantizedLinear)):
+        w = np.ascontiguousarray(mod.weight.detach().to(torch.float32).numpy())
+        b = None if mod.bias is None else np.ascontiguousarray(mod.bias.detach().to(torch.float32).numpy())
+        return (w, w.shape[0], w.shape[1], 0, b)
+    raise ValueError(f"{name} is a {type(mod).__name__}; the native decoder runs AWQLinear, QuantizedLinear and nn.Linear")
+
+
+def _fused(specs: Sequence[tuple]) -> list[tuple]:
+    """One INT4 linear for packed parts that share K and group size, with every part but the
+    last a whole number of 16-channel blocks (the packed layout is block after block, so
+    their buffers laid end to end are the stacked layer's); else the parts as they are."""
+    if len(specs) == 1 or any(s[3] == 0 for s in specs):
+        return list(specs)
+    k, gs = specs[0][2], specs[0][3]
+    if any(s[2] != k or s[3] != gs for s in specs) or any(s[1] % 16 for s in specs[:-1]):
+        return list(specs)
+    n = sum(s[1] for s in specs)
+    body = [s[0][: s[0].size - _TAIL] for s in specs]
+    buf = _aligned_empty(sum(b.size for b in body) + _TAIL)
+    off = 0
+    for b in body:
+        buf[off : off + b.size] = b
+        off += b.size
+    buf[off:] = 0
+    bias = None
+    if any(s[4] is not None for s in specs):
+        bias = np.concatenate([s[4] if s[4] is not None else np.zeros(s[1], np.float32) for s in specs]).astype(np.float32)
+    buf.flags.writeable = False
+    return [(buf, n, k, gs, bias)]
+
+
+def _norm_weight(mod: nn.Module) -> np.ndarray:
+    return np.ascontiguousarray(mod.weight.detach().to(torch.float32).numpy())
+
+
+class NativeDecoder:
+    """Greedy decoding and logits of a Llama-family model on the native runtime.
+
+    ``head``: ``"int8"`` (default), ``"int4"`` or ``"float"`` (see :func:`quantize_head`);
+    a model whose head is already a :class:`QuantizedHead` keeps it. ``context``: positions
+    the KV cache holds (default: the model's maximum, at most 4096).
+
+    The decoder reads the model's weights in place (and builds fused q/k/v and gate/up
+    buffers of its own): keep the model alive and do not change its weights while using it.
+    """
+
+    def __init__(self, model: nn.Module, *, head: str = "int8", context: int | None = None):
+        config = model.config
+        problem = _architecture_problem(config)
+        if problem:
+            raise ValueError(problem)
+        arch = DECODER_ARCHITECTURES[config.model_type]
+        if head not in HEAD_KINDS:
+            raise ValueError(f"head must be one of {sorted(HEAD_KINDS)}, got {head!r}")
+        self.config = config
+        self.context = _context_limit(config, context)
+        layers = model.get_submodule(arch.layers_path)
+        first = layers[0].self_attn
+        heads = int(config.num_attention_heads)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        hidden, inter = int(config.hidden_size), int(config.intermediate_size)
+        eps = float(layers[0].input_layernorm.variance_epsilon)
+        scale = float(getattr(first, "scaling", head_dim**-0.5))
+
+        specs = []
+        for i, layer in enumerate(layers):
+            def part(rel: str, i=i, layer=layer) -> tuple:
+                return _linear_spec(layer.get_submodule(rel), f"layer {i} {rel}")
+
+            spec = {
+                "attn_norm": _norm_weight(layer.input_layernorm),
+                "mlp_norm": _norm_weight(layer.post_attention_layernorm),
+                "qkv": _fused([part("self_attn.q_proj"), part("self_attn.k_proj"), part("self_attn.v_proj")]),
+                "o": [part("self_attn.o_proj")],
+                "gate_up": _fused([part("mlp.gate_proj"), part("mlp.up_proj")]),
+                "down": [part("mlp.down_proj")],
+            }
+            if arch.q_norm:
+                spec["q_norm"] = _norm_weight(layer.get_submodule(arch.q_norm))
+                spec["k_norm"] = _norm_weight(layer.get_submodule(arch.k_norm))
+            specs.append(spec)
+
+        # The model's own rotary module computes the tables (its RoPE type and scaling).
+        rotary = model.get_submodule(arch.rotary)
+        with torch.no_grad():
+            pos = torch.arange(self.context, dtype=torch.long)[None]
+            cos, sin = rotary(torch.zeros(1, dtype=torch.float32), pos)
+        self._cos = np.ascontiguousarray(cos[0].to(torch.float32).numpy())
+        self._sin = np.ascontiguousarray(sin[0].to(torch.float32).numpy())
+        final_norm = _norm_weight(model.get_submodule(arch.final_norm))
+        self._native = _core.LlamaDecoder(hidden, heads, kv_heads, head_dim, inter, self.context, eps, scale, specs,
+                                          final_norm, self._cos, self._sin)
+        self.embed = np.ascontiguousarray(model.get_input_embeddings().weight.detach().to(torch.float32).numpy())
+        out_head = model.get_output_embeddings()
+        if isinstance(out_head, QuantizedHead):
+            self.head: QuantizedHead | None = out_head
+            self._head_weight = None
+        elif head == "float":
+            self.head = None
+            self._head_weight = torch.from_numpy(np.ascontiguousarray(out_head.weight.detach().to(torch.float32).numpy()))
+        else:
+            self.head = quantize_head(out_head.weight, head)
+            self._head_weight = None
+        self.hidden = hidden
+        self.vocab_size = int(self.embed.shape[0])
+
+    @property
+    def length(self) -> int:
+        """Positions in the KV cache (tokens run so far in this sequence)."""
+        return self._native.length
+
+    def reset(self, length: int = 0) -> None:
+        """Start a new sequence (or keep the first ``length`` cached positions)."""
+        self._native.truncate(length)
+
+    def _logits(self, h: np.ndarray) -> np.ndarray:
+        if self.head is not None:
+            return self.head.logits(h)
+        return torch.nn.functional.linear(torch.from_numpy(h), self._head_weight).numpy()
+
+    def hidden_states(self, input_ids, rows: int = 1) -> np.ndarray:
+        """Run ``input_ids`` (appended to the cached sequence); the final-normed hidden states
+        of the last ``rows`` tokens, float32 [rows, hidden]."""
+        ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("input_ids is empty")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        x = self.embed[ids]
+        out = np.empty((rows, self.hidden), dtype=np.float32)
+        self._native.forward(x, out)
+        return out
+
+    def forward(self, input_ids, *, all_logits: bool = False) -> np.ndarray:
+        """Logits float32 of the last token ([1, V]) or of every token given ([M, V])."""
+        ids = np.asarray(input_ids, dtype=np.int64).reshape(-1)
+        return self._logits(self.hidden_states(ids, rows=ids.size if all_logits else 1))
+
+    def generate(self, input_ids, max_new_tokens: int, eos_token_id: int | Sequence[int] | None = None) -> list[int]:
+        """Greedy decoding from a fresh cache: the prompt's tokens followed by up to
+        ``max_new_tokens`` new ones (stopping after an end token), as ``model.generate(do_sample=False)``."""
+        ids = [int(t) for t in np.asarray(input_ids, dtype=np.int64).reshape(-1)]
+        if len(ids) + max_new_tokens > self.context:
+            raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new ones exceed the context ({self.context})")
+        stops = set() if eos_token_id is None else {int(eos_token_id)} if np.isscalar(eos_token_id) else {int(t) for t in eos_token_id}
+        self.reset()
+        out = list(ids)
+        logits = self.forward(ids)
+        for step in range(max_new_tokens):
+            token = int(np.argmax(logits[0]))
+            out.append(token)
+            if token in stops or step == max_new_tokens - 1:
+                break
+            logits = self.forward([token])
+        return out
