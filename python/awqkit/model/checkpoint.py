@@ -378,7 +378,7 @@ def save_quantized(model: nn.Module, out_dir: str, tokenizer=None, max_shard_siz
     return out
 
 
-def load_quantized(path: str, return_tokenizer: bool = False):
+def load_quantized(path: str, return_tokenizer: bool = False, head: str = "float"):
     """A transformers model from an AWQ gemm checkpoint whose quantized linears are
     ``AWQLinear`` modules on the native fused kernel (float32 activations, CPU). A
     compressed-tensors checkpoint or a GGUF file (or a folder holding one) is read by
@@ -390,9 +390,17 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     files and repacked straight into one buffer (all layers back to back in the order a
     forward pass calls them), and every other tensor is read and materialised in float32,
     one at a time. Peak memory is about the packed weights plus the float32 size of the
-    unquantized tensors (embeddings, norms, head)."""
+    unquantized tensors (embeddings, norms, head).
+
+    ``head``: ``"float"`` keeps the output head as the checkpoint stores it; ``"int8"`` or
+    ``"int4"`` quantize it onto the INT4 kernel (``decode_runtime.quantize_output_head``; a
+    tied input embedding is untouched), as the native decode runtime runs it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .decode_runtime import HEAD_KINDS, quantize_output_head
+
+    if head not in HEAD_KINDS:
+        raise ValueError(f"head must be one of {sorted(HEAD_KINDS)}, got {head!r}")
     path = os.fspath(path)
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
@@ -493,6 +501,7 @@ def load_quantized(path: str, return_tokenizer: bool = False):
     if still_meta:
         raise ValueError(f"tensors missing from {path}: {still_meta[:5]}")
     model._awqkit_source_dir = os.fspath(path)
+    quantize_output_head(model, head)
     if return_tokenizer:
         from transformers import AutoTokenizer
 
