@@ -232,6 +232,36 @@ def test_digits_kernel_is_more_exact_than_float32_accumulation():
     assert err_digits < err_float
 
 
+@pytest.mark.parametrize("shape", DIGIT_SHAPES, ids=lambda s: f"N{s[0]}-K{s[1]}-gs{s[2]}")
+def test_int16_activations_match_scalar_bit_for_bit_and_bound_error(shape):
+    # Two digits per input (16-bit block floating point): integer products and a fixed float
+    # epilogue, so every ISA, row tile (VNNI rows of 1-6), thread count and batch gives the scalar
+    # reference's bits. Each input is kept to within half a step, the smallest power of two
+    # >= absmax(group) / 32639, so within absmax(group) * 2^-15 (1 + 2^-15):
+    # |y - exact| <= sum_g absmax_g 2^-15 |w_g|_1 + float rounding.
+    n, k, gs = shape
+    lin, w, _, b = make_layer(n, k, gs, bias=(n % 16 == 8), seed=n + k)
+    for m in (1, 2, 5, 6, 7, 13, 40):
+        x = make_x(m, k, seed=m)
+        with awqkit.use_isa("scalar"):
+            y_ref = lin(x, activation="int16")
+        for isa in ISAS:
+            with awqkit.use_isa(isa):
+                np.testing.assert_array_equal(lin(x, activation="int16"), y_ref, err_msg=f"{isa} M={m}")
+                with awqkit.use_threads(1):
+                    np.testing.assert_array_equal(lin(x, activation="int16"), y_ref, err_msg=f"{isa} M={m} 1 thread")
+        np.testing.assert_array_equal(lin(x[-1:], activation="int16"), y_ref[-1:])  # alone as in a batch
+        truth = exact(x, w, b)
+        g = k // gs
+        amax = np.abs(x.reshape(m, g, gs)).max(axis=2).astype(np.float64)  # [M, G]
+        wsum = np.abs(w.reshape(n, g, gs)).sum(axis=2).astype(np.float64)  # [N, G]
+        bound = (amax @ wsum.T) * 2.0**-15 * 1.001 + 1e-5 * np.abs(truth).max()
+        assert np.all(np.abs(y_ref - truth) <= bound)
+        # 16 bits are far closer than int8 activations and within ~2^-15 of the exact product.
+        err16 = np.linalg.norm(y_ref - truth)
+        assert err16 < 0.05 * np.linalg.norm(lin(x, activation="int8") - truth)
+
+
 def test_digits_nonfinite_group_poisons_its_row():
     lin, _, _, _ = make_layer(32, 64, 32, bias=False)
     for m in (3, 20):  # VNNI rows, AMX tiles

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import awqkit
+from awqkit.isa import amx_int8_active
 from awqkit.model import load_model, load_quantized, save_quantized
 from awqkit.model.decode_runtime import (
     DECODER_ARCHITECTURES,
@@ -42,7 +43,7 @@ def _hf_greedy(model, ids, n):
 def test_logits_match_transformers(stories_ckpt, isa):
     model = load_quantized(stories_ckpt)
     ref = _hf_logits(model, PROMPT)
-    dec = NativeDecoder(model, head="float")
+    dec = NativeDecoder(model, head="float", prefill="exact")
     got = dec.forward(PROMPT, all_logits=True)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
@@ -119,9 +120,10 @@ def test_architectures(model_type, extra, tmp_path):
         assert model.model.layers[0].self_attn.q_proj.lin.bias is not None
     ids = list(range(3, 200, 3))
     ref = _hf_logits(model, ids)
-    got = NativeDecoder(model, head="float").forward(ids, all_logits=True)
+    dec = NativeDecoder(model, head="float", prefill="exact")
+    got = dec.forward(ids, all_logits=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
-    assert NativeDecoder(model, head="float").generate(ids[:4], 40) == _hf_greedy(model, ids[:4], 40)
+    assert dec.generate(ids[:20], 40) == _hf_greedy(model, ids[:20], 40)
 
 
 def test_unfused_parts(tmp_path):
@@ -137,8 +139,8 @@ def test_unfused_parts(tmp_path):
     model = load_quantized(tmp_path / "m")
     ids = list(range(1, 40))
     ref = _hf_logits(model, ids)
-    np.testing.assert_allclose(NativeDecoder(model, head="float").forward(ids, all_logits=True), ref, rtol=0,
-                               atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(NativeDecoder(model, head="float", prefill="exact").forward(ids, all_logits=True), ref,
+                               rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 def test_in_memory_quantized_model(data_dir):
@@ -147,6 +149,24 @@ def test_in_memory_quantized_model(data_dir):
     ref = _hf_logits(model, PROMPT)
     got = NativeDecoder(model, head="float").forward(PROMPT, all_logits=True)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("prefill,tol", [("int16", 2e-3), ("int8", 0.1), ("auto", 2e-3)])
+def test_prefill_modes(stories_ckpt, prefill, tol):
+    """Prompts of 16 tokens or more may take 16- or 8-bit activations; decode steps stay exact."""
+    model = load_quantized(stories_ckpt)
+    ids = PROMPT * 3
+    # The int8 head runs on the INT4 kernel, whose rows do not depend on the batch (torch's float head's do).
+    exact = NativeDecoder(model, head="int8", prefill="exact").forward(ids, all_logits=True)
+    dec = NativeDecoder(model, head="int8", prefill=prefill)
+    got = dec.forward(ids, all_logits=True)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=tol * np.abs(exact).max())
+    dec.reset()
+    dec.forward(ids[:15])  # fewer than 16 rows: exact
+    np.testing.assert_array_equal(dec.forward([ids[15]]), exact[15:16])
+    # With AMX tiles, or without VNNI, "auto" is exact.
+    if prefill == "auto" and (amx_int8_active() or awqkit.active_isa() != "avx512_vnni"):
+        np.testing.assert_array_equal(got, exact)
 
 
 def test_int8_head_is_per_channel_int8():
@@ -192,6 +212,8 @@ def test_refusals(stories_ckpt, data_dir):
     model = load_quantized(stories_ckpt)
     with pytest.raises(ValueError, match="head must be one of"):
         NativeDecoder(model, head="bf16")
+    with pytest.raises(ValueError, match="prefill must be one of"):
+        NativeDecoder(model, prefill="fp8")
     dec = NativeDecoder(model, context=16)
     with pytest.raises(ValueError, match="do not fit"):
         dec.forward(list(range(1, 18)))

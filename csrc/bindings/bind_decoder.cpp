@@ -62,6 +62,11 @@ class PyLlamaDecoder {
     decoder_->truncate(length);
   }
   int64_t length() const { return decoder_->length(); }
+  int prefill() const { return static_cast<int>(decoder_->prefill()); }
+  void set_prefill(int mode) {
+    require(mode >= 0 && mode <= 3, "prefill must be 0 (exact), 1 (int8), 2 (int16) or 3 (automatic)");
+    decoder_->set_prefill(static_cast<runtime::LlamaDecoder::Prefill>(mode));
+  }
   int64_t context() const { return decoder_->shape().context; }
 
  private:
@@ -122,6 +127,7 @@ void register_decoder(py::module_& m) {
       .def("forward", &PyLlamaDecoder::forward, py::arg("x"), py::arg("out"))
       .def("truncate", &PyLlamaDecoder::truncate, py::arg("length"))
       .def_property_readonly("length", &PyLlamaDecoder::length)
+      .def_property("prefill", &PyLlamaDecoder::prefill, &PyLlamaDecoder::set_prefill)
       .def_property_readonly("context", &PyLlamaDecoder::context);
 }
 

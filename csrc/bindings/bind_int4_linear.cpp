@@ -83,7 +83,7 @@ class Int4Linear {
     require_nonempty(x, "x");
     require(x.shape(1) == w_.K, "x has ", x.shape(1), " features per row, the layer expects in_features = ", w_.K);
     require(path >= 0 && path <= 3, "kernel path must be 0 (auto), 1 (gemv), 2 (gemm) or 3 (digits)");
-    require(activation == 0 || activation == 1, "activation must be 0 (float) or 1 (int8)");
+    require(activation >= 0 && activation <= 2, "activation must be 0 (float), 1 (int8) or 2 (int16)");
     const int64_t M = x.shape(0), N = w_.N;
     py::array_t<float> y = out.is_none() ? empty<float>({M, N}) : checked_out(out.cast<py::array>(), x, M);
     const float* xp = static_cast<const float*>(x.data());

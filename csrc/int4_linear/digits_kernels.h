@@ -21,8 +21,11 @@
 //   u_j = sum_k (code_k - zero) * b_jk   (int32, exact; VNNI forms it as
 //         sum_k code_k * b_jk - zero * dsum_j, AMX multiplies signed code - zero)
 //   v = 65536 * float(u2) + 256 * float(u1) + float(u0),  y += v * (scale * d)   (fma order).
+// Two digits (Activation::int16, opt-in): the same with kShortDigitMax = 127 * 257 and
+// q = 256 * b1 + b0, so each x_k is kept to within absmax(group) * 2^-15 (16-bit block
+// floating point) and v = 256 * float(u1) + float(u0): a third fewer integer products.
 // The scalar functions are the specification; the AVX-512 VNNI and AMX-INT8 engines match
-// them bit for bit.
+// them bit for bit (AMX runs three digits only).
 #pragma once
 #include <cfloat>
 #include <cmath>
@@ -34,30 +37,33 @@ namespace awqkit::int4_linear {
 
 inline constexpr float kDigitMax = 8355711.0f;  // 127 * (65536 + 256 + 1): largest balanced 3-digit value
 inline constexpr int kDigits = 3;
+inline constexpr float kShortDigitMax = 32639.0f;  // 127 * (256 + 1): largest balanced 2-digit value
+inline constexpr int kShortDigits = 2;
+inline constexpr float digit_max(int digits) { return digits == kShortDigits ? kShortDigitMax : kDigitMax; }
 // int32 sums stay exact while 15 * 128 * group_size < 2^31.
 inline constexpr int64_t kDigitsMaxGroup = int64_t{1} << 20;
 
 // Step of a group (see above); both engines call this one function.
-static inline float digit_step(float absmax) {
-  const float t = absmax / kDigitMax;
+static inline float digit_step(float absmax, int digits = kDigits) {
+  const float t = absmax / digit_max(digits);
   if (!(t > FLT_MIN)) return FLT_MIN;  // also all-zero groups: their digits are zero
   int e;
   const float f = std::frexp(t, &e);  // t = f * 2^e, f in [0.5, 1)
   return f == 0.5f ? t : std::ldexp(1.0f, e);
 }
 
-// digits [M, 3, K] int8, each digit's K inputs in int8_run_offset order (even inputs of
-// each run of 8 first, as the packed dword's low nibbles hold them); step [M, G];
-// dsum [M, G, 3] = sum over the group of each digit.
-using SplitDigitsFn = void (*)(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits,
+// nd digits per input (kDigits or kShortDigits): digits [M, nd, K] int8, each digit's K inputs in
+// int8_run_offset order (even inputs of each run of 8 first, as the packed dword's low nibbles
+// hold them); step [M, G]; dsum [M, G, nd] = sum over the group of each digit.
+using SplitDigitsFn = void (*)(const float* x, int64_t M, int64_t K, int64_t group_size, int nd, int8_t* digits,
                                float* step, int32_t* dsum);
 // gemv_digits: y rows [0, M), output blocks of 16 channels [b0, b1). dsum serves kernels that multiply
 // unsigned codes and subtract zero * dsum; the scalar reference multiplies code - zero.
 // The same two functions per level (as search/tile_kernels.h declares its tiles).
 #define AWQKIT_DECLARE_DIGITS_KERNELS                                                                          \
-  void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int8_t* digits, float* step,    \
-                    int32_t* dsum);                                                                           \
-  void gemv_digits(const PackedView& w, const int8_t* digits, const float* step, const int32_t* dsum,         \
+  void split_digits(const float* x, int64_t M, int64_t K, int64_t group_size, int nd, int8_t* digits,        \
+                    float* step, int32_t* dsum);                                                              \
+  void gemv_digits(const PackedView& w, int nd, const int8_t* digits, const float* step, const int32_t* dsum, \
                    int64_t M, const float* bias, float* y, int64_t b0, int64_t b1);
 namespace scalar {
 AWQKIT_DECLARE_DIGITS_KERNELS

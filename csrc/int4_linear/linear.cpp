@@ -75,30 +75,31 @@ void run_gemv(GemvFn fn, const PackedView& w, const float* x, int64_t M, const f
 // threads start: ~1 us of work at most, less than the barrier a shared split costs them.
 constexpr int64_t kSerialSplitInputs = 16384;
 
+// nd digits per input: kDigits (exact) or kShortDigits (Activation::int16; never on AMX tiles).
 void run_digits(const KernelTable& kt, const PackedView& w, const float* x, int64_t M, const float* bias,
-                float* y) {
+                float* y, int nd) {
   const SplitDigitsFn split = kt.split_digits;
   const GemvDigitsFn gemv = kt.gemv_digits;
-  const bool amx = M >= kAmxMinRows && amx_int8_active();
+  const bool amx = nd == kDigits && M >= kAmxMinRows && amx_int8_active();
   const int64_t K = w.K, G = w.G, gs = w.group_size;
   const int64_t nt_max = omp_get_max_threads();
   // AMX tiles read 16 rows at a time: its digits are in tile order, zero rows up to a
   // multiple of 16, staged per thread one row tile at a time.
   const int64_t rows = amx ? amx_rows(M) : M;
   const auto floats = [](int64_t bytes) { return (bytes + 63) / 64 * 16; };  // 64-byte multiples
-  const int64_t digit_floats = floats(rows * kDigits * K);
-  const int64_t stage_floats = amx ? floats(kAmxTileRows * kDigits * K) : 0;
+  const int64_t digit_floats = floats(rows * nd * K);
+  const int64_t stage_floats = amx ? floats(kAmxTileRows * nd * K) : 0;
   const int64_t amx_floats = amx ? floats(amx_scratch_bytes(gs)) : 0;
-  float* scratch = thread_scratch(digit_floats + M * G * (1 + kDigits) + (stage_floats + amx_floats) * nt_max);
+  float* scratch = thread_scratch(digit_floats + M * G * (1 + nd) + (stage_floats + amx_floats) * nt_max);
   int8_t* digits = reinterpret_cast<int8_t*>(scratch);
   float* step = scratch + digit_floats;
   int32_t* dsum = reinterpret_cast<int32_t*>(step + M * G);
-  float* per_thread = reinterpret_cast<float*>(dsum + M * G * kDigits);
+  float* per_thread = reinterpret_cast<float*>(dsum + M * G * nd);
   const int64_t nb = w.blocks;
   const bool split_first = !amx && (nt_max == 1 || M * K <= kSerialSplitInputs);
-  if (split_first) split(x, M, K, gs, digits, step, dsum);
+  if (split_first) split(x, M, K, gs, nd, digits, step, dsum);
   if (!amx && nt_max == 1) {  // as in run_gemv: no parallel region for one thread
-    gemv(w, digits, step, dsum, M, bias, y, 0, nb);
+    gemv(w, nd, digits, step, dsum, M, bias, y, 0, nb);
     return;
   }
 #pragma omp parallel
@@ -110,13 +111,13 @@ void run_digits(const KernelTable& kt, const PackedView& w, const float* x, int6
 #pragma omp for schedule(static)
       for (int64_t rt = 0; rt < rows / kAmxTileRows; ++rt) {
         const int64_t m0 = rt * kAmxTileRows, n = M - m0 < kAmxTileRows ? M - m0 : kAmxTileRows;
-        split(x + m0 * K, n, K, gs, stage, step + m0 * G, dsum + m0 * G * kDigits);
-        kt.digits_to_amx_tiles(stage, n, K, gs, digits + m0 * kDigits * K);
+        split(x + m0 * K, n, K, gs, nd, stage, step + m0 * G, dsum + m0 * G * nd);
+        kt.digits_to_amx_tiles(stage, n, K, gs, digits + m0 * nd * K);
       }
     } else if (!split_first) {
 #pragma omp for schedule(static)
       for (int64_t m = 0; m < M; ++m)
-        split(x + m * K, 1, K, gs, digits + m * kDigits * K, step + m * G, dsum + m * G * kDigits);
+        split(x + m * K, 1, K, gs, nd, digits + m * nd * K, step + m * G, dsum + m * G * nd);
     }
     const int64_t b0 = nb * t / nt, b1 = nb * (t + 1) / nt;
     if (b0 < b1) {
@@ -124,7 +125,7 @@ void run_digits(const KernelTable& kt, const PackedView& w, const float* x, int6
         kt.gemm_digits_amx(w, digits, step, M, bias, y, b0, b1,
                                 reinterpret_cast<uint8_t*>(mine + stage_floats));
       else
-        gemv(w, digits, step, dsum, M, bias, y, b0, b1);
+        gemv(w, nd, digits, step, dsum, M, bias, y, b0, b1);
     }
   }
 }
@@ -160,6 +161,11 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
     run_int8(kt, w, x, M, bias, y);
     return;
   }
+  if (act == Activation::int16) {
+    require(w.group_size <= kDigitsMaxGroup, "16-bit activations need group_size <= 2^20");
+    run_digits(kt, w, x, M, bias, y, kShortDigits);
+    return;
+  }
   if (path == Path::automatic) {
     // The digits product for every M where it runs natively: its engines (VNNI, AMX-INT8,
     // scalar) all return the scalar reference's bits, so a row's output does not depend on the
@@ -169,7 +175,7 @@ void linear_forward(const PackedView& w, const float* x, int64_t M, const float*
   }
   if (path == Path::digits) {
     require(w.group_size <= kDigitsMaxGroup, "the digits kernel needs group_size <= 2^20");
-    run_digits(kt, w, x, M, bias, y);
+    run_digits(kt, w, x, M, bias, y, kDigits);
     return;
   }
   if (path == Path::gemv || !kt.gemm) {

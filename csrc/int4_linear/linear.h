@@ -14,8 +14,10 @@ namespace awqkit::int4_linear {
 // kAmxMinRows rows, the scalar reference without AVX-512.
 enum class Path : int { automatic = 0, gemv = 1, gemm = 2, digits = 3 };
 // float: exact fp32 products of x and the dequantized weight. int8: x quantized per row
-// and weight group to int8, integer dot products (AVX-512 VNNI; scalar elsewhere).
-enum class Activation : int { f32 = 0, int8 = 1 };
+// and weight group to int8, integer dot products (AVX-512 VNNI; scalar elsewhere). int16: x
+// as two int8 digits per row and group (16-bit block floating point, digits_kernels.h), the
+// digits product with a third fewer integer products (AVX-512 VNNI; scalar elsewhere).
+enum class Activation : int { f32 = 0, int8 = 1, int16 = 2 };
 
 // M from which the automatic choice takes the panel GEMM where the digits product cannot run
 // (group sizes above kDigitsMaxGroup).

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/amx_support.h"
 #include "common/errors.h"
 #include "common/kernel_table.h"
 #include "int4_linear/linear.h"
@@ -31,12 +32,6 @@ void float_linear(const DecoderLinear& lin, const float* x, int64_t M, float* y)
   }
 }
 
-void linear(const DecoderLinear& lin, const float* x, int64_t M, float* y) {
-  if (lin.fw)
-    float_linear(lin, x, M, y);
-  else
-    int4_linear::linear_forward(lin.w, x, M, lin.bias, y);
-}
 
 // x * cos + rotate_half(x) * sin on one head, rotate_half(x) = [-x2, x1].
 void rope(float* x, const float* cos, const float* sin, int64_t d) {
@@ -48,6 +43,23 @@ void rope(float* x, const float* cos, const float* sin, int64_t d) {
   }
 }
 }  // namespace
+
+void LlamaDecoder::linear(const DecoderLinear& lin, const float* x, int64_t M, float* y) const {
+  if (lin.fw) return float_linear(lin, x, M, y);
+  using int4_linear::Activation;
+  Activation act = Activation::f32;
+  if (M >= kPrefillRows) {
+    switch (prefill_) {
+      case Prefill::exact: break;
+      case Prefill::int8: act = Activation::int8; break;
+      case Prefill::int16: act = Activation::int16; break;
+      case Prefill::automatic:
+        if (active_kernels().native_digits() && !amx_int8_active()) act = Activation::int16;
+        break;
+    }
+  }
+  int4_linear::linear_forward(lin.w, x, M, lin.bias, y, int4_linear::Path::automatic, act);
+}
 
 int64_t DecoderStage::width() const {
   int64_t n = 0;

@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "int4_linear/linear.h"
 #include "int4_linear/packed_layout.h"
 #include "runtime/decoder_ops.h"
 
@@ -48,6 +49,9 @@ struct DecoderLayer {
   DecoderStage down;       // [hidden]
 };
 
+// Tokens per call from which prefill_activation applies.
+inline constexpr int64_t kPrefillRows = 16;
+
 struct DecoderShape {
   int64_t hidden, heads, kv_heads, head_dim, intermediate, context;
   float eps, attn_scale;
@@ -65,6 +69,13 @@ class LlamaDecoder {
   void forward(const float* x, int64_t M, float* out, int64_t out_rows);
   // Keeps the first `length` cached positions (0: a fresh sequence).
   void truncate(int64_t length);
+  // How the INT4 linears take x when a call runs at least kPrefillRows tokens (a prompt);
+  // calls with fewer rows (decode) are always exact. automatic: 16-bit activations
+  // (Activation::int16, two digits) where the exact digits product runs on VNNI without AMX
+  // tiles (there the two digits are ~2x faster), exact elsewhere.
+  enum class Prefill : int { exact = 0, int8 = 1, int16 = 2, automatic = 3 };
+  void set_prefill(Prefill p) { prefill_ = p; }
+  Prefill prefill() const { return prefill_; }
   int64_t length() const { return length_; }
   const DecoderShape& shape() const { return shape_; }
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
@@ -74,6 +85,7 @@ class LlamaDecoder {
   // The context rounded up to whole key blocks (decoder_ops.h).
   int64_t cache_positions() const { return (shape_.context + kKeyBlock - 1) / kKeyBlock * kKeyBlock; }
   void run_stage(const DecoderStage& stage, const float* x, int64_t M, float* y);
+  void linear(const DecoderLinear& lin, const float* x, int64_t M, float* y) const;
   void attention(const DecoderLayer& layer, int64_t l, float* qkv, int64_t M, float* y);
 
   DecoderShape shape_;
@@ -81,6 +93,7 @@ class LlamaDecoder {
   const float* final_norm_;
   const float *cos_, *sin_;
   int64_t length_ = 0;
+  Prefill prefill_ = Prefill::automatic;
   std::vector<float> cache_;  // [layer][k|v][kv head][cache_positions()][head_dim], keys in key blocks
   std::unique_ptr<Buffers> buf_;
 };

@@ -27,7 +27,9 @@ computes ``x @ dequantize(W).T + bias`` without materialising the dequantized we
   whatever batch it is in (prefill and decode agree);
 * ``activation="int8"`` (opt-in) quantizes x per row and group to a single int8 and
   multiplies with the codes in integers (AVX-512 VNNI ``vpdpbusd``), less exact (its
-  measured error is in benchmarks/README.md).
+  measured error is in benchmarks/README.md); ``activation="int16"`` (opt-in) runs the
+  digits product with two digits (16-bit block floating point), a third fewer products
+  than the exact three.
 
 A decode call on a small layer is a few microseconds of work, so the call path is kept
 short: the packed buffer and bias are checked once when the layer is built (PackedLinear is
@@ -66,7 +68,7 @@ from . import _core
 __all__ = ["PackedLinear", "contiguous_layers", "gemm", "int4_matmul", "stream_read_bandwidth"]
 
 _PATHS = {"auto": 0, "gemv": 1, "gemm": 2, "digits": 3}
-_ACTIVATIONS = {"float": 0, "int8": 1}
+_ACTIVATIONS = {"float": 0, "int8": 1, "int16": 2}
 _ALIGN = 64
 
 
@@ -270,6 +272,12 @@ def int4_matmul(x, lin: PackedLinear, out: np.ndarray | None = None, kernel: str
     group to int8 (symmetric, scale absmax/127) and multiplied with the 4-bit codes in
     integers (AVX-512 VNNI ``vpdpbusd``; the scalar reference on other ISAs). Faster, less
     exact: see benchmarks/README.md for its measured error. ``kernel`` does not apply.
+
+    ``activation="int16"`` (opt-in, for prefill on CPUs without AMX): the digits product with
+    two int8 digits per input instead of three, so x is kept per row and weight group to
+    within absmax(group) * 2^-15 (16-bit block floating point) instead of float32's 2^-23;
+    a third fewer integer products. Every ISA returns its scalar reference's bits (AVX-512
+    VNNI natively). ``kernel`` does not apply.
     """
     if not isinstance(lin, PackedLinear):
         raise TypeError(f"int4_matmul takes a PackedLinear, got {type(lin).__name__}")

@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 _TAIL = 64  # zero bytes after a packed buffer's last block (csrc/int4_linear/packed_layout.h)
+# How prompts (calls of at least 16 tokens) feed the INT4 linears (csrc/runtime/llama_decoder.h).
+PREFILL_MODES = {"exact": 0, "int8": 1, "int16": 2, "auto": 3}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,11 +250,19 @@ class NativeDecoder:
     a model whose head is already a :class:`QuantizedHead` keeps it. ``context``: positions
     the KV cache holds (default: the model's maximum, at most 4096).
 
+    ``prefill``: how calls of 16 tokens or more (prompts) feed the INT4 linears.
+    ``"exact"``: as decode (the exact digits product, float32-level); ``"int16"``: 16-bit
+    activations per row and group (``PackedLinear(x, activation="int16")``, error within
+    absmax(group) * 2^-15 per input); ``"int8"``: 8-bit, as llama.cpp's q8_0 activations;
+    ``"auto"`` (default): ``"int16"`` where the exact product has no AMX tiles (AVX-512
+    VNNI only, where it is about 2x faster), else ``"exact"``. Decode steps are always exact.
+    Measured speed and perplexity of each: benchmarks/README.md ("Decode runtime").
+
     The decoder reads the model's weights in place (and builds fused q/k/v and gate/up
     buffers of its own): keep the model alive and do not change its weights while using it.
     """
 
-    def __init__(self, model: nn.Module, *, head: str = "int8", context: int | None = None):
+    def __init__(self, model: nn.Module, *, head: str = "int8", context: int | None = None, prefill: str = "auto"):
         config = model.config
         problem = _architecture_problem(config)
         if problem:
@@ -260,6 +270,8 @@ class NativeDecoder:
         arch = DECODER_ARCHITECTURES[config.model_type]
         if head not in HEAD_KINDS:
             raise ValueError(f"head must be one of {sorted(HEAD_KINDS)}, got {head!r}")
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill must be one of {sorted(PREFILL_MODES)}, got {prefill!r}")
         self.config = config
         self.context = _context_limit(config, context)
         layers = model.get_submodule(arch.layers_path)
@@ -299,6 +311,7 @@ class NativeDecoder:
         final_norm = _norm_weight(model.get_submodule(arch.final_norm))
         self._native = _core.LlamaDecoder(hidden, heads, kv_heads, head_dim, inter, self.context, eps, scale, specs,
                                           final_norm, self._cos, self._sin)
+        self._native.prefill = PREFILL_MODES[prefill]
         self.embed = np.ascontiguousarray(model.get_input_embeddings().weight.detach().to(torch.float32).numpy())
         out_head = model.get_output_embeddings()
         if isinstance(out_head, QuantizedHead):
