@@ -230,3 +230,15 @@ def test_refusals(stories_ckpt, data_dir):
     model.config.model_type = "gemma"
     with pytest.raises(ValueError, match="no native decoder"):
         NativeDecoder(model)
+
+
+def test_cli_generate(stories_ckpt, capsys):
+    import json
+
+    from awqkit.cli import main
+
+    assert main(["generate", str(stories_ckpt), "Once upon a time", "--max-new-tokens", "12", "--ignore-eos", "--threads", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    stats = json.loads(out[-1])
+    assert stats["new_tokens"] == 12 and stats["head"] == "int8" and stats["decode_tok_s"] > 0
+    assert out[0].startswith("Once upon a time")

@@ -131,6 +131,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    _check_model_folder(args.model)
+    if not _is_quantized_dir(args.model):
+        raise ValueError(f"{args.model} is not an AWQ checkpoint folder (awqkit quantize writes one)")
+    from . import isa
+    from .model import load_quantized
+    from .model.decode_runtime import NativeDecoder
+
+    model, tok = load_quantized(args.model, return_tokenizer=True)
+    ids = tok(args.prompt)["input_ids"]
+    with isa.use_threads(args.threads or isa.num_threads()):
+        dec = NativeDecoder(model, head=args.head, prefill=args.prefill,
+                            context=min(len(ids) + args.max_new_tokens, getattr(model.config, "max_position_embeddings", 4096)))
+        out = dec.generate(ids, args.max_new_tokens, eos_token_id=None if args.ignore_eos else tok.eos_token_id)
+    t = dec.last_timing
+    print(tok.decode(out, skip_special_tokens=True))
+    print(json.dumps({"prompt_tokens": len(ids), "new_tokens": len(out) - len(ids),
+                      "prefill_tok_s": round(len(ids) / t["prompt_s"], 1),
+                      "decode_tok_s": round(t["decode_steps"] / t["decode_s"], 1) if t["decode_steps"] else None,
+                      "head": args.head, "prefill": args.prefill, "threads": args.threads or isa.num_threads()}))
+    return 0
+
+
 def _fmt_bytes(n: int) -> str:
     if n < 1024:
         return f"{n} B"
@@ -241,6 +264,19 @@ def add_model_commands(sub) -> None:
     e.add_argument("--seqlen", type=_window_length, default=512, help="tokens per window (at least 2)")
     e.add_argument("--max-tokens", dest="max_tokens", type=positive_int, default=None, help="evaluate the first N tokens only")
     e.set_defaults(func=_cmd_eval)
+
+    g = sub.add_parser("generate", help="greedy text from an AWQ checkpoint on the native decode runtime (Llama family), "
+                                        "with prefill and decode tokens/s")
+    g.add_argument("model", help="AWQ checkpoint folder")
+    g.add_argument("prompt", help="prompt text")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=positive_int, default=64)
+    g.add_argument("--head", choices=["int8", "int4", "float"], default="int8",
+                   help="output head: int8 per channel (default), int4 groups of 32, or as stored")
+    g.add_argument("--prefill", choices=["auto", "exact", "int16", "int8"], default="auto",
+                   help="activations of the prompt's linears (auto: 16-bit where the CPU has no AMX tiles)")
+    g.add_argument("--threads", type=positive_int, default=None, help="OpenMP threads (default: all)")
+    g.add_argument("--ignore-eos", dest="ignore_eos", action="store_true", help="always generate --max-new-tokens tokens")
+    g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser("footprint", help="estimated weight size before/after quantization (reads config.json or safetensors headers only)")
     f.add_argument("model", help="model folder or config.json")

@@ -29,6 +29,7 @@ to float32 rounding and greedy tokens agree with ``model.generate`` (tests/test_
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -325,6 +326,7 @@ class NativeDecoder:
             self._head_weight = None
         self.hidden = hidden
         self.vocab_size = int(self.embed.shape[0])
+        self.last_timing: dict[str, float] = {}
 
     @property
     def length(self) -> int:
@@ -367,11 +369,17 @@ class NativeDecoder:
         stops = set() if eos_token_id is None else {int(eos_token_id)} if np.isscalar(eos_token_id) else {int(t) for t in eos_token_id}
         self.reset()
         out = list(ids)
+        start = time.perf_counter()
         logits = self.forward(ids)
+        prompt_done = time.perf_counter()
         for step in range(max_new_tokens):
             token = int(np.argmax(logits[0]))
             out.append(token)
             if token in stops or step == max_new_tokens - 1:
                 break
             logits = self.forward([token])
+        end = time.perf_counter()
+        # Seconds of the last generate(): the prompt's forward, and the decode steps after it.
+        self.last_timing = {"prompt_tokens": len(ids), "prompt_s": prompt_done - start,
+                            "decode_steps": len(out) - len(ids) - 1, "decode_s": end - prompt_done}
         return out
