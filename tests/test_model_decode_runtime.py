@@ -8,7 +8,7 @@ import torch
 
 import awqkit
 from awqkit.isa import amx_int8_active
-from awqkit.model import load_model, load_quantized, save_quantized
+from awqkit.model import load_quantized, save_quantized
 from awqkit.model.decode_runtime import (
     DECODER_ARCHITECTURES,
     NativeDecoder,
