@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ def quantize_head(weight: torch.Tensor | np.ndarray, kind: str = "int8") -> Quan
     return QuantizedHead(lin, doubled, kind)
 
 
-def quantize_output_head(model: nn.Module, kind: str = "int8") -> nn.Module:
+def quantize_output_head(model: Any, kind: str = "int8") -> Any:
     """Replace ``model``'s output head by a :class:`QuantizedHead` (``kind="float"``: no change).
     A tied input embedding stays as it is. Returns the model."""
     if kind not in HEAD_KINDS:
@@ -263,7 +264,7 @@ class NativeDecoder:
     buffers of its own): keep the model alive and do not change its weights while using it.
     """
 
-    def __init__(self, model: nn.Module, *, head: str = "int8", context: int | None = None, prefill: str = "auto"):
+    def __init__(self, model: Any, *, head: str = "int8", context: int | None = None, prefill: str = "auto"):
         config = model.config
         problem = _architecture_problem(config)
         if problem:
@@ -340,6 +341,7 @@ class NativeDecoder:
     def _logits(self, h: np.ndarray) -> np.ndarray:
         if self.head is not None:
             return self.head.logits(h)
+        assert self._head_weight is not None
         return torch.nn.functional.linear(torch.from_numpy(h), self._head_weight).numpy()
 
     def hidden_states(self, input_ids, rows: int = 1) -> np.ndarray:
@@ -366,7 +368,12 @@ class NativeDecoder:
         ids = [int(t) for t in np.asarray(input_ids, dtype=np.int64).reshape(-1)]
         if len(ids) + max_new_tokens > self.context:
             raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new ones exceed the context ({self.context})")
-        stops = set() if eos_token_id is None else {int(eos_token_id)} if np.isscalar(eos_token_id) else {int(t) for t in eos_token_id}
+        if eos_token_id is None:
+            stops: set[int] = set()
+        elif isinstance(eos_token_id, (int, np.integer)):
+            stops = {int(eos_token_id)}
+        else:
+            stops = {int(t) for t in eos_token_id}
         self.reset()
         out = list(ids)
         start = time.perf_counter()
