@@ -241,7 +241,7 @@ def _fused(specs: Sequence[tuple]) -> list[tuple]:
     return [(buf, n, k, gs, bias)]
 
 
-def _norm_weight(mod: nn.Module) -> np.ndarray:
+def _norm_weight(mod: Any) -> np.ndarray:
     return np.ascontiguousarray(mod.weight.detach().to(torch.float32).numpy())
 
 
