@@ -62,6 +62,18 @@ def test_greedy_tokens_match_transformers(stories_ckpt, head):
     assert got == want
 
 
+def test_weights_are_held_once(stories_ckpt):
+    """The model's INT4 layers move onto the decoder's buffer: the same bytes, shared, and the
+    transformers path returns the same bits afterwards."""
+    model = load_quantized(stories_ckpt)
+    before = _hf_logits(model, PROMPT)
+    q = model.model.layers[2].self_attn.q_proj.lin
+    packed = q.packed.copy()
+    dec = NativeDecoder(model)
+    assert np.shares_memory(q.packed, dec._arena) and np.array_equal(q.packed[:-64], packed[:-64])
+    np.testing.assert_array_equal(_hf_logits(model, PROMPT), before)
+
+
 def test_results_do_not_depend_on_threads(stories_ckpt):
     model = load_quantized(stories_ckpt)
     dec = NativeDecoder(model)

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from .. import _core
-from ..kernels import PackedLinear, _aligned_empty
+from ..kernels import PackedLinear, _aligned_empty, _read_only
 from ..packing import pack_awq
 from ..quantizer import QuantizedTensor, quantize
 from .qlinear import AWQLinear, QuantizedLinear
@@ -217,28 +217,74 @@ def _linear_spec(mod: nn.Module, name: str) -> tuple:
     raise ValueError(f"{name} is a {type(mod).__name__}; the native decoder runs AWQLinear, QuantizedLinear and nn.Linear")
 
 
-def _fused(specs: Sequence[tuple]) -> list[tuple]:
-    """One INT4 linear for packed parts that share K and group size, with every part but the
-    last a whole number of 16-channel blocks (the packed layout is block after block, so
-    their buffers laid end to end are the stacked layer's); else the parts as they are."""
+def _fusable(specs: Sequence[tuple]) -> bool:
+    """Packed parts that share K and group size, every part but the last a whole number of
+    16-channel blocks: the packed layout is block after block, so their bytes laid end to end
+    are the stacked layer's (each output channel is still computed alone: the same bits)."""
     if len(specs) == 1 or any(s[3] == 0 for s in specs):
-        return list(specs)
+        return False
     k, gs = specs[0][2], specs[0][3]
-    if any(s[2] != k or s[3] != gs for s in specs) or any(s[1] % 16 for s in specs[:-1]):
-        return list(specs)
-    n = sum(s[1] for s in specs)
-    body = [s[0][: s[0].size - _TAIL] for s in specs]
-    buf = _aligned_empty(sum(b.size for b in body) + _TAIL)
-    off = 0
-    for b in body:
-        buf[off : off + b.size] = b
-        off += b.size
-    buf[off:] = 0
-    bias = None
-    if any(s[4] is not None for s in specs):
-        bias = np.concatenate([s[4] if s[4] is not None else np.zeros(s[1], np.float32) for s in specs]).astype(np.float32)
-    buf.flags.writeable = False
-    return [(buf, n, k, gs, bias)]
+    return all(s[2] == k and s[3] == gs for s in specs) and not any(s[1] % 16 for s in specs[:-1])
+
+
+class _Arena:
+    """Every INT4 call of the decoder in one buffer, in the order a token runs them (q/k/v and
+    gate/up fused where :func:`_fusable`). The model's own AWQLinear modules are moved onto
+    views of it (same bytes, so the transformers path keeps its results), so the weights
+    exist once; their old buffer is freed when nothing else holds it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[tuple[nn.Module | None, tuple]], bool]] = []
+        self._pending: list[tuple[list[tuple], int]] = []  # (a stage's call list, index after its last call)
+
+    def stage(self, parts: list[tuple[nn.Module | None, tuple]]) -> list[tuple]:
+        """Queue a stage's linears (module, spec); returns its call list, filled by :meth:`build`."""
+        specs = [spec for _, spec in parts]
+        calls: list[tuple] = []
+        if _fusable(specs):
+            self.calls.append((parts, True))
+        else:
+            for part in parts:
+                self.calls.append(([part], False))
+        self._pending.append((calls, len(self.calls)))
+        return calls
+
+    def build(self) -> np.ndarray:
+        def body(spec: tuple) -> int:
+            return spec[0].size - _TAIL
+
+        sizes = [sum(body(sp) for _, sp in parts) + _TAIL if sp0[3] > 0 else 0
+                 for parts, _ in self.calls for sp0 in [parts[0][1]]]
+        arena = _aligned_empty(sum(-(-n // 64) * 64 for n in sizes))
+        arena[...] = 0
+        off = 0
+        results: list[tuple] = []
+        for (parts, _), size in zip(self.calls, sizes):
+            specs = [sp for _, sp in parts]
+            if size == 0:  # a float linear: as it is
+                results.append(specs[0])
+                continue
+            region = arena[off : off + size]
+            pos = 0
+            for mod, sp in parts:
+                n = body(sp)
+                region[pos : pos + n] = sp[0][:n]
+                if isinstance(mod, AWQLinear):
+                    mod.lin._set_packed(arena[off + pos : off + pos + n + _TAIL])
+                pos += n
+            bias = None
+            if any(sp[4] is not None for sp in specs):
+                bias = np.concatenate([sp[4] if sp[4] is not None else np.zeros(sp[1], np.float32) for sp in specs])
+            results.append((_read_only(region), sum(sp[1] for sp in specs), specs[0][2], specs[0][3],
+                            None if bias is None else bias.astype(np.float32)))
+            off += -(-size // 64) * 64
+        # Hand each stage its calls.
+        first = 0
+        for calls, last in self._pending:
+            calls.extend(results[first:last])
+            first = last
+        arena.flags.writeable = False
+        return arena
 
 
 def _norm_weight(mod: Any) -> np.ndarray:
@@ -260,8 +306,10 @@ class NativeDecoder:
     VNNI only, where it is about 2x faster), else ``"exact"``. Decode steps are always exact.
     Measured speed and perplexity of each: benchmarks/README.md ("Decode runtime").
 
-    The decoder reads the model's weights in place (and builds fused q/k/v and gate/up
-    buffers of its own): keep the model alive and do not change its weights while using it.
+    The model's INT4 layers are moved into the decoder's one buffer (the same bytes, laid out
+    in call order with q/k/v and gate/up fused), which they then share with it, so the weights
+    are held once and the transformers path still returns the same results; norms, embedding and
+    float layers are read in place. Do not change the model's weights while using the decoder.
     """
 
     def __init__(self, model: Any, *, head: str = "int8", context: int | None = None, prefill: str = "auto"):
@@ -286,17 +334,19 @@ class NativeDecoder:
         scale = float(getattr(first, "scaling", head_dim**-0.5))
 
         specs = []
+        arena = _Arena()
         for i, layer in enumerate(layers):
-            def part(rel: str, i=i, layer=layer) -> tuple:
-                return _linear_spec(layer.get_submodule(rel), f"layer {i} {rel}")
+            def stage(*rels: str, i=i, layer=layer) -> list[tuple]:
+                mods = [layer.get_submodule(rel) for rel in rels]
+                return arena.stage([(m, _linear_spec(m, f"layer {i} {rel}")) for m, rel in zip(mods, rels)])
 
             spec = {
                 "attn_norm": _norm_weight(layer.input_layernorm),
                 "mlp_norm": _norm_weight(layer.post_attention_layernorm),
-                "qkv": _fused([part("self_attn.q_proj"), part("self_attn.k_proj"), part("self_attn.v_proj")]),
-                "o": [part("self_attn.o_proj")],
-                "gate_up": _fused([part("mlp.gate_proj"), part("mlp.up_proj")]),
-                "down": [part("mlp.down_proj")],
+                "qkv": stage("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                "o": stage("self_attn.o_proj"),
+                "gate_up": stage("mlp.gate_proj", "mlp.up_proj"),
+                "down": stage("mlp.down_proj"),
             }
             if arch.q_norm:
                 spec["q_norm"] = _norm_weight(layer.get_submodule(arch.q_norm))
@@ -311,6 +361,7 @@ class NativeDecoder:
         self._cos = np.ascontiguousarray(cos[0].to(torch.float32).numpy())
         self._sin = np.ascontiguousarray(sin[0].to(torch.float32).numpy())
         final_norm = _norm_weight(model.get_submodule(arch.final_norm))
+        self._arena = arena.build()
         self._native = _core.LlamaDecoder(hidden, heads, kv_heads, head_dim, inter, self.context, eps, scale, specs,
                                           final_norm, self._cos, self._sin)
         self._native.prefill = PREFILL_MODES[prefill]
