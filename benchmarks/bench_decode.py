@@ -347,9 +347,33 @@ class TransformersRuntime:
         return out_ids
 
 
+class NativeRuntime:
+    """awqkit.model.decode_runtime.NativeDecoder: one native call per token (int8 head; ``prefill`` as named)."""
+
+    def __init__(self, model, threads: int, head: str = "int8", prefill: str = "auto"):
+        from awqkit.model.decode_runtime import NativeDecoder
+
+        self.dec = NativeDecoder(model, head=head, prefill=prefill, context=1024)
+
+    def prefill(self, ids):
+        self.dec.reset()
+        return int(self.dec.forward(ids.numpy()[0]).argmax())
+
+    def decode_steps(self, first_id: int, n: int) -> list[int]:
+        self.dec.reset()
+        tok, out_ids = first_id, []
+        for _ in range(n):
+            tok = int(self.dec.forward([tok])[0].argmax())
+            out_ids.append(tok)
+        return out_ids
+
+
 # name -> make(model, threads): an object with prefill(ids) and decode_steps(first_id, n). Add a runtime here.
 RUNTIMES: dict[str, Callable[[Any, int], Any]] = {
     "transformers": TransformersRuntime,
+    "native": NativeRuntime,  # prefill "auto": 16-bit activations for prompts where there are no AMX tiles
+    "native-exact": lambda model, threads: NativeRuntime(model, threads, prefill="exact"),
+    "native-float-head": lambda model, threads: NativeRuntime(model, threads, head="float"),
 }
 
 
