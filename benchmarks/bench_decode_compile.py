@@ -6,9 +6,10 @@ inside the compiled graph. Also the per-call cost of ``AWQLinear`` around the ke
 
 Batch 1, greedy, ``--new-tokens`` after the prompt. Decode rate = (new_tokens - 1) / (time of
 generate(new_tokens) - time of generate(1)): the prefill and the first token cancel out.
-Each thread count runs in its own process with an empty inductor cache (inductor writes the
-thread count into the code it generates), so the compile time is a cold one; the warm one
-(the same process, second model) is recorded too.
+Each thread count and inductor wrapper (Python, the default, or C++: ``cpp_wrapper``) runs in
+its own process with an empty inductor cache (inductor writes the thread count into the code it
+generates), so the compile time is a cold one; the warm one (the same process, a second model)
+is recorded too, and the compiled rate with dynamo's guards skipped between steps.
 
     flock /tmp/awqkit-bench.lock nice python3 benchmarks/bench_decode_compile.py \\
         --model build/streaming/smollm2-mem --threads 1 2 --out benchmarks/results/bench_decode_compile.json
@@ -115,7 +116,7 @@ def child(args) -> dict:
     model, tok = load_quantized(args.model, return_tokenizer=True)
     load_s = time.perf_counter() - t
     ids = tok(PROMPT, return_tensors="pt").input_ids
-    res: dict = {"threads": args.threads, "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens, "load_s": load_s,
+    res: dict = {"threads": args.threads, "variant": args.variant, "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens, "load_s": load_s,
                  "loadavg_start": os.getloadavg()}
 
     def generate(n: int, **kw):
@@ -144,7 +145,10 @@ def child(args) -> dict:
 
         from transformers import CompileConfig
 
-        config = CompileConfig(fullgraph=True, mode="default", backend=args.backend)
+        # inductor's default Python wrapper, or its C++ wrapper (``cpp_wrapper``: the graph's calls made from C++;
+        # the op's Python kernel is reached through the dispatcher as before). torch.compile takes a mode or options.
+        opts = {"mode": "default"} if args.variant == "python_wrapper" else {"mode": None, "options": {"cpp_wrapper": True}}
+        config = CompileConfig(fullgraph=True, backend=args.backend, **opts)
         config._compile_all_devices = True  # transformers compiles on accelerators only unless asked
         kw = dict(cache_implementation="static", compile_config=config)
         out, first = generate(args.new_tokens, **kw)
@@ -178,12 +182,14 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--backend", default="inductor")
+    ap.add_argument("--variants", nargs="+", default=["python_wrapper", "cpp_wrapper"], choices=["python_wrapper", "cpp_wrapper"],
+                    help="inductor's wrapper code: Python (default) or C++ (cpp_wrapper); one process each")
     ap.add_argument("--out", default=None, help="JSON results")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--call-overhead", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        args.threads = args.threads[0]
+        args.threads, args.variant = args.threads[0], args.variants[0]
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
 
@@ -192,34 +198,35 @@ def main(argv=None) -> int:
 
     runs = []
     for n in args.threads:
-        with tempfile.TemporaryDirectory(prefix="awqkit-inductor-") as cache:
-            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-            cmd = [sys.executable, __file__, "--child", "--model", args.model, "--threads", str(n), "--new-tokens", str(args.new_tokens),
-                   "--reps", str(args.reps), "--backend", args.backend, "--call-overhead"]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stdout[-4000:], proc.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"child for {n} thread(s) failed (exit {proc.returncode})")
-            runs.append(json.loads(line[len("RESULT "):]))
+        for i, variant in enumerate(args.variants):
+            with tempfile.TemporaryDirectory(prefix="awqkit-inductor-") as cache:
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+                cmd = [sys.executable, __file__, "--child", "--model", args.model, "--threads", str(n), "--new-tokens", str(args.new_tokens),
+                       "--reps", str(args.reps), "--backend", args.backend, "--variants", variant] + (["--call-overhead"] if i == 0 else [])
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(proc.stdout[-4000:], proc.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"child for {n} thread(s), {variant} failed (exit {proc.returncode})")
+                runs.append(json.loads(line[len("RESULT "):]))
     result = {"model": os.path.abspath(args.model), "cpu": _cpu_name(), "torch": torch.__version__, "transformers": transformers.__version__,
               "backend": args.backend, "runs": runs}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    print(f"| threads | eager tok/s | eager + static cache tok/s | static cache + torch.compile ({args.backend}) tok/s | "
+    print(f"| threads | inductor wrapper | eager tok/s | eager + static cache tok/s | static cache + torch.compile ({args.backend}) tok/s | "
           "same, guards skipped | compile s (cold / warm) | same greedy tokens | kernels alone ms | lm_head alone ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         c, p = r["compiled"], r["parts"]
         same = c["same_tokens"] and r["eager_static"]["same_tokens"] and r["compiled_skip_guards"]["same_tokens"]
-        print(f"| {r['threads']} | {r['eager']['decode_tok_s']:.1f} | {r['eager_static']['decode_tok_s']:.1f} | {c['decode_tok_s']:.1f} | "
-              f"{r['compiled_skip_guards']['decode_tok_s']:.1f} | {c['compile_s']:.0f} / {c['warm_compile_s']:.0f} | {'yes' if same else 'no'} | "
-              f"{p['kernels_ms']:.2f} ({p['awqlinear_calls']} calls) | {p['head_ms']:.2f} |")
+        print(f"| {r['threads']} | {r['variant']} | {r['eager']['decode_tok_s']:.1f} | {r['eager_static']['decode_tok_s']:.1f} | "
+              f"{c['decode_tok_s']:.1f} | {r['compiled_skip_guards']['decode_tok_s']:.1f} | {c['compile_s']:.0f} / {c['warm_compile_s']:.0f} | "
+              f"{'yes' if same else 'no'} | {p['kernels_ms']:.2f} ({p['awqlinear_calls']} calls) | {p['head_ms']:.2f} |")
     print("\n| N x K | threads | kernel us | overhead us: old forward | forward | module call | op |")
     print("|---|---|---|---|---|---|---|")
     for r in runs:
-        for o in r["call_overhead"]:
+        for o in r.get("call_overhead", []):
             print(f"| {o['N']}x{o['K']} | {o['threads']} | {o['kernel_us']:.2f} | {o['old_forward_overhead_us']:.2f} | "
                   f"{o['forward_overhead_us']:.2f} | {o['module_call_overhead_us']:.2f} | {o['op_overhead_us']:.2f} |")
     return 0
