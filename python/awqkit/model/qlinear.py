@@ -14,8 +14,8 @@ up by ``layer_id`` (``AWQLinear.layer_id``, a number each module is given when i
 copied, unique in the process) and runs ``PackedLinear`` on a numpy view of x. A compiled graph
 holds the number, not the weights: it runs on the layers of this process (dynamo's guards are
 on the module objects it traced). An eager ``AWQLinear`` call on a plain float32, contiguous
-CPU tensor skips the dispatcher (2 us a call on this CPU) and calls the kernel directly; every
-other input (another dtype, a strided view, a tensor subclass, tracing) goes through the op.
+CPU tensor skips the dispatcher (about 2.5 us a call more: benchmarks/README.md) and calls the
+kernel directly; every other input (another dtype, a strided view, a tensor subclass, tracing) goes through the op.
 """
 
 from __future__ import annotations
