@@ -148,7 +148,9 @@ void LlamaDecoder::attention(const DecoderLayer& L, int64_t l, float* qkv, int64
   const int64_t threads = work > kParallelAttentionWork ? omp_get_max_threads() : 1;
   buf_->scores.resize(static_cast<size_t>(threads * C));
   float* scores = buf_->scores.data();
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  // Round robin: a causal prompt's later rows attend to more positions, so contiguous chunks
+  // would leave the last thread the most work. Each (row, head) is still one thread's.
+#pragma omp parallel for schedule(static, 1) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < pairs; ++i) {
     const int64_t m = i / H, h = i % H, kvh = h / group;
     float* mine = scores + static_cast<int64_t>(omp_get_thread_num()) * C;
