@@ -16,6 +16,9 @@ namespace {
 // Attention rows x positions x head_dim below which one thread does the attention alone:
 // entering a parallel region costs about as much as ~20k multiply-adds.
 constexpr int64_t kParallelAttentionWork = 1 << 15;
+// Tokens from which the per-row steps (norms, RoPE, SiLU, residual adds) are split over the
+// threads; a decode step's single row stays on the calling thread.
+constexpr int64_t kParallelRows = 16;
 
 // y [M, N] = x [M, K] @ W.T + b for a float32 weight (a layer the checkpoint keeps unquantized).
 void float_linear(const DecoderLinear& lin, const float* x, int64_t M, float* y) {
@@ -127,6 +130,7 @@ void LlamaDecoder::attention(const DecoderLayer& L, int64_t l, float* qkv, int64
   float* kc = cache_.data() + static_cast<size_t>(l) * 2 * KV * C * d;
   float* vc = kc + KV * C * d;
   // q/k norms and the rotary embedding in place, then k and v into the cache.
+#pragma omp parallel for schedule(static) if (M >= kParallelRows)
   for (int64_t m = 0; m < M; ++m) {
     const int64_t pos = length_ + m;
     float* row = qkv + m * W;
@@ -174,18 +178,26 @@ void LlamaDecoder::forward(const float* x_in, int64_t M, float* out, int64_t out
   std::memcpy(b.x.data(), x_in, M * Hd * sizeof(float));
   const KernelTable& kt = active_kernels();
   float* x = b.x.data();
+  const bool par = M >= kParallelRows;
+  float *norm = b.norm.data(), *o = b.o.data(), *gu = b.gu.data(), *act = b.act.data();
   for (size_t l = 0; l < layers_.size(); ++l) {
     const DecoderLayer& L = layers_[l];
-    for (int64_t m = 0; m < M; ++m) kt.rms_norm(x + m * Hd, L.attn_norm, Hd, s.eps, b.norm.data() + m * Hd);
-    run_stage(L.qkv, b.norm.data(), M, b.qkv.data());
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t m = 0; m < M; ++m) kt.rms_norm(x + m * Hd, L.attn_norm, Hd, s.eps, norm + m * Hd);
+    run_stage(L.qkv, norm, M, b.qkv.data());
     attention(L, static_cast<int64_t>(l), b.qkv.data(), M, b.attn.data());
-    run_stage(L.o, b.attn.data(), M, b.o.data());
-    for (int64_t i = 0; i < M * Hd; ++i) x[i] = x[i] + b.o[i];
-    for (int64_t m = 0; m < M; ++m) kt.rms_norm(x + m * Hd, L.mlp_norm, Hd, s.eps, b.norm.data() + m * Hd);
-    run_stage(L.gate_up, b.norm.data(), M, b.gu.data());
-    for (int64_t m = 0; m < M; ++m) kt.silu_mul(b.gu.data() + m * 2 * I, b.gu.data() + m * 2 * I + I, I, b.act.data() + m * I);
-    run_stage(L.down, b.act.data(), M, b.o.data());
-    for (int64_t i = 0; i < M * Hd; ++i) x[i] = x[i] + b.o[i];
+    run_stage(L.o, b.attn.data(), M, o);
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t i = m * Hd; i < (m + 1) * Hd; ++i) x[i] = x[i] + o[i];
+      kt.rms_norm(x + m * Hd, L.mlp_norm, Hd, s.eps, norm + m * Hd);
+    }
+    run_stage(L.gate_up, norm, M, gu);
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t m = 0; m < M; ++m) kt.silu_mul(gu + m * 2 * I, gu + m * 2 * I + I, I, act + m * I);
+    run_stage(L.down, act, M, o);
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t i = 0; i < M * Hd; ++i) x[i] = x[i] + o[i];
   }
   for (int64_t r = 0; r < out_rows; ++r)
     kt.rms_norm(x + (M - out_rows + r) * Hd, final_norm_, Hd, s.eps, out + r * Hd);
