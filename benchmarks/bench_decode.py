@@ -31,7 +31,9 @@ The awqkit side is pluggable: ``RUNTIMES`` maps a name to ``make(model, threads)
 ``prefill(ids)`` (``ids``: int64 tensor ``[1, T]``; fresh cache; returns the greedy next token id) and
 ``decode_steps(first_id, n)`` (fresh cache; ``n`` single-token steps, the first fed ``first_id``, each next one the
 previous step's greedy token; returns the ``n`` tokens). ``transformers`` is the plain Hugging Face forward with a
-``DynamicCache``; a runtime is one more entry.
+``DynamicCache``; ``native`` is ``awqkit.model.decode_runtime.NativeDecoder`` (int8 head, prefill "auto"),
+``native-exact`` the same with exact prefill, ``native-float-head`` with the model's float head. A runtime is one
+more entry. ``accuracy`` measures WikiText-2 perplexity of the native runtime per head and prefill mode.
 
 Results go to ``benchmarks/results/bench_decode.json`` (each subcommand updates its own part) with the CPU
 (lscpu model name and the avx512_vnni/AMX flags), the commit, the thread counts and the load averages before and
@@ -465,6 +467,88 @@ def markdown(res: dict, pp: str = "pp512", tg: str = "tg128") -> str:
     return "\n".join(lines)
 
 
+def accuracy(args) -> None:
+    """WikiText-2 perplexity of the native runtime per output head and prefill mode, on the same windows
+    (every window one prompt: the prefill mode applies to all of its tokens), against the transformers path."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from awqkit.model import evaluate_perplexity, load_quantized
+    from awqkit.model.decode_runtime import NativeDecoder
+    from awqkit.model.perplexity import eval_windows
+
+    ckpt = model_paths(Path(args.work))["smollm2-135m"]["awq"]
+    model = load_quantized(str(ckpt))
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    max_tokens = args.windows * args.seqlen
+    windows = eval_windows(tok, Path(args.text), args.seqlen, max_tokens)[0].numpy()  # evaluate_perplexity's windows
+    out: dict[str, Any] = {"checkpoint": str(ckpt), "text": args.text, "windows": len(windows), "seqlen": args.seqlen,
+                           "transformers_path": evaluate_perplexity(model, tok, Path(args.text), seqlen=args.seqlen,
+                                                                    max_tokens=max_tokens)}
+    for head in ("float", "int8", "int4"):
+        dec = NativeDecoder(model, head=head, prefill="exact", context=args.seqlen)
+        for prefill in ("exact", "int16", "int8"):
+            dec._native.prefill = {"exact": 0, "int8": 1, "int16": 2}[prefill]
+            nll = 0.0
+            for w in windows:
+                dec.reset()
+                logits = dec.forward(w, all_logits=True).astype(np.float64)
+                logits -= logits.max(axis=1, keepdims=True)
+                logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+                nll -= logp[np.arange(len(w) - 1), w[1:]].sum()
+            ppl = float(np.exp(nll / (windows.shape[0] * (args.seqlen - 1))))
+            out[f"head={head} prefill={prefill}"] = ppl
+            print(f"head {head:5s} prefill {prefill:5s}: perplexity {ppl:.4f}", flush=True)
+    print(f"transformers path (float head, exact): {out['transformers_path']:.4f}")
+    _save_results("accuracy", "smollm2-135m", {**out, **_stamp()})
+
+
+def profile(args) -> None:
+    """Where a native decode step's time goes: the step, its INT4 calls timed alone (one sweep over all of them in
+    call order, as a step streams them, from Python), and the head alone; the rest is outside the kernels."""
+    import numpy as np
+
+    import awqkit
+    from awqkit.kernels import PackedLinear
+    from awqkit.model import load_quantized
+    from awqkit.model.decode_runtime import NativeDecoder
+
+    for name in args.models:
+        model = load_quantized(str(model_paths(Path(args.work))[name]["awq"]))
+        for t in args.threads:
+            with awqkit.use_threads(t):
+                dec = NativeDecoder(model, context=1024)
+                layers = [PackedLinear(buf, n, k, gs, bias) for buf, n, k, gs, bias in dec.linear_calls if gs > 0]
+                rng = np.random.default_rng(0)
+                xs = [rng.standard_normal((1, lin.in_features)).astype(np.float32) for lin in layers]
+                h = rng.standard_normal((1, dec.hidden)).astype(np.float32)
+                step, kern, head = [], [], []
+                for _ in range(args.repetitions):
+                    dec.reset()
+                    dec.forward([1])
+                    t0 = time.perf_counter()
+                    for i in range(args.n_gen):
+                        dec.hidden_states([5 + i])
+                    step.append((time.perf_counter() - t0) / args.n_gen)
+                    t0 = time.perf_counter()
+                    for _ in range(args.n_gen):
+                        for lin, x in zip(layers, xs):
+                            lin(x)
+                    kern.append((time.perf_counter() - t0) / args.n_gen)
+                    t0 = time.perf_counter()
+                    for _ in range(args.n_gen):
+                        dec.head.logits(h)
+                    head.append((time.perf_counter() - t0) / args.n_gen)
+                ms = {k: 1e3 * statistics.median(v) for k, v in (("layers_step", step), ("int4_calls_alone", kern), ("head", head))}
+                ms["outside_kernels"] = ms["layers_step"] - ms["int4_calls_alone"]
+                entry = {"threads": t, "int4_calls": len(layers), "ms_per_token": ms, **_stamp()}
+                print(f"{name} t={t}: layers step {ms['layers_step']:.2f} ms = INT4 calls {ms['int4_calls_alone']:.2f} + "
+                      f"outside {ms['outside_kernels']:.2f}; head {ms['head']:.2f} ms ({len(layers)} INT4 calls)", flush=True)
+                _save_results("profile", f"{name}/t{t}", entry)
+                del dec
+        del model
+
+
 def table(args) -> None:
     res = _load_results()
     if not res:
@@ -500,6 +584,18 @@ def main() -> None:
         else:
             p.add_argument("--runtime", choices=sorted(RUNTIMES), default="transformers")
         p.set_defaults(fn=fn)
+
+    pr = sub.add_parser("profile", parents=[common], help="a native decode step: INT4 calls alone, the rest, the head")
+    pr.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    pr.add_argument("-r", "--repetitions", type=int, default=5)
+    pr.add_argument("-n", "--n-gen", type=int, default=128)
+    pr.set_defaults(fn=profile)
+
+    a = sub.add_parser("accuracy", parents=[common], help="WikiText-2 perplexity of the native runtime per head and prefill mode")
+    a.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.lf.txt"))
+    a.add_argument("--windows", type=int, default=32)
+    a.add_argument("--seqlen", type=int, default=512)
+    a.set_defaults(fn=accuracy)
 
     t = sub.add_parser("table", help="llama.cpp and awqkit results as one markdown table")
     t.set_defaults(fn=table)

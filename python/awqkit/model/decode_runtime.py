@@ -333,7 +333,7 @@ class NativeDecoder:
         eps = float(layers[0].input_layernorm.variance_epsilon)
         scale = float(getattr(first, "scaling", head_dim**-0.5))
 
-        specs = []
+        specs: list[dict[str, Any]] = []
         arena = _Arena()
         for i, layer in enumerate(layers):
             def stage(*rels: str, i=i, layer=layer) -> list[tuple]:
@@ -362,6 +362,8 @@ class NativeDecoder:
         self._sin = np.ascontiguousarray(sin[0].to(torch.float32).numpy())
         final_norm = _norm_weight(model.get_submodule(arch.final_norm))
         self._arena = arena.build()
+        # Every linear call of a token, in order: (buffer, N, K, group_size, bias) as the native side takes them.
+        self.linear_calls = [call for spec in specs for stage in ("qkv", "o", "gate_up", "down") for call in spec[stage]]
         self._native = _core.LlamaDecoder(hidden, heads, kv_heads, head_dim, inter, self.context, eps, scale, specs,
                                           final_norm, self._cos, self._sin)
         self._native.prefill = PREFILL_MODES[prefill]
