@@ -57,6 +57,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_gguf import _run  # runs a tool, its output into a log, fails loudly
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "bench_decode.json"
@@ -134,23 +136,6 @@ def _save_results(part: str, key: str, value: Any) -> None:
 def _stamp() -> dict[str, Any]:
     return {"cpu": _lscpu(), "commit": _commit(), "command": " ".join(sys.argv), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_average": list(os.getloadavg())}  # 1, 5, 15 minutes, at the end of the step
-
-
-def _run(cmd: list, log: Path | None = None, env: dict | None = None) -> tuple[float, str]:
-    """Run ``cmd`` (its output into ``log`` too); its wall time and output. Fails loudly."""
-    cmd = [str(c) for c in cmd]
-    print("+", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                          env={**os.environ, **(env or {})})
-    dt = time.perf_counter() - t0
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("$ " + " ".join(cmd) + "\n" + proc.stdout)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-6000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    return dt, proc.stdout
 
 
 def _tool(build: Path, name: str) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,17 +30,6 @@ import time
 import timeit
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def call_overhead(model, threads: int) -> list[dict]:
@@ -209,6 +197,8 @@ def main(argv=None) -> int:
                     print(proc.stdout[-4000:], proc.stderr[-4000:], file=sys.stderr)
                     raise SystemExit(f"child for {n} thread(s), {variant} failed (exit {proc.returncode})")
                 runs.append(json.loads(line[len("RESULT "):]))
+    from awqkit.model.method_comparison import _cpu_name
+
     result = {"model": os.path.abspath(args.model), "cpu": _cpu_name(), "torch": torch.__version__, "transformers": transformers.__version__,
               "backend": args.backend, "runs": runs}
     if args.out:
