@@ -9,6 +9,9 @@ export AWQKIT_DATA_DIR ?= $(DATA_DIR)
 # The tests that need only numpy (no torch, no model): run again capped at AVX2 and under the sanitizers.
 NUMPY_TESTS := $(filter-out tests/test_model_%,$(wildcard tests/test_*.py))
 SANITIZE_DIR := build/sanitize
+# Model-level tests whose native code has no numpy-level test (the decode runtime, csrc/runtime/);
+# they need torch, which `make test` installs before it runs sanitize.
+SANITIZE_MODEL_TESTS := tests/test_model_decode_runtime.py
 
 .PHONY: demo test test-avx2 install deps-system dev lint sanitize check-portable bench clean
 
@@ -66,7 +69,7 @@ sanitize: deps-system
 	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  PYTHONPATH=$(SANITIZE_DIR)/site $(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys $(NUMPY_TESTS)
+	  PYTHONPATH=$(SANITIZE_DIR)/site $(PYTHON) -m pytest -q -p no:cacheprovider --capture=sys $(NUMPY_TESTS) $(SANITIZE_MODEL_TESTS)
 
 # In-tree build for development: the module lands in python/awqkit/, use PYTHONPATH=python.
 dev: deps-system
