@@ -303,7 +303,7 @@ class NativeDecoder:
     activations per row and group (``PackedLinear(x, activation="int16")``, error within
     absmax(group) * 2^-15 per input); ``"int8"``: 8-bit, as llama.cpp's q8_0 activations;
     ``"auto"`` (default): ``"int16"`` where the exact product has no AMX tiles (AVX-512
-    VNNI only, where it is about 2x faster), else ``"exact"``. Decode steps are always exact.
+    VNNI only, where it is 1.27-1.43x faster end to end), else ``"exact"``. Decode steps are always exact.
     Measured speed and perplexity of each: benchmarks/README.md ("Decode runtime").
 
     The model's INT4 layers are moved into the decoder's one buffer (the same bytes, laid out
