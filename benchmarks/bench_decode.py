@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_gguf import _run  # runs a tool, its output into a log, fails loudly
+from bench_streaming import write_random_shards
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -163,7 +164,6 @@ def make_synthetic(dst: Path, tokenizer_from: Path) -> None:
     """SYNTH_CONFIG with random float16 weights, written tensor by tensor into ~1 GB shards with an index
     (the largest float32 temporary is one embedding matrix, 400 MB), plus ``tokenizer_from``'s tokenizer."""
     import torch
-    from safetensors.torch import save_file
 
     c = SYNTH_CONFIG
     h, inter, n, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
@@ -177,33 +177,11 @@ def make_synthetic(dst: Path, tokenizer_from: Path) -> None:
                    (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
                    (p + "mlp.down_proj.weight", (h, inter))]
     shapes += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for name, shape in shapes:
-        nbytes = 2 * int(torch.tensor(shape).prod())
-        if shards[-1] and size + nbytes > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape))
-        size += nbytes
     tmp = dst.with_name(dst.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    g = torch.Generator().manual_seed(SYNTH_SEED)
-    weight_map, total = {}, 0
-    for j, shard in enumerate(shards):
-        fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {}
-        for name, shape in shard:
-            t = torch.ones(shape, dtype=torch.float16) if len(shape) == 1 else (torch.randn(shape, generator=g) * 0.02).to(torch.float16)
-            tensors[name] = t
-            weight_map[name] = fname
-            total += t.numel() * 2
-        save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
-        print(f"{fname}: {len(tensors)} tensors", flush=True)
-        del tensors
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    write_random_shards(tmp, shapes, torch.float16, seed=SYNTH_SEED, shard_bytes=SHARD_BYTES)
     (tmp / "config.json").write_text(json.dumps(c, indent=2))
     for f in TOKENIZER_FILES:
         if (tokenizer_from / f).is_file():

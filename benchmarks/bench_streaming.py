@@ -88,11 +88,46 @@ def _child(cmd: list[str], stop_after_blocks: int | None = None, partial: Path |
     return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mib": round(ru.ru_maxrss / 1024, 1)}
 
 
+def write_random_shards(folder: Path, shapes, dtype, seed: int, shard_bytes: int) -> None:
+    """Random weights for ``shapes`` [(name, shape)] in ``dtype`` (2 bytes): vectors 1, matrices N(0, 0.02) drawn in
+    order from one generator; written tensor by tensor into safetensors shards of about ``shard_bytes`` with an index
+    (never the whole model in memory). bench_decode.py's synthetic model is written the same way."""
+    import torch
+    from safetensors.torch import save_file
+
+    shards: list[list[tuple[str, tuple]]] = [[]]
+    size = 0
+    for name, shape in shapes:
+        nbytes = 2 * int(torch.tensor(shape).prod())
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    g = torch.Generator().manual_seed(seed)
+    weight_map, total = {}, 0
+    for j, shard in enumerate(shards):
+        fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name, shape in shard:
+            if len(shape) == 1:
+                t = torch.ones(shape, dtype=dtype)
+            else:
+                t = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+            tensors[name] = t
+            weight_map[name] = fname
+            total += t.numel() * 2
+        save_file(tensors, str(folder / fname), metadata={"format": "pt"})
+        print(f"{fname}: {len(tensors)} tensors", flush=True)
+        del tensors
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                       "weight_map": weight_map}, indent=2))
+
+
 def make_7b(args) -> None:
     """Random bf16 weights in Llama-2-7B's shapes, written tensor by tensor into ~2 GB
     shards with an index (never the whole model in memory), plus the stories260K tokenizer."""
     import torch
-    from safetensors.torch import save_file
 
     from awqkit.data import data_dir
 
@@ -106,36 +141,10 @@ def make_7b(args) -> None:
         shapes += [(p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
                    (p + "mlp.down_proj.weight", (h, inter))]
     shapes += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
-    shards: list[list[tuple[str, tuple]]] = [[]]
-    size = 0
-    for name, shape in shapes:
-        nbytes = 2 * int(torch.tensor(shape).prod())
-        if shards[-1] and size + nbytes > 2_000_000_000:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape))
-        size += nbytes
     if SYNTH.exists():
         shutil.rmtree(SYNTH)
     SYNTH.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    weight_map, total = {}, 0
-    for j, shard in enumerate(shards):
-        fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {}
-        for name, shape in shard:
-            if len(shape) == 1:
-                t = torch.ones(shape, dtype=torch.bfloat16)
-            else:
-                t = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
-            tensors[name] = t
-            weight_map[name] = fname
-            total += t.numel() * 2
-        save_file(tensors, str(SYNTH / fname), metadata={"format": "pt"})
-        print(f"{fname}: {len(tensors)} tensors", flush=True)
-        del tensors
-    (SYNTH / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                     "weight_map": weight_map}, indent=2))
+    write_random_shards(SYNTH, shapes, torch.bfloat16, seed=0, shard_bytes=2_000_000_000)
     (SYNTH / "config.json").write_text(json.dumps(c, indent=2))
     d = data_dir()
     for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
