@@ -434,11 +434,12 @@ def accuracy(args) -> None:
     """WikiText-2 perplexity of the native runtime per output head and prefill mode, on the same windows
     (every window one prompt: the prefill mode applies to all of its tokens), against the transformers path."""
     import numpy as np
+    import torch
     from transformers import AutoTokenizer
 
     from awqkit.model import evaluate_perplexity, load_quantized
     from awqkit.model.decode_runtime import NativeDecoder
-    from awqkit.model.perplexity import eval_windows
+    from awqkit.model.perplexity import eval_windows, window_nll
 
     ckpt = model_paths(Path(args.work))["smollm2-135m"]["awq"]
     model = load_quantized(str(ckpt))
@@ -449,16 +450,13 @@ def accuracy(args) -> None:
                            "transformers_path": evaluate_perplexity(model, tok, Path(args.text), seqlen=args.seqlen,
                                                                     max_tokens=max_tokens)}
     for head in ("float", "int8", "int4"):
-        dec = NativeDecoder(model, head=head, prefill="exact", context=args.seqlen)
+        dec = NativeDecoder(model, head=head, context=args.seqlen)
         for prefill in ("exact", "int16", "int8"):
-            dec._native.prefill = {"exact": 0, "int8": 1, "int16": 2}[prefill]
+            dec.prefill = prefill
             nll = 0.0
             for w in windows:
                 dec.reset()
-                logits = dec.forward(w, all_logits=True).astype(np.float64)
-                logits -= logits.max(axis=1, keepdims=True)
-                logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-                nll -= logp[np.arange(len(w) - 1), w[1:]].sum()
+                nll += window_nll(torch.from_numpy(dec.forward(w, all_logits=True))[None], torch.from_numpy(w)[None])
             ppl = float(np.exp(nll / (windows.shape[0] * (args.seqlen - 1))))
             out[f"head={head} prefill={prefill}"] = ppl
             print(f"head {head:5s} prefill {prefill:5s}: perplexity {ppl:.4f}", flush=True)

@@ -151,8 +151,9 @@ def test_unfused_parts(tmp_path):
     model = load_quantized(tmp_path / "m")
     ids = list(range(1, 40))
     ref = _hf_logits(model, ids)
-    np.testing.assert_allclose(NativeDecoder(model, head="float", prefill="exact").forward(ids, all_logits=True), ref,
-                               rtol=0, atol=1e-4 * np.abs(ref).max())
+    dec = NativeDecoder(model, head="float", prefill="exact")
+    assert [call[1] for call in dec.linear_calls] == [96, 24, 24, 96, 256, 96]  # q, k, v apart; gate|up fused
+    np.testing.assert_allclose(dec.forward(ids, all_logits=True), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 def test_in_memory_quantized_model(data_dir):

@@ -42,8 +42,9 @@ inline __m512 block_scores(const float* q, const float* kb, int64_t d) {
   return _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
 }
 
-// softmax of scores[0, T) in place (the scratch runs to a whole key block).
-inline void softmax(float* scores, int64_t T, float scale, const float* q, const float* k, int64_t d) {
+// The scaled scores of q against the first T keys, then their softmax, in scores (the scratch runs to a
+// whole key block).
+inline void scores_softmax(float* scores, int64_t T, float scale, const float* q, const float* k, int64_t d) {
   __m512 mxv = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t t = 0; t < T; t += kKeyBlock) {
@@ -117,7 +118,7 @@ void attend(const float* q, const float* k, const float* v, int64_t T, int64_t d
       weighted_values<13>, weighted_values<14>, weighted_values<15>, weighted_values<16>};
   const int64_t chunks = (d + 15) / 16;
   if (chunks > 16) return scalar::attend(q, k, v, T, d, scale, scores, y);
-  softmax(scores, T, scale, q, k, d);
+  scores_softmax(scores, T, scale, q, k, d);
   by_chunks[chunks - 1](scores, v, T, d, y);
 }
 

@@ -47,21 +47,22 @@ void rope(float* x, const float* cos, const float* sin, int64_t d) {
 }
 }  // namespace
 
+int4_linear::Activation LlamaDecoder::activation_for(int64_t M) const {
+  using int4_linear::Activation;
+  if (M < kPrefillRows) return Activation::f32;
+  switch (prefill_) {
+    case Prefill::int8: return Activation::int8;
+    case Prefill::int16: return Activation::int16;
+    case Prefill::automatic:
+      return active_kernels().native_digits() && !amx_int8_active() ? Activation::int16 : Activation::f32;
+    case Prefill::exact: break;
+  }
+  return Activation::f32;
+}
+
 void LlamaDecoder::linear(const DecoderLinear& lin, const float* x, int64_t M, float* y) const {
   if (lin.fw) return float_linear(lin, x, M, y);
-  using int4_linear::Activation;
-  Activation act = Activation::f32;
-  if (M >= kPrefillRows) {
-    switch (prefill_) {
-      case Prefill::exact: break;
-      case Prefill::int8: act = Activation::int8; break;
-      case Prefill::int16: act = Activation::int16; break;
-      case Prefill::automatic:
-        if (active_kernels().native_digits() && !amx_int8_active()) act = Activation::int16;
-        break;
-    }
-  }
-  int4_linear::linear_forward(lin.w, x, M, lin.bias, y, int4_linear::Path::automatic, act);
+  int4_linear::linear_forward(lin.w, x, M, lin.bias, y, int4_linear::Path::automatic, call_act_);
 }
 
 int64_t DecoderStage::width() const {
@@ -177,6 +178,7 @@ void LlamaDecoder::forward(const float* x_in, int64_t M, float* out, int64_t out
   size(b.o, M * Hd); size(b.gu, M * 2 * I); size(b.act, M * I);
   std::memcpy(b.x.data(), x_in, M * Hd * sizeof(float));
   const KernelTable& kt = active_kernels();
+  call_act_ = activation_for(M);  // once per call: the ISA and AMX state cannot change during it
   float* x = b.x.data();
   const bool par = M >= kParallelRows;
   float *norm = b.norm.data(), *o = b.o.data(), *gu = b.gu.data(), *act = b.act.data();

@@ -86,6 +86,7 @@ class LlamaDecoder {
   int64_t cache_positions() const { return (shape_.context + kKeyBlock - 1) / kKeyBlock * kKeyBlock; }
   void run_stage(const DecoderStage& stage, const float* x, int64_t M, float* y);
   void linear(const DecoderLinear& lin, const float* x, int64_t M, float* y) const;
+  int4_linear::Activation activation_for(int64_t M) const;  // how a call of M tokens feeds the INT4 linears
   void attention(const DecoderLayer& layer, int64_t l, float* qkv, int64_t M, float* y);
 
   DecoderShape shape_;
@@ -94,6 +95,7 @@ class LlamaDecoder {
   const float *cos_, *sin_;
   int64_t length_ = 0;
   Prefill prefill_ = Prefill::automatic;
+  int4_linear::Activation call_act_ = int4_linear::Activation::f32;  // activation_for(M) of the running forward
   std::vector<float> cache_;  // [layer][k|v][kv head][cache_positions()][head_dim], keys in key blocks
   std::unique_ptr<Buffers> buf_;
 };

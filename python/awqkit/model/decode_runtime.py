@@ -234,57 +234,54 @@ class _Arena:
     exist once; their old buffer is freed when nothing else holds it."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[tuple[nn.Module | None, tuple]], bool]] = []
-        self._pending: list[tuple[list[tuple], int]] = []  # (a stage's call list, index after its last call)
+        # Per stage: the list handed to its caller (filled by build) and its calls' linears.
+        self._stages: list[tuple[list[tuple], list[list[tuple[nn.Module, tuple]]]]] = []
 
-    def stage(self, parts: list[tuple[nn.Module | None, tuple]]) -> list[tuple]:
+    def stage(self, parts: list[tuple[nn.Module, tuple]]) -> list[tuple]:
         """Queue a stage's linears (module, spec); returns its call list, filled by :meth:`build`."""
-        specs = [spec for _, spec in parts]
         calls: list[tuple] = []
-        if _fusable(specs):
-            self.calls.append((parts, True))
-        else:
-            for part in parts:
-                self.calls.append(([part], False))
-        self._pending.append((calls, len(self.calls)))
+        fused = _fusable([spec for _, spec in parts])
+        self._stages.append((calls, [parts] if fused else [[part] for part in parts]))
         return calls
 
     def build(self) -> np.ndarray:
         def body(spec: tuple) -> int:
             return spec[0].size - _TAIL
 
-        sizes = [sum(body(sp) for _, sp in parts) + _TAIL if sp0[3] > 0 else 0
-                 for parts, _ in self.calls for sp0 in [parts[0][1]]]
-        arena = _aligned_empty(sum(-(-n // 64) * 64 for n in sizes))
+        def nbytes(group: list[tuple[nn.Module, tuple]]) -> int:  # 64-byte aligned; 0 for a float linear
+            return 0 if group[0][1][3] == 0 else -(-(sum(body(sp) for _, sp in group) + _TAIL) // 64) * 64
+
+        groups = [g for _, gs in self._stages for g in gs]
+        arena = _aligned_empty(sum(nbytes(g) for g in groups))
         arena[...] = 0
         off = 0
-        results: list[tuple] = []
-        for (parts, _), size in zip(self.calls, sizes):
-            specs = [sp for _, sp in parts]
-            if size == 0:  # a float linear: as it is
-                results.append(specs[0])
-                continue
-            region = arena[off : off + size]
-            pos = 0
-            for mod, sp in parts:
-                n = body(sp)
-                region[pos : pos + n] = sp[0][:n]
-                if isinstance(mod, AWQLinear):
-                    mod.lin._set_packed(arena[off + pos : off + pos + n + _TAIL])
-                pos += n
-            bias = None
-            if any(sp[4] is not None for sp in specs):
-                bias = np.concatenate([sp[4] if sp[4] is not None else np.zeros(sp[1], np.float32) for sp in specs])
-            results.append((_read_only(region), sum(sp[1] for sp in specs), specs[0][2], specs[0][3],
-                            None if bias is None else bias.astype(np.float32)))
-            off += -(-size // 64) * 64
-        # Hand each stage its calls.
-        first = 0
-        for calls, last in self._pending:
-            calls.extend(results[first:last])
-            first = last
+        for calls, gs in self._stages:
+            for group in gs:
+                specs = [sp for _, sp in group]
+                if specs[0][3] == 0:  # a float linear: as it is
+                    calls.append(specs[0])
+                    continue
+                pos = off
+                for mod, sp in group:
+                    n = body(sp)
+                    arena[pos : pos + n] = sp[0][:n]
+                    if isinstance(mod, AWQLinear):
+                        mod.lin._set_packed(arena[pos : pos + n + _TAIL])
+                    pos += n
+                bias = None
+                if any(sp[4] is not None for sp in specs):
+                    bias = np.concatenate([sp[4] if sp[4] is not None else np.zeros(sp[1], np.float32)
+                                           for sp in specs]).astype(np.float32)
+                calls.append((_read_only(arena[off : pos + _TAIL]), sum(sp[1] for sp in specs), specs[0][2], specs[0][3], bias))
+                off += nbytes(group)
         arena.flags.writeable = False
         return arena
+
+
+def _check_prefill(mode: str) -> str:
+    if mode not in PREFILL_MODES:
+        raise ValueError(f"prefill must be one of {sorted(PREFILL_MODES)}, got {mode!r}")
+    return mode
 
 
 def _norm_weight(mod: Any) -> np.ndarray:
@@ -320,8 +317,7 @@ class NativeDecoder:
         arch = DECODER_ARCHITECTURES[config.model_type]
         if head not in HEAD_KINDS:
             raise ValueError(f"head must be one of {sorted(HEAD_KINDS)}, got {head!r}")
-        if prefill not in PREFILL_MODES:
-            raise ValueError(f"prefill must be one of {sorted(PREFILL_MODES)}, got {prefill!r}")
+        _check_prefill(prefill)  # before any work
         self.config = config
         self.context = _context_limit(config, context)
         layers = model.get_submodule(arch.layers_path)
@@ -366,7 +362,7 @@ class NativeDecoder:
         self.linear_calls = [call for spec in specs for stage in ("qkv", "o", "gate_up", "down") for call in spec[stage]]
         self._native = _core.LlamaDecoder(hidden, heads, kv_heads, head_dim, inter, self.context, eps, scale, specs,
                                           final_norm, self._cos, self._sin)
-        self._native.prefill = PREFILL_MODES[prefill]
+        self.prefill = prefill
         self.embed = np.ascontiguousarray(model.get_input_embeddings().weight.detach().to(torch.float32).numpy())
         out_head = model.get_output_embeddings()
         if isinstance(out_head, QuantizedHead):
@@ -381,6 +377,15 @@ class NativeDecoder:
         self.hidden = hidden
         self.vocab_size = int(self.embed.shape[0])
         self.last_timing: dict[str, float] = {}
+
+    @property
+    def prefill(self) -> str:
+        """How prompts feed the INT4 linears (see the class docstring); may be changed between calls."""
+        return next(name for name, code in PREFILL_MODES.items() if code == self._native.prefill)
+
+    @prefill.setter
+    def prefill(self, mode: str) -> None:
+        self._native.prefill = PREFILL_MODES[_check_prefill(mode)]
 
     @property
     def length(self) -> int:
