@@ -1,5 +1,7 @@
 """ActivationStats: streaming per-channel statistics and the native Gram matrix."""
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,66 @@ def test_bad_input():
         st.merge(awqkit.ActivationStats(9, gram=True))
     with pytest.raises(TypeError):
         st.merge("stats")
+
+
+def _bounded_state(stats):
+    return [np.asarray(a) for a in stats._impl.state()[1:]]
+
+
+def test_bounded_sums_are_order_independent():
+    """With bounds, batches split among accumulators and merged in any order or grouping give
+    the same bits (what makes a distributed calibration world-size independent), and the
+    values stay within float32 rounding of the unbounded statistics."""
+    rng = np.random.default_rng(3)
+    k = 150
+    x = (rng.standard_normal((4500, k)) * np.exp(2 * rng.standard_normal(k))).astype(np.float32)
+    x[:, 7] = 0.0  # a channel that is all zeros
+    parts = [x[:1024], x[1024:1900], x[1900:3300], x[3300:]]
+    bounds = (np.abs(x).max(axis=0).astype(np.float64), x.shape[0] + 100)
+
+    def accumulate(groups):
+        total = None
+        for group in groups:
+            s = awqkit.ActivationStats(k, gram=True, bounds=bounds)
+            for p in group:
+                s.update(p)
+            total = s if total is None else total.merge(s)
+        return total
+
+    one = accumulate([parts])
+    for groups in ([[parts[0]], [parts[1], parts[2]], [parts[3]]], [[parts[3]], [parts[1]], [parts[0]], [parts[2]]],
+                   [[parts[2], parts[3]], [parts[0], parts[1]]]):
+        other = accumulate(groups)
+        assert all(np.array_equal(a, b) for a, b in zip(_bounded_state(one), _bounded_state(other)))
+    plain = awqkit.ActivationStats(k, gram=True)
+    for p in parts:
+        plain.update(p)
+    np.testing.assert_allclose(one.gram(), plain.gram(), rtol=1e-12, atol=1e-12 * np.abs(plain.gram()).max())
+    np.testing.assert_allclose(one.mean_abs(), plain.mean_abs(), rtol=1e-12)
+    np.testing.assert_array_equal(one.max_abs(), plain.max_abs())
+    back = pickle.loads(pickle.dumps(one))
+    assert np.array_equal(back.gram(), one.gram()) and back.bounds[1] == bounds[1]
+
+
+def test_bounded_stats_refuse_what_breaks_exactness():
+    k = 16
+    x = np.ones((10, k), np.float32)
+    s = awqkit.ActivationStats(k, gram=True, bounds=(np.ones(k), 12))
+    s.update(x)
+    with pytest.raises(ValueError, match="at most 12 tokens"):
+        s.update(x[:3])
+    with pytest.raises(ValueError, match="above the statistics' bound"):
+        s.update(2 * x[:1])
+    with pytest.raises(ValueError, match="same bounds"):
+        s.merge(awqkit.ActivationStats(k, gram=True, bounds=(2 * np.ones(k), 12)))
+    with pytest.raises(ValueError, match="same bounds"):
+        s.merge(awqkit.ActivationStats(k, gram=True))
+    with pytest.raises(ValueError, match="needs empty statistics"):
+        s._impl.set_bounds(np.ones(k), 12)
+    with pytest.raises(ValueError, match="finite"):
+        awqkit.ActivationStats(k, bounds=(np.full(k, np.nan), 12))
+    with pytest.raises(TypeError, match="max_tokens"):
+        awqkit.ActivationStats(k, bounds=(np.ones(k), 1.5))
+    n, sa, sq, ma, g = s._impl.state()
+    with pytest.raises(ValueError, match="not on the grid"):
+        awqkit.stats._from_state(k, True, (n, sa + 1e-9, sq, ma, g), s.bounds)

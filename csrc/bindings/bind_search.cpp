@@ -303,6 +303,23 @@ void register_search(py::module_& m) {
              s.merge(o);
            },
            py::arg("other"))
+      .def("set_bounds",
+           [](py::handle self, const py::array& bound, int64_t max_tokens) {
+             ActivationStats& s = stats_of(self);
+             const double* b = vector_arg(bound, "max_abs", s.in_features());
+             py::gil_scoped_release nogil;
+             s.set_bounds(b, max_tokens);
+           },
+           py::arg("max_abs"), py::arg("max_tokens"))
+      .def("bounds",
+           [](py::handle self) -> py::object {
+             const ActivationStats& s = stats_of(self);
+             if (!s.bounded()) return py::none();
+             const std::vector<double> b = s.bound_max_abs();
+             py::array_t<double> out({static_cast<py::ssize_t>(b.size())});
+             std::copy(b.begin(), b.end(), out.mutable_data());
+             return py::make_tuple(out, s.max_tokens());
+           })
       .def("set_state",
            [](py::handle self, int64_t n, const py::array& sa, const py::array& ss, const py::array& ma,
               const py::object& g) {

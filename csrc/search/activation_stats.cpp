@@ -118,6 +118,23 @@ void ActivationStats::update(const MatrixView& x) {
                             std::to_string(K_));
   if (x.rows == 0) return;
   require_finite_activations(x, with_gram_ ? gram_activation_limit() : -1.0);
+  if (bounded_) require_within_bounds(x);
+  // Bounded accumulation: each channel's grid (see set_bounds). Padding channels (K..Kp) are
+  // zero: any power of two serves them.
+  std::vector<double> abs_down, abs_up, sq_down, sq_up, gdown, gup;
+  double gram_pre = 1.0, gram_post = 1.0;
+  if (bounded_) {
+    abs_down.resize(K_), abs_up.resize(K_), sq_down.resize(K_), sq_up.resize(K_);
+    gdown.assign(Kp_, 1.0), gup.assign(Kp_, 1.0);
+    for (int64_t k = 0; k < K_; ++k) {
+      abs_down[k] = std::ldexp(down_[k], 52 - tokens_exp_);
+      abs_up[k] = std::ldexp(up_[k], tokens_exp_ - 52);
+      sq_down[k] = std::ldexp(down_[k] * down_[k], 52 - tokens_exp_);
+      sq_up[k] = std::ldexp(up_[k] * up_[k], tokens_exp_ - 52);
+      gdown[k] = down_[k], gup[k] = up_[k];
+    }
+    gram_pre = std::ldexp(1.0, 51 - tokens_exp_), gram_post = std::ldexp(1.0, tokens_exp_ - 51);
+  }
   // Tokens are processed in super-chunks of kSubChunks x kChunkTokens: one parallel region
   // (two barriers) per super-chunk, so a busy machine that deschedules a thread costs
   // little. A tile is computed per sub-chunk (its panels stay in L1/L2), summed in float
@@ -145,8 +162,13 @@ void ActivationStats::update(const MatrixView& x) {
           pack_panel(x, t0 + t, 1, k0, k_end - k0, buf);
           for (int64_t k = k0; k < k_end; ++k) {
             const double v = buf[k - k0], a = std::fabs(v);
-            sum_abs_[k] += a;
-            sum_sq_[k] += v * v;
+            if (bounded_) {  // |x| and x^2 are exact in double; rounded to the channel's grid
+              sum_abs_[k] += on_grid(a, abs_down[k], abs_up[k]);
+              sum_sq_[k] += on_grid(v * v, sq_down[k], sq_up[k]);
+            } else {
+              sum_abs_[k] += a;
+              sum_sq_[k] += v * v;
+            }
             if (a > max_abs_[k]) max_abs_[k] = a;
           }
         }
@@ -187,7 +209,17 @@ void ActivationStats::update(const MatrixView& x) {
               for (int64_t r = 0; r < kTileRows; ++r) {
                 double* d = gram_.data() + (i0 + r) * Kp_ + J * kTileCols;
                 const float* c = Csum + r * kTileCols;
-                for (int64_t j = 0; j < kTileCols; ++j) d[j] += static_cast<double>(c[j]);
+                if (bounded_) {
+                  // Entry (i, j) on the grid 2^(e_i + e_j + tokens_exp + 1 - 52): its float
+                  // partials sum to at most (1 + 2^-14) n max_i max_j < 2^(e_i + e_j + tokens_exp + 1).
+                  const double rd = gdown[i0 + r] * gram_pre, ru = gup[i0 + r] * gram_post;
+                  const double* cd = gdown.data() + J * kTileCols;
+                  const double* cu = gup.data() + J * kTileCols;
+                  for (int64_t j = 0; j < kTileCols; ++j)
+                    d[j] += std::nearbyint(static_cast<double>(c[j]) * rd * cd[j]) * ru * cu[j];
+                } else {
+                  for (int64_t j = 0; j < kTileCols; ++j) d[j] += static_cast<double>(c[j]);
+                }
               }
             }
           }
@@ -196,6 +228,54 @@ void ActivationStats::update(const MatrixView& x) {
     }
   }
   n_ += x.rows;
+}
+
+void ActivationStats::set_bounds(const double* max_abs, int64_t max_tokens) {
+  require(max_tokens > 0, "max_tokens must be positive, got ", max_tokens);
+  std::vector<double> bound(max_abs, max_abs + K_), down(K_), up(K_);
+  for (int64_t k = 0; k < K_; ++k) {
+    require(std::isfinite(bound[k]) && bound[k] >= 0.0, "max_abs[", k, "] = ", bound[k],
+            ": bounds must be finite and >= 0");
+    require(!with_gram_ || bound[k] <= gram_activation_limit(), "max_abs[", k, "] = ", bound[k],
+            " exceeds the float32 range of the Gram matrix (", gram_activation_limit(), ")");
+    int e = 0;
+    std::frexp(bound[k], &e);  // bound < 2^e (e = 0 for a zero bound: the channel is all zeros)
+    down[k] = std::ldexp(1.0, -e), up[k] = std::ldexp(1.0, e);
+  }
+  int tokens_exp = 0;
+  std::frexp(static_cast<double>(max_tokens), &tokens_exp);
+  std::lock_guard<std::mutex> lock(mutex_);
+  require(n_ == 0, "set_bounds needs empty statistics (", n_, " tokens are in already)");
+  bounded_ = true;
+  max_tokens_ = max_tokens, tokens_exp_ = tokens_exp;
+  bound_ = std::move(bound), down_ = std::move(down), up_ = std::move(up);
+}
+
+void ActivationStats::require_within_bounds(const MatrixView& x) const {
+  require(n_ + x.rows <= max_tokens_, "these bounded statistics take at most ", max_tokens_, " tokens; ", n_,
+          " are in and the update brings ", x.rows);
+  std::atomic<int64_t> first{x.rows};
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < x.rows; ++t) {
+    bool ok = true;
+    for (int64_t k = 0; k < x.cols; ++k) {
+      const double v = x.type == FloatType::f32 ? static_cast<const float*>(x.data)[t * x.ld + k]
+                                                : half_to_float(static_cast<const uint16_t*>(x.data)[t * x.ld + k]);
+      ok &= std::fabs(v) <= bound_[k];
+    }
+    if (!ok) {
+      int64_t cur = first.load();
+      while (t < cur && !first.compare_exchange_weak(cur, t)) {}
+    }
+  }
+  const int64_t t = first.load();
+  if (t < x.rows)
+    for (int64_t k = 0; k < x.cols; ++k) {
+      const double v = x.type == FloatType::f32 ? static_cast<const float*>(x.data)[t * x.ld + k]
+                                                : half_to_float(static_cast<const uint16_t*>(x.data)[t * x.ld + k]);
+      require(std::fabs(v) <= bound_[k], "token ", t, " has |x[", k, "]| = ", std::fabs(v),
+              " above the statistics' bound max_abs[", k, "] = ", bound_[k]);
+    }
 }
 
 void ActivationStats::merge(const ActivationStats& other) {
@@ -210,6 +290,12 @@ void ActivationStats::merge(const ActivationStats& other) {
                               " features into statistics of " + std::to_string(K_));
   require(other.with_gram_ == with_gram_ || !with_gram_,
           "cannot merge: this accumulator has a Gram matrix and the other does not");
+  require(bounded_ == other.bounded_ && (!bounded_ || (bound_ == other.bound_ && max_tokens_ == other.max_tokens_)),
+          "cannot merge: bounded statistics merge only with statistics of the same bounds (set_bounds)");
+  require(!bounded_ || n_ + other.n_ <= max_tokens_, "cannot merge: ", n_ + other.n_,
+          " tokens in all exceed the bounds' max_tokens = ", max_tokens_);
+  require(!bounded_ || !with_gram_ || other.with_gram_,
+          "cannot merge: bounded statistics with a Gram matrix need the other's Gram matrix");
   for (int64_t k = 0; k < K_; ++k) {
     sum_abs_[k] += other.sum_abs_[k];
     sum_sq_[k] += other.sum_sq_[k];
@@ -263,6 +349,23 @@ void ActivationStats::set_state(int64_t n, const double* sa, const double* ss, c
                           "] = ", G[i * K_ + i]);
     }
   std::lock_guard<std::mutex> lock(mutex_);
+  if (bounded_) {
+    // Only values bounded updates can produce: within the bounds, on the grid.
+    require(n <= max_tokens_, "invalid ActivationStats state: ", n, " tokens exceed the bounds' max_tokens = ",
+            max_tokens_);
+    auto on = [](double v, double down) { const double u = v * down; return u == std::nearbyint(u) && std::fabs(u) < 0x1p52; };
+    for (int64_t k = 0; k < K_; ++k) {
+      require(ma[k] <= bound_[k], "invalid ActivationStats state: max_abs[", k, "] = ", ma[k], " exceeds its bound ",
+              bound_[k]);
+      require(on(sa[k], std::ldexp(down_[k], 52 - tokens_exp_)) && on(ss[k], std::ldexp(down_[k] * down_[k], 52 - tokens_exp_)),
+              "invalid ActivationStats state: sum_abs[", k, "] or sum_sq[", k, "] is not on the grid of the bounds");
+    }
+    if (with_gram_)
+      for (int64_t i = 0; i < K_; ++i)
+        for (int64_t j = i; j < K_; ++j)
+          require(on(G[i * K_ + j], std::ldexp(down_[i] * down_[j], 51 - tokens_exp_)),
+                  "invalid ActivationStats state: gram[", i, ", ", j, "] is not on the grid of the bounds");
+  }
   std::copy(sa, sa + K_, sum_abs_.begin());
   std::copy(ss, ss + K_, sum_sq_.begin());
   std::copy(ma, ma + K_, max_abs_.begin());

@@ -9,6 +9,7 @@
 // released): every member function takes the object's mutex, so updates serialise and none
 // is lost.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -27,6 +28,17 @@ class ActivationStats {
   void update(const MatrixView& x);
   // Adds other (which may be this object itself).
   void merge(const ActivationStats& other);
+  // Order-independent sums: given bounds that every later update respects (|x_k| <=
+  // max_abs[k], at most max_tokens tokens in all), every addend is rounded to a power-of-two
+  // grid fine enough for the bounds (about 2^-52 of the largest sum the bounds allow) and
+  // coarse enough that every float64 partial sum is an exact multiple of it. Additions are
+  // then exact, so updates split anywhere (at the same token chunks) and merges in any
+  // order or grouping, across threads, processes or machines, give the same bits. Only
+  // before the first update; an update or merge beyond the bounds throws.
+  void set_bounds(const double* max_abs, int64_t max_tokens);
+  bool bounded() const { return bounded_; }
+  int64_t max_tokens() const { return max_tokens_; }
+  std::vector<double> bound_max_abs() const { return bound_; }
   // Replaces the state (for unpickling): n tokens, the three [K] sums and, with a Gram
   // matrix, G ([K, K]). Throws, changing nothing, unless the state is one update() could
   // have produced in kind: n >= 0, every value finite, sums and maxima >= 0, G exactly
@@ -52,6 +64,10 @@ class ActivationStats {
 
  private:
   void gram_unlocked(double* out) const;
+  void require_within_bounds(const MatrixView& x) const;
+  // The value of a float partial sum in the grid of the bounds: exact multiples of
+  // 2^(grid exponent); `down` is 2^-(exponent), `up` 2^(exponent) (products of powers of two).
+  static double on_grid(double v, double down, double up) { return std::nearbyint(v * down) * up; }
 
   mutable std::mutex mutex_;
   const int64_t K_, Kp_;
@@ -59,6 +75,12 @@ class ActivationStats {
   int64_t n_ = 0;
   std::vector<double> sum_abs_, sum_sq_, max_abs_;
   std::vector<double> gram_;  // [Kp, Kp], upper triangle meaningful
+  // Bounded (order-independent) accumulation: channel k's bound is below 2^e_k; down_[k] =
+  // 2^-e_k, up_[k] = 2^e_k; the token bound is below 2^tokens_exp_.
+  bool bounded_ = false;
+  int64_t max_tokens_ = 0;
+  int tokens_exp_ = 0;
+  std::vector<double> bound_, down_, up_;
 };
 
 // Copies tokens [t0, t0+T) of x (every `stride`-th token from t0 when stride > 1) into a

@@ -30,13 +30,33 @@ class ActivationStats:
     cost O(N K^2) whatever the number of tokens (accumulated natively: blocked, symmetric,
     SIMD; identical for any thread count). ``merge`` adds another accumulator, so
     calibration can be split across processes or machines.
+
+    ``bounds=(max_abs, max_tokens)`` (every later token within ``|x_k| <= max_abs[k]``, at
+    most ``max_tokens`` in all) makes the sums order-independent: each addend is rounded to a
+    power-of-two grid (about 2^-52 of the largest sum the bounds allow) on which every float64
+    partial sum is exact, so the same tokens, updated in the same batches, give the same bits
+    however the batches are split among accumulators and merged (threads, processes,
+    machines, any reduction order). An update or merge beyond the bounds is refused.
     """
 
-    def __init__(self, in_features: int, gram: bool = False):
+    def __init__(self, in_features: int, gram: bool = False, bounds=None):
         if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)):
             raise TypeError(f"in_features must be an int, got {type(in_features).__name__}")
         # in_features <= 0: the core's ValueError (search/activation_stats.cpp).
         self._impl = _core.ActivationStats(int(in_features), bool(gram))
+        if bounds is not None:
+            try:
+                max_abs, max_tokens = bounds
+            except (TypeError, ValueError):
+                raise TypeError("bounds must be (max_abs [in_features], max_tokens)") from None
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+                raise TypeError(f"bounds' max_tokens must be an int, got {type(max_tokens).__name__}")
+            self._impl.set_bounds(np.ascontiguousarray(max_abs, dtype=np.float64), int(max_tokens))
+
+    @property
+    def bounds(self):
+        """``(max_abs, max_tokens)`` of order-independent statistics, else None."""
+        return self._impl.bounds()
 
     def update(self, x) -> ActivationStats:
         """Add a batch ``x`` [tokens, K] (float32 or float16; [..., K] is flattened)."""
@@ -95,15 +115,16 @@ class ActivationStats:
     def __reduce__(self):
         """Pickle support, so statistics gathered in other processes or machines can be merged."""
         # One native call: the state of one instant, even while other threads update.
-        return (_from_state, (self.in_features, self.has_gram, self._impl.state()))
+        bounds = self.bounds
+        return (_from_state, (self.in_features, self.has_gram, self._impl.state()) + (() if bounds is None else (bounds,)))
 
     def __repr__(self) -> str:
         return f"ActivationStats(in_features={self.in_features}, gram={self.has_gram}, n_tokens={self.n_tokens})"
 
 
-def _from_state(in_features: int, gram: bool, state) -> ActivationStats:
+def _from_state(in_features: int, gram: bool, state, bounds=None) -> ActivationStats:
     """Statistics from a pickled state, refused (ValueError) unless it is one ``update`` could produce."""
-    stats = ActivationStats(in_features, gram=gram)
+    stats = ActivationStats(in_features, gram=gram, bounds=bounds)
     k = stats.in_features
     try:
         n, sum_abs, sum_sq, max_abs, g = state
