@@ -112,7 +112,8 @@ def test_module_search_scores_the_native_candidates(saliency):
     lin = torch.nn.Linear(64, 48, bias=False)
     torch.nn.init.normal_(lin.weight, std=0.05, generator=g)
     cfg = awqkit.AWQConfig(bits=3, group_size=32, saliency=saliency)
-    choice = search_module(x, [lin], lambda: [lin(x)], cfg)
+    stats = awqkit.ActivationStats(64, gram=True).update(x.numpy())
+    choice = search_module(stats, [lin], lambda: [lin(x)], cfg)
     res = awqkit.search_scale(x.numpy(), [lin.weight.detach().numpy()], bits=3, group_size=32, saliency=saliency)
     assert choice.ratio == res.ratio and choice.duo == bool(res.duo[res.best])
     assert choice.loss == pytest.approx(res.loss, rel=1e-4)
@@ -150,10 +151,11 @@ def test_search_losses_match_the_direct_objective(stories, calib, gqa):
     attn = blocks[0].self_attn
     name = "self_attn.o_proj" if gqa else "self_attn.q_proj"
     cap, _ = capture_block(blocks[0], hidden, calls[0], [name], [])
-    x = cap.inputs[name]
+    captured = cap.inputs[name]
+    x = captured.load()
     ws = [attn.o_proj.weight] if gqa else [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
     tie = (lambda s: expand_gqa_scales(tie_gqa_scales(s, 32, 8), 64, 8)) if gqa else None
-    choice, res = search_linears(x, ws, cfg, tie=tie)
+    choice, res = search_linears(captured.stats(), ws, cfg, tie=tie)
     assert _direct_loss(x, ws, choice.scales, cfg) == pytest.approx(choice.loss, rel=1e-3)
     assert _direct_loss(x, ws, torch.ones(x.shape[1]), cfg) == pytest.approx(choice.rtn_loss, rel=1e-3)
     assert choice.loss <= choice.rtn_loss
@@ -190,7 +192,7 @@ def test_module_search_scores_overflowing_candidates_as_excluded():
     x = torch.randn(256, 64)
     x[:, 3] *= 1e4  # one very salient channel: s^ratio grows by ~1e2 at the top ratios
     cfg = AWQConfig(bits=4, group_size=32)
-    choice = search_module(x, [lin], lambda: [lin(x)], cfg)
+    choice = search_module(awqkit.ActivationStats(64, gram=True).update(x.numpy()), [lin], lambda: [lin(x)], cfg)
     losses = choice.curve["losses"]  # None: excluded (kept JSON-safe in the report)
     assert np.isfinite(choice.loss)
     assert None in losses and any(v is not None for v in losses)

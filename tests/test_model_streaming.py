@@ -245,7 +245,9 @@ def test_a_killed_cli_resumes_to_the_same_bytes(small_sharded, uninterrupted, tm
 
 
 def test_disk_activations_read_back_every_row_and_replay_the_scale_ops(tmp_path):
-    from awqkit.model.disk_activations import DiskActivations, stats_of
+    from awqkit.model.captured_input import CapturedInput
+    from awqkit.model.disk_activations import DiskActivations
+    from awqkit.model.distributed import SingleProcess
 
     g = torch.Generator().manual_seed(0)
     parts = [torch.randn(n, 64, generator=g) for n in (40, 4, 9000, 3)]  # short writes stay buffered otherwise
@@ -257,9 +259,12 @@ def test_disk_activations_read_back_every_row_and_replay_the_scale_ops(tmp_path)
     ref = torch.cat(parts)
     ref.div_(s1).div_(s2).mul_(s2)  # the in-memory path's in-place ops
     assert d.shape == tuple(ref.shape) and torch.equal(d.load(), ref)
-    assert torch.equal(d.strided(37), ref[::37])
-    a, b = stats_of(d), stats_of(ref)
+    assert torch.equal(d.strided(37), ref[::37]) and torch.equal(d.strided(37, 5), ref[5::37])
+    rows = [len(p) for p in parts]
+    on_disk, in_memory = CapturedInput(d, rows, 64, SingleProcess()), CapturedInput(ref, rows, 64, SingleProcess())
+    a, b = on_disk.stats(), in_memory.stats()
     assert (a.gram() == b.gram()).all() and (a.mean_abs() == b.mean_abs()).all()
+    assert torch.equal(on_disk.sample(37, 0), in_memory.sample(37, 0))
 
 
 def test_resume_refuses_other_settings_or_another_model(small_sharded, tmp_path):

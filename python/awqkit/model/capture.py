@@ -11,6 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .captured_input import CapturedInput, gather_input_layout
+from .distributed import SingleProcess
+
 __all__ = [
     "BlockCalls",
     "BlockCapture",
@@ -109,44 +112,69 @@ class BlockCapture:
     """Inputs of every linear of a block ([tokens, K] float32, shared tensors stay shared:
     q/k/v read one tensor) and the call arguments of inspected modules per chunk."""
 
-    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, CapturedInput] = field(default_factory=dict)
     module_calls: dict[str, list[tuple[tuple, dict]]] = field(default_factory=dict)
 
 
 @torch.no_grad()
 def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, linear_names: list[str],
                   inspect_names: list[str], on_disk: bool = False, disk_folder: str | None = None,
-                  inputs_only: bool = False) -> tuple[BlockCapture, list[torch.Tensor]]:
+                  inputs_only: bool = False, group: SingleProcess | None = None,
+                  skip_chunks: int = 0) -> tuple[BlockCapture, list[torch.Tensor]]:
     """Run ``block`` on every chunk with hooks; returns the capture and the block outputs.
     ``on_disk``: the linears' inputs go to ``DiskActivations`` files (in ``disk_folder``)
     chunk by chunk instead of memory. ``inputs_only`` (in memory): each chunk's forward stops
     once every linear named has run (GPTQ's re-capture of o_proj's inputs needs no MLP); no
-    outputs are returned."""
+    outputs are returned. ``group``: the ranks of a distributed run (each holds its own
+    chunks, ``CapturedInput`` knows where they sit in the whole); the first ``skip_chunks``
+    chunks (the check chunk another rank owns) are run but not captured. A collective."""
+    group = SingleProcess() if group is None else group
     if on_disk:
-        return _capture_to_disk(block, hidden, calls, linear_names, inspect_names, disk_folder)
+        cap, outs = _capture_to_disk(block, hidden, calls, linear_names, inspect_names, disk_folder, skip_chunks, group)
+    else:
+        cap, outs = _capture_in_memory(block, hidden, calls, linear_names, inspect_names, inputs_only, skip_chunks,
+                                       group)
+    cap.inputs = gather_input_layout(cap.inputs, group, _empty_store(on_disk, disk_folder))
+    return cap, outs
+
+
+def _empty_store(on_disk: bool, folder: str | None):
+    from .disk_activations import DiskActivations
+
+    return (lambda k: DiskActivations(k, folder)) if on_disk else (lambda k: torch.empty((0, k), dtype=torch.float32))
+
+
+def _capture_in_memory(block, hidden, calls, linear_names, inspect_names, inputs_only, skip_chunks, group):
     per_name: dict[str, list[torch.Tensor]] = {n: [] for n in linear_names}
     mcalls: dict[str, list] = {n: [] for n in inspect_names}
+    at = {"chunk": 0}
     handles = []
     for name in linear_names:
         def hook(mod, args, out, name=name):
+            if at["chunk"] < skip_chunks:
+                return
             per_name[name].append(args[0])
             if inputs_only and all(len(v) == len(per_name[name]) for v in per_name.values()):
                 raise _StopForward
         handles.append(get_submodule(block, name).register_forward_hook(hook))
     for name in inspect_names:
         def pre(mod, args, kwargs, name=name):
-            mcalls[name].append((args, dict(kwargs)))
+            if at["chunk"] >= skip_chunks:
+                mcalls[name].append((args, dict(kwargs)))
         handles.append(get_submodule(block, name).register_forward_pre_hook(pre, with_kwargs=True))
+    outs: list[torch.Tensor] = []
     try:
-        if inputs_only:
-            outs: list[torch.Tensor] = []
-            for c in range(len(hidden)):
+        for c in range(len(hidden)):
+            at["chunk"] = c
+            if inputs_only:
+                if c < skip_chunks:
+                    continue
                 try:
                     block(hidden[c], *calls.args[c], **calls.kwargs[c])
                 except _StopForward:
                     pass
-        else:
-            outs = run_block(block, hidden, calls)
+            else:
+                outs.append(_block_output(block(hidden[c], *calls.args[c], **calls.kwargs[c])))
     finally:
         for h in handles:
             h.remove()
@@ -160,26 +188,32 @@ def capture_block(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCall
     for names in groups.values():
         parts = per_name[names[0]]
         k = parts[0].shape[-1]
+        rows = [p.reshape(-1, k).shape[0] for p in parts]
         joined = torch.cat([p.reshape(-1, k) for p in parts]).to(torch.float32).contiguous()
+        x = CapturedInput(joined, rows, k, group)
         for name in names:
-            cap.inputs[name] = joined
+            cap.inputs[name] = x
             per_name[name] = []  # the chunks go as soon as their copy exists: one transient copy at a time
         del parts
     return cap, outs
 
 
 def _capture_to_disk(block: nn.Module, hidden: list[torch.Tensor], calls: BlockCalls, linear_names: list[str],
-                     inspect_names: list[str], folder: str | None) -> tuple[BlockCapture, list[torch.Tensor]]:
+                     inspect_names: list[str], folder: str | None, skip_chunks: int,
+                     group: SingleProcess) -> tuple[BlockCapture, list[torch.Tensor]]:
     from .disk_activations import DiskActivations
 
     # Linears that read the same tensor object share one file, as they share one tensor in
     # memory. The chunk's tensors are held until the chunk ends, so that an id is never reused.
     group_of: dict[str, str] = {}
     files: dict[str, DiskActivations] = {}
+    parts: dict[str, list[int]] = {}
     mcalls: dict[str, list] = {n: [] for n in inspect_names}
-    chunk: dict[str, Any] = {"written": {}, "keep": []}
+    chunk: dict[str, Any] = {"written": {}, "keep": [], "index": 0}
 
     def record(name: str, x: torch.Tensor) -> None:
+        if chunk["index"] < skip_chunks:
+            return
         written = chunk["written"]
         if name not in group_of:  # first call (a later chunk for an expert no earlier token reached)
             shared = [g for g, seen in written.items() if seen is x]
@@ -194,7 +228,10 @@ def _capture_to_disk(block: nn.Module, hidden: list[torch.Tensor], calls: BlockC
         chunk["keep"].append(x)
         if g not in files:
             files[g] = DiskActivations(x.shape[-1], folder)
+            parts[g] = []
+        before = files[g].rows
         files[g].append(x)
+        parts[g].append(files[g].rows - before)
 
     handles = []
     for name in linear_names:
@@ -203,18 +240,20 @@ def _capture_to_disk(block: nn.Module, hidden: list[torch.Tensor], calls: BlockC
         handles.append(get_submodule(block, name).register_forward_hook(hook))
     for name in inspect_names:
         def pre(mod, args, kwargs, name=name):
-            mcalls[name].append((args, dict(kwargs)))
+            if chunk["index"] >= skip_chunks:
+                mcalls[name].append((args, dict(kwargs)))
         handles.append(get_submodule(block, name).register_forward_pre_hook(pre, with_kwargs=True))
     outs = []
     try:
         for c in range(len(hidden)):
-            chunk["written"], chunk["keep"] = {}, []
+            chunk["written"], chunk["keep"], chunk["index"] = {}, [], c
             outs.append(_block_output(block(hidden[c], *calls.args[c], **calls.kwargs[c])))
     finally:
         for h in handles:
             h.remove()
     chunk["keep"] = []
     cap = BlockCapture(module_calls=mcalls)
+    captured = {g: CapturedInput(f, parts[g], f.k, group) for g, f in files.items()}
     for name, g in group_of.items():
-        cap.inputs[name] = files[g]  # type: ignore[assignment]  # a DiskActivations stands in for the tensor
+        cap.inputs[name] = captured[g]
     return cap, outs

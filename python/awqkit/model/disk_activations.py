@@ -53,7 +53,8 @@ class DiskActivations:
         self._ops.append(("mul", s.detach().clone()))
         return self
 
-    def _read(self, r0: int, n: int) -> torch.Tensor:
+    def read(self, r0: int, n: int) -> torch.Tensor:
+        """Rows [r0, r0 + n), ops applied."""
         out = torch.empty((n, self.k), dtype=torch.float32)
         buf = memoryview(cast(Any, out.numpy())).cast("B")
         done = 0
@@ -75,32 +76,20 @@ class DiskActivations:
     def blocks(self, rows: int = READ_ROWS):
         """The matrix in row blocks of ``rows`` (the last one shorter), ops applied."""
         for r0 in range(0, self.rows, rows):
-            yield self._read(r0, min(rows, self.rows - r0))
+            yield self.read(r0, min(rows, self.rows - r0))
 
-    def strided(self, step: int) -> torch.Tensor:
-        """Rows 0, step, 2 step, ... (the clip search's token sample), ops applied."""
-        idx = range(0, self.rows, step)
+    def strided(self, step: int, start: int = 0) -> torch.Tensor:
+        """Rows start, start + step, ... (the clip search's token sample), ops applied."""
+        idx = range(start, self.rows, step)
         out = torch.empty((len(idx), self.k), dtype=torch.float32)
         for j, r in enumerate(idx):
-            out[j] = self._read(r, 1)[0]
+            out[j] = self.read(r, 1)[0]
         return out
 
     def load(self) -> torch.Tensor:
         """The whole matrix in memory (for consumers that need it all at once)."""
-        return self._read(0, self.rows) if self.rows else torch.empty((0, self.k), dtype=torch.float32)
+        return self.read(0, self.rows) if self.rows else torch.empty((0, self.k), dtype=torch.float32)
 
     def close(self) -> None:
         self._file.close()
 
-
-def stats_of(x, gram: bool = True):
-    """``ActivationStats`` of a tensor or a ``DiskActivations``, with the same sums."""
-    from ..stats import ActivationStats
-
-    stats = ActivationStats(x.shape[1], gram=gram)
-    if isinstance(x, DiskActivations):
-        for b in x.blocks():
-            stats.update(b.numpy())
-    else:
-        stats.update(np.ascontiguousarray(x.numpy()))
-    return stats

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
 from ..scale_clip_search import ScaleSearchResult, scale_loss, search_scale
-from .disk_activations import stats_of
+from ..stats import ActivationStats
 
 __all__ = ["ScaleChoice", "search_linears", "search_module"]
 
@@ -55,15 +55,14 @@ def _fits_fp16_scales(w: torch.Tensor, cfg: AWQConfig) -> bool:
     return bool(torch.isfinite(spread.to(torch.float16)).all())  # the stored scale: rounded to float16
 
 
-def _native_search(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig):
-    """Statistics (with Gram) of ``x`` and ``awqkit.search_scale`` over ``weights``: the
+def _native_search(stats: ActivationStats, weights: list[torch.Tensor], cfg: AWQConfig):
+    """``awqkit.search_scale`` over ``weights`` on the input's statistics (with Gram): the
     candidate scale vectors (with the configured saliency) and their native losses."""
-    stats = stats_of(x)  # x: a tensor or DiskActivations (same sums)
     ws = [np.ascontiguousarray(w.detach().numpy()) for w in weights]
     res = search_scale(stats, ws, n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling, include_identity=True,
                        saliency=cfg.saliency, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
                        rule=cfg.rule)
-    return stats, ws, res
+    return ws, res
 
 
 def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
@@ -88,11 +87,13 @@ def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
     )
 
 
-def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig, tie=None) -> tuple[ScaleChoice, ScaleSearchResult]:
-    """``awqkit.search_scale`` over the mapping's linears, on streamed statistics with a Gram
-    matrix. With ``tie`` (grouped-query attention), every candidate of the search is tied
-    and re-scored natively (``awqkit.scale_loss``), so the best *tied* candidate wins."""
-    stats, ws, res = _native_search(x, weights, cfg)
+def search_linears(stats: ActivationStats, weights: list[torch.Tensor], cfg: AWQConfig,
+                   tie=None) -> tuple[ScaleChoice, ScaleSearchResult]:
+    """``awqkit.search_scale`` over the mapping's linears, on the statistics (with a Gram
+    matrix) of their input. With ``tie`` (grouped-query attention), every candidate of the
+    search is tied and re-scored natively (``awqkit.scale_loss``), so the best *tied*
+    candidate wins."""
+    ws, res = _native_search(stats, weights, cfg)
     if tie is None:
         return _choose(res, res.candidates, np.asarray(res.losses, dtype=np.float64)), res
     tied = np.stack([tie(torch.from_numpy(np.asarray(c, dtype=np.float32))).numpy() for c in res.candidates])
@@ -102,13 +103,13 @@ def search_linears(x: torch.Tensor, weights: list[torch.Tensor], cfg: AWQConfig,
 
 
 @torch.no_grad()
-def search_module(x: torch.Tensor, layers: list[nn.Linear], run_module, cfg: AWQConfig, tie=None) -> ScaleChoice:
+def search_module(stats: ActivationStats, layers: list[nn.Linear], run_module, cfg: AWQConfig, tie=None) -> ScaleChoice:
     """AutoAWQ's ``_search_best_scale``: for each candidate of the native search (same
     scale vectors, same saliency), put Q(W s)/s into the layers, run the inspected module
     on the calibration chunks and score the output MSE against the full-precision output.
     ``run_module()`` returns the module outputs (list of tensors). ``tie`` maps a [K] scale
     vector to the vector actually applied (GQA)."""
-    _, _, res = _native_search(x, [l.weight for l in layers], cfg)
+    _, res = _native_search(stats, [l.weight for l in layers], cfg)
     originals = [l.weight.detach().clone() for l in layers]
     ref = [o.to(torch.float32) for o in run_module()]
     n_ref = sum(r.numel() for r in ref)

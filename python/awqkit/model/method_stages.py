@@ -20,24 +20,41 @@ from ..gptq import gptq_factor, gptq_quantize
 from ..quantizer import QuantizedTensor, quantize
 from ..scale_clip_search import ClipResult, apply_clip, search_clip
 from ..stats import ActivationStats, _from_state
-from .disk_activations import DiskActivations, stats_of
 
-__all__ = ["RANGE_SEARCHES", "ROUNDINGS", "BlockInputs", "LinearJob", "RangeChoice"]
+__all__ = ["NEEDS_STATS", "RANGE_SEARCHES", "ROUNDINGS", "SAMPLE_TOKENS", "BlockInputs", "LinearJob", "RangeChoice"]
 
 
 class BlockInputs:
-    """The captured inputs of one block's linears and what is derived from them once per input
-    tensor (linears fed the same tensor share it): the Gram statistics and the GPTQ factor."""
+    """What is derived once per captured input of a stage's linears (linears fed the same
+    input share it): the Gram statistics and the GPTQ factor, on the ranks whose linears need
+    them (``prepare``, a collective)."""
 
     def __init__(self) -> None:
         self._stats: dict[int, tuple[Any, ActivationStats]] = {}
         self._factors: dict[tuple, tuple[Any, Any]] = {}
 
+    def prepare(self, jobs: list[LinearJob], owners: list[int], spec, group) -> None:
+        """The statistics of every input a job's stages need, on the job's owner (on every
+        rank when owners differ), and each job's token sample for the range search. Every
+        rank calls it with the same jobs."""
+        needers: dict[int, tuple[Any, set[int]]] = {}
+        for job, owner in zip(jobs, owners):
+            if job.x is not None and (NEEDS_STATS[spec.ranges](job) or NEEDS_STATS[spec.rounding](job)):
+                needers.setdefault(id(job.x), (job.x, set()))[1].add(owner)
+        for x, ranks in needers.values():
+            st = x.stats(gram=True, dst=next(iter(ranks)) if len(ranks) == 1 else None)
+            if st is not None:
+                self._stats[id(x)] = (x, st)
+        for job, owner in zip(jobs, owners):
+            tokens = SAMPLE_TOKENS[spec.ranges](job)
+            if tokens:
+                sample = job.x.sample(max(1, job.x.rows // tokens), dst=owner)
+                if owner == group.rank:
+                    job.sample = sample
+
     def stats(self, x) -> ActivationStats:
         hit = self._stats.get(id(x))
-        if hit is None or hit[0] is not x:
-            hit = (x, stats_of(x, gram=True))
-            self._stats[id(x)] = hit
+        assert hit is not None and hit[0] is x, "BlockInputs.prepare did not bring these statistics here"
         return hit[1]
 
     def factor(self, x, damp: float, act_order: bool):
@@ -60,9 +77,10 @@ class LinearJob:
     cfg: AWQConfig
     inputs: BlockInputs
     never_clipped: bool
-    report: Any
+    report: Any  # where the stages' entries go (report.clip, report.gptq)
     block: int
     name: str
+    sample: torch.Tensor | None = None  # the range search's token sample (BlockInputs.prepare)
 
 
 @dataclass
@@ -84,28 +102,33 @@ def _minmax(job: LinearJob) -> RangeChoice:
     return RangeChoice(np.ascontiguousarray(job.weight.detach().to(torch.float32).numpy()))
 
 
+def _clip_tokens(job: LinearJob) -> int | None:
+    """The clip search's token sample size, or None where the weight is not clipped."""
+    cfg = job.cfg
+    refit = cfg.rule != "awq" and cfg.gguf_refit
+    if job.x is None or (job.never_clipped and not refit) or not cfg.clip:
+        return None
+    # The refit fits each block's stored values to the tokens' Gram block: on AutoAWQ's 512-token
+    # sample it would fit that sample's noise, so it takes (nearly) every calibration token.
+    return _REFIT_TOKENS if refit else _CLIP_TOKENS
+
+
 def _clip(job: LinearJob) -> RangeChoice:
-    """AWQ's clip search (AutoAWQ's auto_clip on 512 sampled tokens); with a GGUF rule and
-    ``gguf_refit`` each block's stored values are also refit on (nearly) every token, and q/k
-    projections, never clipped, get the refit alone."""
+    """AWQ's clip search (AutoAWQ's auto_clip on 512 tokens, rows 0, T // 512, ...); with a
+    GGUF rule and ``gguf_refit`` each block's stored values are also refit on (nearly) every
+    token, and q/k projections, never clipped, get the refit alone."""
     cfg = job.cfg
     wn = np.ascontiguousarray(job.weight.detach().to(torch.float32).numpy())
     refit = cfg.rule != "awq" and cfg.gguf_refit
     refit_only = refit and job.never_clipped
-    if job.x is None or (job.never_clipped and not refit_only) or not cfg.clip:
+    if _clip_tokens(job) is None:
         return RangeChoice(wn)
     kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, n_grid=cfg.clip_n_grid,
                               # refit only: one shrink candidate, 1.0 (1.5 / n: int(n * 1.5 / n) is 1 despite rounding)
                               max_shrink=min(1.0, 1.5 / cfg.clip_n_grid) if refit_only else cfg.clip_max_shrink,
                               rule=cfg.rule, refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
-    # The refit fits each block's stored values to the tokens' Gram block: on AutoAWQ's 512-token
-    # sample it would fit that sample's noise, so it takes (nearly) every calibration token.
-    tokens = _REFIT_TOKENS if refit else _CLIP_TOKENS
-    x = job.x
-    if isinstance(x, DiskActivations):  # read only the sampled tokens: x[::T // tokens]
-        res = search_clip(x.strided(max(1, x.rows // tokens)).numpy(), wn, n_sample_tokens=None, **kw)
-    else:
-        res = search_clip(np.ascontiguousarray(x.numpy()), wn, n_sample_tokens=tokens, **kw)
+    assert job.sample is not None
+    res = search_clip(np.ascontiguousarray(job.sample.numpy()), wn, n_sample_tokens=None, **kw)
     job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": float(res.loss_before),
                             "loss_after": float(res.loss_after), **({"refit_only": True} if refit_only else {})})
     return RangeChoice(apply_clip(wn, res), clipped=True, refit=res if refit else None)
@@ -138,6 +161,21 @@ RANGE_SEARCHES: dict[str, Callable[[LinearJob], RangeChoice]] = {
     "minmax": _minmax,
     "clip": _clip,
     "imatrix": _imatrix,
+}
+
+# What each stage reads from the captured input besides the weight, for BlockInputs.prepare
+# to bring to the rank that runs it: the input's statistics, a token sample of this size.
+NEEDS_STATS: dict[str, Callable[[LinearJob], bool]] = {
+    "minmax": lambda job: False,
+    "clip": lambda job: False,
+    "imatrix": lambda job: job.x is not None and not job.never_clipped,
+    "nearest": lambda job: False,
+    "gptq": lambda job: job.x is not None,
+}
+SAMPLE_TOKENS: dict[str, Callable[[LinearJob], int | None]] = {
+    "minmax": lambda job: None,
+    "clip": _clip_tokens,
+    "imatrix": lambda job: None,
 }
 
 
@@ -180,5 +218,6 @@ ROUNDINGS: dict[str, Callable[[LinearJob, RangeChoice], QuantizedTensor]] = {
 
 
 # The registry's stage names, each with its handler (a test checks the two agree).
-if set(RANGE_SEARCHES) != set(_registry.RANGE_SEARCHES) or set(ROUNDINGS) != set(_registry.ROUNDINGS):
+if (set(RANGE_SEARCHES) != set(_registry.RANGE_SEARCHES) or set(ROUNDINGS) != set(_registry.ROUNDINGS)
+        or set(SAMPLE_TOKENS) != set(RANGE_SEARCHES) or set(NEEDS_STATS) != set(RANGE_SEARCHES) | set(ROUNDINGS)):
     raise ImportError("awqkit.quant_methods and awqkit.model.method_stages list different stages")

@@ -36,7 +36,7 @@ from .calibration import get_calib_blocks
 from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
 from .checkpoint import checkpoint_dtype, round_module_to, round_to_checkpoint_dtype
 from .conversions import convert_blocks
-from .disk_activations import DiskActivations
+from .distributed import SingleProcess, deal
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .mapping_search import search_linears, search_module
@@ -238,7 +238,8 @@ class BlockRun:
     def __init__(self, layout: BlockLayout, cfg: AWQConfig, method: str, meter: StageMeter,
                  plan: tuple[dict[str, str], QuantizationReport],
                  reread_block: Callable[[int], dict[str, torch.Tensor]] | None = None,
-                 activations_on_disk: bool = False, disk_folder: str | None = None):
+                 activations_on_disk: bool = False, disk_folder: str | None = None,
+                 group: SingleProcess | None = None, skip_chunks: int = 0):
         self.layout, self.cfg, self.method, self.meter = layout, cfg, method, meter
         self.spec = method_named(method)
         self.skip, self.report = plan
@@ -248,6 +249,10 @@ class BlockRun:
         self.reread_block = reread_block
         # The captured linear inputs in files (DiskActivations) instead of memory.
         self.activations_on_disk, self.disk_folder = activations_on_disk, disk_folder
+        # The ranks of a distributed run (awqkit.model.distributed); this rank's hidden states
+        # start with skip_chunks chunks it runs only for the checks (chunk 0 of another rank).
+        self.group = SingleProcess() if group is None else group
+        self.skip_chunks = skip_chunks
 
     def finish(self, t_start: float, seconds_before: float = 0.0) -> QuantizationReport:
         report = self.report
@@ -313,6 +318,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     are rounded to ``dtype``, the checkpoint's. Returns the next block's input hidden states
     (empty for plain rounding, which needs no calibration)."""
     cfg, layout, spec, meter, report, skip = run.cfg, run.layout, run.spec, run.meter, run.report, run.skip
+    group = run.group
     linears = {rel: m for rel, m in block.named_modules() if isinstance(m, nn.Linear)}
     quant_names = [rel for rel in linears if f"{i}.{rel}" not in skip]
     cap = None
@@ -330,8 +336,9 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
             with meter.stage("block_check"):
                 rtn_err = _rtn_block_error(block, quant_names, hidden, calls, cfg)
         with meter.stage("capture"):
+            group.where = f"capturing the inputs of block {i}"
             cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names, run.activations_on_disk,
-                                        run.disk_folder)
+                                        run.disk_folder, group=group, skip_chunks=run.skip_chunks)
         if cfg.propagation == "fp" and len(stages) == 1:
             # From here on only the check chunks of the block's input are read (fold and block
             # checks); the next block gets fp_out. The caller's list is this one: trimming it
@@ -345,19 +352,25 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         _report_experts(i, layout, cap, report)
         if spec.scales == "awq":
             with meter.stage("scale_search"):
-                for m in layout.mappings:
-                    entry = _search_and_fold(block, i, m, layout, cap, cfg, skip, report)
-                    if "skipped" not in entry and entry.get("ratio") is not None:
-                        with meter.stage("fold_check"):
-                            _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
-                    if entry.get("awq_loss") is not None:
+                for wave in _independent_waves(layout.mappings, cap, cfg):
+                    group.where = f"searching the scales of block {i}"
+                    prepared = [(m, *_prepare_mapping(block, i, m, layout, cap, cfg, skip)) for m in wave]
+                    choices = _search_mappings(block, [p for p in prepared if "skipped" not in p[1]], cap, cfg, group)
+                    for m, entry, x, tie in prepared:
+                        report.mappings.append(entry)
+                        if "skipped" in entry:
+                            continue
+                        _fold(block, m, layout, cap, entry, choices[m.name], tie)
+                        if entry.get("ratio") is not None:
+                            with meter.stage("fold_check"):
+                                _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
                         bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
     if not spec.quantizes:  # the fold diagnostic: folded full-precision weights, no clip, no rounding
         del cap
         return fp_out
     # Linear by linear: the weights after folding (AWQ) or as loaded, their ranges chosen and
-    # rounded by the method; the float weight is dropped as its quantized module replaces it, so
-    # the block never holds a second full copy here.
+    # rounded by the method (each linear by one rank, the results sent to all); the float weight
+    # is dropped as its quantized module replaces it, so the block never holds a second full copy.
     inputs = BlockInputs()
     # Plain rounding of each linear's weight as the method received it (after any fold): the
     # per-linear fallback below keeps it where it gives the lower block output error.
@@ -366,22 +379,41 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     for si, names in enumerate(stages):
         if si > 0 and cap is not None:
             with meter.stage("capture"):
+                group.where = f"capturing the inputs of block {i}'s {', '.join(names)}"
                 _recapture_inputs(block, hidden, calls, names, cap, run)
             inputs = BlockInputs()  # the new inputs are new tensors: nothing derived from the old ones applies
-        for rel in names:
-            lin = linears.pop(rel)
-            job = LinearJob(weight=lin.weight.detach(), x=cap.inputs.get(rel) if cap is not None else None, cfg=cfg,
-                            inputs=inputs, never_clipped=layout.never_clipped(rel), report=report, block=i, name=rel)
+        jobs = [LinearJob(weight=linears[rel].weight.detach(), x=cap.inputs.get(rel) if cap is not None else None,
+                          cfg=cfg, inputs=inputs, never_clipped=layout.never_clipped(rel), report=_Entries(), block=i,
+                          name=rel) for rel in names]
+        owners = deal([float(j.weight.numel()) for j in jobs], group.world)
+        group.where = f"rounding block {i}'s {', '.join(names)}"
+        with meter.stage("clip_search" if spec.ranges != "minmax" else "quantize_pack"):
+            inputs.prepare(jobs, owners, spec, group)
+        results: dict[str, tuple[QuantizedTensor, _Entries]] = {}
+        for job, owner in zip(jobs, owners):
+            if owner != group.rank:
+                continue
             with meter.stage("clip_search" if spec.ranges != "minmax" else "quantize_pack"):
                 ranges = RANGE_SEARCHES[spec.ranges](job)
             with meter.stage("gptq" if spec.rounding == "gptq" else "quantize_pack"):
-                qt = ROUNDINGS[spec.rounding](job, ranges)
+                results[job.name] = (ROUNDINGS[spec.rounding](job, ranges), job.report)
+            del ranges
+        if group.world > 1:
+            with meter.stage("quantize_pack"):
+                results = {k: v for got in group.all_gather(results, "quantized linears") for k, v in got.items()}
+        for job in jobs:
+            rel = job.name
+            qt, entries = results.pop(rel)
+            report.clip.extend(entries.clip)
+            report.gptq.extend(entries.gptq)
+            lin = linears.pop(rel)
             with meter.stage("quantize_pack"):
                 set_submodule(block, rel, _quantized_linear(qt, lin.bias, cfg))
                 report.quantized_layers += 1
                 if linear_check:
                     plain[rel] = _quantize_weight(job.weight, lin.bias, cfg)
-            del lin, job, ranges
+            del lin, qt
+        del jobs
     del inputs
     with meter.stage("quantize_pack"):
         # What is evaluated (the block check, the quantized propagation) is what the checkpoint
@@ -456,12 +488,13 @@ def _rounding_stages(quant_names: list[str], layout: BlockLayout) -> list[list[s
 
 def _recapture_inputs(block: nn.Module, hidden, calls, names: list[str], cap, run: BlockRun) -> None:
     """The inputs of ``names`` from the block as it is now (earlier linears already rounded)."""
-    fresh, _ = capture_block(block, hidden, calls, names, [], run.activations_on_disk, run.disk_folder, inputs_only=True)
+    fresh, _ = capture_block(block, hidden, calls, names, [], run.activations_on_disk, run.disk_folder, inputs_only=True,
+                             group=run.group, skip_chunks=run.skip_chunks)
     for n in names:
         old = cap.inputs.get(n)
         if n in fresh.inputs:
             cap.inputs[n] = fresh.inputs[n]
-        if isinstance(old, DiskActivations) and not any(v is old for v in cap.inputs.values()):
+        if old is not None and not any(v is old for v in cap.inputs.values()):
             old.close()
 
 
@@ -555,48 +588,105 @@ def _report_experts(i: int, layout: BlockLayout, cap, report) -> None:
         report.experts.append(entry)
 
 
-def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQConfig, skip, report) -> dict:
-    entry = {"block": i, "mapping": m.name}
+class _Entries:
+    """Where one linear's stages put their report entries (sent with its result, then added
+    to the report in the block's order)."""
+
+    def __init__(self) -> None:
+        self.clip: list[dict] = []
+        self.gptq: list[dict] = []
+
+
+def _independent_waves(mappings: list[Mapping], cap, cfg: AWQConfig) -> list[list[Mapping]]:
+    """The mappings in runs whose scale searches do not read what an earlier mapping of the
+    run folds (its previous op, its linears, the inputs it divides): a run's searches can be
+    made together, before its folds, and choose what they would have one by one."""
+    def overlaps(a: str, b: str) -> bool:
+        return a == b or not a or not b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    def tensors(names) -> set[int]:
+        return {id(cap.inputs[n]) for n in names if n in cap.inputs}
+
+    waves: list[list[Mapping]] = []
+    written: set[str] = set()
+    for m in mappings:
+        reads = {m.inp, *m.layers} | ({m.module2inspect} if cfg.inspect == "module" else set())
+        if waves and (any(overlaps(r, w) for r in reads for w in written) or tensors(reads) & tensors(written)):
+            waves.append([])
+            written = set()
+        if not waves:
+            waves.append([])
+        waves[-1].append(m)
+        written |= {m.prev_op, m.inp, *m.layers, *m.also_scaled}
+    return waves
+
+
+def _prepare_mapping(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQConfig, skip) -> tuple[dict, Any, Any]:
+    """(report entry, captured input, GQA tie) of a mapping; the entry says ``skipped`` (and
+    why) for a mapping that is not searched."""
+    entry: dict[str, Any] = {"block": i, "mapping": m.name}
     skipped = [l for l in m.layers if f"{i}.{l}" in skip]
     if skipped:
         entry["skipped"] = f"not quantized: {', '.join(skipped[:3])}" + (" ..." if len(skipped) > 3 else "")
-        report.mappings.append(entry)
-        return entry
+        return entry, None, None
     x = cap.inputs.get(m.inp)
-    if x is None or x.shape[0] == 0:
+    if x is None or x.rows == 0:
         entry["skipped"] = "no calibration token reached this mapping (an expert no token was routed to)"
-        report.mappings.append(entry)
-        return entry
-    prev = get_submodule(block, m.prev_op)
-    layers: list[Any] = [get_submodule(block, l) for l in m.layers]
-    k = x.shape[1]
-    _, tie = mapping_tie(prev, m, layout, k)
+        return entry, None, None
+    _, tie = mapping_tie(get_submodule(block, m.prev_op), m, layout, x.k)
     if tie is not None and not cfg.gqa_tie:
         entry["skipped"] = f"grouped-query attention ({layout.kv_heads} KV heads for {layout.heads} query heads) and gqa_tie is off"
-        report.mappings.append(entry)
-        return entry
+        return entry, None, None
+    return entry, x, tie
 
+
+def _search_mappings(block, tasks: list[tuple], cap, cfg: AWQConfig, group) -> dict[str, tuple]:
+    """Each mapping's ``(ScaleChoice, untied loss)``, searched by one rank (dealt by cost) on
+    the statistics of its input reduced there; every rank gets every choice. In rounds of one
+    mapping per rank, so that a rank holds one Gram matrix at a time."""
+    owners = deal([float(x.k) ** 2 * sum(get_submodule(block, l).weight.shape[0] for l in m.layers)
+                   for m, _, x, _ in tasks], group.world)
+    mine: dict[str, tuple] = {}
+    queues = [[t for t, o in zip(tasks, owners) if o == r] for r in range(group.world)]
+    for t in range(max((len(q) for q in queues), default=0)):
+        this_round = [(q[t], r) for r, q in enumerate(queues) if t < len(q)]
+        for (m, _, x, tie), r in this_round:
+            stats = x.stats(gram=True, dst=r)
+            if r == group.rank:
+                mine[m.name] = _search_mapping(block, m, x, stats, tie, cap, cfg)
+            del stats
+    if group.world == 1:
+        return mine
+    return {k: v for got in group.all_gather(mine, "scale choices") for k, v in got.items()}
+
+
+def _search_mapping(block, m: Mapping, x, stats, tie, cap, cfg: AWQConfig) -> tuple:
+    layers: list[Any] = [get_submodule(block, l) for l in m.layers]
     if cfg.inspect == "module":
-        if isinstance(x, DiskActivations):
-            x = x.load()  # the module is run on the whole input per candidate
+        local = x.load()  # the module is run on the whole input per candidate
         mod = get_submodule(block, m.module2inspect)
         if isinstance(mod, nn.Linear):
-            run = lambda: [mod(x)]  # noqa: E731
+            run = lambda: [mod(local)]  # noqa: E731
         else:
             calls = cap.module_calls[m.module2inspect]
+
             def run():
                 outs = [mod(*a, **kw) for a, kw in calls]
                 return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
-        choice = search_module(x, layers, run, cfg, tie=tie)
-    else:
-        choice, res = search_linears(x, [l.weight for l in layers], cfg, tie=tie)
-        if tie is not None:
-            entry["untied_loss"] = float(res.loss)  # what the same search reaches without the tie
+        return search_module(stats, layers, run, cfg, tie=tie), None
+    choice, res = search_linears(stats, [l.weight for l in layers], cfg, tie=tie)
+    return choice, (float(res.loss) if tie is not None else None)
+
+
+def _fold(block, m: Mapping, layout: BlockLayout, cap, entry: dict, searched: tuple, tie) -> None:
+    """Record the mapping's search in its entry and fold its scales (every rank)."""
+    choice, untied = searched
+    if untied is not None:
+        entry["untied_loss"] = untied  # what the same search reaches without the tie
     entry.update({"ratio": choice.ratio, "duo": choice.duo, "rtn_loss": choice.rtn_loss, "awq_loss": choice.loss,
                   "gqa_tied": tie is not None, "curve": choice.curve})
-    report.mappings.append(entry)
     if choice.ratio is None:
-        return entry  # identity: nothing to fold
+        return  # identity: nothing to fold
     s = choice.scales.to(torch.float32)
     saved = snapshot(block, m)
     fold_mapping(block, m, layout, s)
@@ -605,6 +695,5 @@ def _search_and_fold(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
     divided = list({id(t): t for t in (cap.inputs.get(n) for n in (m.inp, *m.layers, *m.also_scaled))
                     if t is not None}.values())
     for t in divided:
-        t.div_(s.view(1, -1))
+        t.div_(s)
     entry["_undo"] = (saved, divided, s)  # taken by _check_fold
-    return entry

@@ -1,0 +1,222 @@
+"""A quantization run split over processes (``torchrun --nproc-per-node N awqkit quantize ...``).
+
+What each rank does (``awqkit.model.pipeline.quantize_block`` and ``streaming``):
+
+- **Calibration** is sharded by chunks of sequences (the pipeline's forward unit): rank r runs
+  a contiguous range of them through each block. Every rank also runs chunk 0, the check
+  chunk, on which the fold checks, block errors and fallbacks are measured: those decisions
+  are taken by every rank on the same tensors, so they agree without a message.
+- **Statistics** (sums, max, Gram) of each captured input are accumulated per rank with
+  ``ActivationStats(bounds=...)``: every addend sits on a grid on which float64 sums are
+  exact, so the reduced sums are bit for bit the single process's, in any reduction order.
+- **Searches**: the mappings of a block (independent ones together), then its linears (range
+  search and rounding), are dealt out to ranks by cost; each owner receives what it needs
+  (the reduced statistics, the clip search's token sample) and the results are sent to all.
+- **Writing**: rank 0 writes the shards and commits the resume state (with every chunk's
+  hidden states, gathered), so a run resumes with any number of processes.
+
+The checkpoint's bytes are those of the single-process run on the same calibration set, for
+any world size, on CPUs that select the same kernels (checked when the group forms).
+``SingleProcess`` is the world of one that every run without torchrun uses.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RankFailure", "SingleProcess", "TorchProcessGroup", "chunk_owners", "deal", "from_environment"]
+
+
+class RankFailure(RuntimeError):
+    """A collective failed: another rank died or the network went away."""
+
+
+class SingleProcess:
+    """The world of one process: every collective is the identity. Subclasses count the bytes
+    each kind of message moves (``volume``: label -> bytes sent by this rank)."""
+
+    rank = 0
+    world = 1
+
+    def __init__(self) -> None:
+        self.volume: dict[str, int] = {}
+        self.where = ""  # what the run is doing, for the error when a rank fails
+
+    # Arrays (float64 / int64 numpy, in place on the receivers).
+    def reduce_sum(self, arrays: Sequence[np.ndarray], dst: int | None, label: str) -> None:
+        """Sum ``arrays`` over the ranks into ``dst``'s (every rank's when None)."""
+
+    def all_max(self, arrays: Sequence[np.ndarray], label: str) -> None:
+        """Element-wise max over the ranks, on every rank."""
+
+    # Python objects (pickled).
+    def all_gather(self, obj: Any, label: str) -> list[Any]:
+        return [obj]
+
+    def gather(self, obj: Any, dst: int, label: str) -> list[Any] | None:
+        return [obj]
+
+    def broadcast(self, obj: Any, src: int, label: str) -> Any:
+        return obj
+
+    def scatter(self, objs: list[Any] | None, src: int, label: str) -> Any:
+        assert objs is not None
+        return objs[0]
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        return {"world_size": self.world, "bytes_sent_by_rank0": dict(sorted(self.volume.items()))}
+
+
+class TorchProcessGroup(SingleProcess):
+    """``torch.distributed`` (gloo on CPU) under the environment torchrun sets (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT). A collective that fails, because a rank died or
+    the network went away, raises ``RankFailure`` naming what the run was doing."""
+
+    def __init__(self, timeout_s: float | None = None) -> None:
+        super().__init__()
+        import datetime
+
+        import torch.distributed as dist
+
+        self._dist = dist
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("AWQKIT_DIST_TIMEOUT", "1800"))
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+            self._owns_group = True
+        else:
+            self._owns_group = False
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self._check_same_kernels()
+
+    def _check_same_kernels(self) -> None:
+        """The bytes are the same for any world size only if every rank computes the same
+        floats: the same native kernels (ISA) and the same torch build."""
+        import torch
+
+        from ..isa import active_isa
+
+        mine = {"isa": active_isa(), "torch": torch.__version__}
+        seen = self.all_gather(mine, "setup")
+        differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
+        if differ:
+            raise ValueError(f"the ranks would not compute the same floats (rank 0: {seen[0]}; {'; '.join(differ)}): "
+                             "give every host the same torch and cap the kernels to a level all CPUs have "
+                             "(AWQKIT_ISA=avx512_vnni or avx2) so that the checkpoint does not depend on where each "
+                             "part ran")
+
+    def _fail(self, e: BaseException):
+        return RankFailure(
+            f"rank {self.rank} of {self.world}: a collective failed while {self.where or 'setting up'} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Another rank probably died (see its "
+            "output) or the network went away. The blocks committed so far are kept: rerun the same command, with "
+            "any number of processes, to resume")
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RuntimeError, ConnectionError, OSError) as e:
+            raise self._fail(e) from e
+
+    def _count(self, label: str, nbytes: int) -> None:
+        self.volume[label] = self.volume.get(label, 0) + int(nbytes)
+
+    def reduce_sum(self, arrays, dst, label):
+        import torch
+
+        for a in arrays:
+            t = torch.from_numpy(a)
+            self._count(label, a.nbytes)
+            if dst is None:
+                self._call(self._dist.all_reduce, t, op=self._dist.ReduceOp.SUM)
+            else:
+                self._call(self._dist.reduce, t, dst=dst, op=self._dist.ReduceOp.SUM)
+
+    def all_max(self, arrays, label):
+        import torch
+
+        for a in arrays:
+            self._count(label, a.nbytes)
+            self._call(self._dist.all_reduce, torch.from_numpy(a), op=self._dist.ReduceOp.MAX)
+
+    def _pickled_size(self, obj) -> int:
+        return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def all_gather(self, obj, label):
+        out: list[Any] = [None] * self.world
+        self._count(label, self._pickled_size(obj))
+        self._call(self._dist.all_gather_object, out, obj)
+        return out
+
+    def gather(self, obj, dst, label):
+        out: list[Any] | None = [None] * self.world if self.rank == dst else None
+        if self.rank != dst:
+            self._count(label, self._pickled_size(obj))
+        self._call(self._dist.gather_object, obj, out, dst=dst)
+        return out
+
+    def broadcast(self, obj, src, label):
+        box = [obj if self.rank == src else None]
+        if self.rank == src:
+            self._count(label, self._pickled_size(obj) * (self.world - 1))
+        self._call(self._dist.broadcast_object_list, box, src=src)
+        return box[0]
+
+    def scatter(self, objs, src, label):
+        box: list[Any] = [None]
+        if self.rank == src:
+            assert objs is not None
+            self._count(label, sum(self._pickled_size(o) for r, o in enumerate(objs) if r != src))
+        self._call(self._dist.scatter_object_list, box, objs if self.rank == src else None, src=src)
+        return box[0]
+
+    def barrier(self):
+        self._call(self._dist.barrier)
+
+    def close(self) -> None:
+        if self._owns_group and self._dist.is_initialized():
+            self._dist.destroy_process_group()
+
+    def summary(self) -> dict[str, Any]:
+        per_rank = self.all_gather(dict(self.volume), "report")
+        labels = sorted({k for v in per_rank for k in v})
+        return {"world_size": self.world,
+                "bytes_sent": {k: [v.get(k, 0) for v in per_rank] for k in labels}}
+
+
+def from_environment() -> SingleProcess:
+    """The group torchrun (or any launcher setting WORLD_SIZE > 1) started this process in,
+    else the world of one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return TorchProcessGroup()
+    return SingleProcess()
+
+
+def chunk_owners(n_chunks: int, world: int) -> list[int]:
+    """The rank of each calibration chunk: contiguous, as even as possible (rank r takes
+    chunks [r n / W, (r + 1) n / W))."""
+    return [min(world - 1, (c * world) // max(1, n_chunks)) if n_chunks >= world else c for c in range(n_chunks)]
+
+
+def deal(costs: Sequence[float], world: int) -> list[int]:
+    """Owner of each task: the costliest first, each to the least loaded rank (ties: the task
+    listed first, the lowest rank); the same on every rank."""
+    load = [0.0] * world
+    owner = [0] * len(costs)
+    for t in sorted(range(len(costs)), key=lambda t: (-costs[t], t)):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[t] = r
+        load[r] += costs[t]
+    return owner
