@@ -96,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"awqkit: error: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        # Another rank of a distributed run died: not a bug here, and the traceback says less than the message.
+        dist = sys.modules.get("awqkit.model.distributed")
+        if dist is None or not isinstance(e, dist.RankFailure) or args.verbose:
+            raise
+        print(f"awqkit: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 # A full or read-only disk, or a permission, is the user's to fix: say which file and what to do.

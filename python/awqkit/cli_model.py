@@ -68,6 +68,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     fp = estimate_footprint(args.model, bits=cfg.bits, group_size=cfg.group_size)  # size before quality
     log.info("estimated weights: %.1f MiB -> %.1f MiB (%d of %d parameters quantized)",
              fp.bytes_before / 2**20, fp.bytes_after / 2**20, fp.quantized_params, fp.params)
+    if args.in_memory and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--in-memory runs in one process: a distributed run (torchrun) streams the model folder")
     if args.in_memory:
         from .model import load_model, quantize_model, save_quantized
 
@@ -76,17 +78,25 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         save_quantized(model, args.out, tokenizer=tok, report=report, overwrite=args.overwrite)
     else:
         from .model import quantize_to_checkpoint
+        from .model.distributed import from_environment
 
+        # Under torchrun (WORLD_SIZE > 1) the run is split over the ranks; rank 0 writes and reports.
+        group = from_environment()
         # The memory plan, a resume and the result are worth a line each without -v.
         logging.getLogger("awqkit.model.streaming").setLevel(logging.INFO)
         try:
             report = quantize_to_checkpoint(args.model, args.out, cfg, calib=args.calib, method=args.method,
                                             overwrite=args.overwrite, restart=args.restart,
-                                            memory_check=args.memory_check, activations=args.activations)
+                                            memory_check=args.memory_check, activations=args.activations,
+                                            group=group)
         except KeyboardInterrupt:
             print(f"awqkit: interrupted; the finished blocks are kept in {os.path.abspath(args.out)}.partial: "
                   "run the same command again to resume", file=sys.stderr)
             return 130
+        finally:
+            group.close()
+        if group.rank != 0:
+            return 0
     s = report.summary()
     print(json.dumps({"out": args.out, "quantized_layers": report.quantized_layers,
                       "not_converted": len(report.not_converted), "seconds": round(report.total_seconds, 2),

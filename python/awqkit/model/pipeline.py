@@ -225,10 +225,11 @@ def decoder_blocks(model: nn.Module, layout: BlockLayout) -> nn.ModuleList:
     return blocks
 
 
-def tqdm_blocks(n: int, method: str, initial: int = 0):
+def tqdm_blocks(n: int, method: str, initial: int = 0, quiet: bool = False):
     from tqdm.auto import tqdm
 
-    return tqdm(range(initial, n), desc=f"AWQ {method}", unit="block", disable=None, total=n, initial=initial)
+    return tqdm(range(initial, n), desc=f"AWQ {method}", unit="block", disable=True if quiet else None, total=n,
+                initial=initial)
 
 
 class BlockRun:

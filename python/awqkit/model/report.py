@@ -109,6 +109,8 @@ class QuantizationReport:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     total_seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    # A distributed run: the world size and the bytes each rank sent per kind of message.
+    distributed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,6 +50,7 @@ from .checkpoint import (
 from .conversions import convert_blocks
 from .families import layout_for
 from .memory_plan import MemoryPlan, available_memory, plan_memory
+from .distributed import SingleProcess, chunk_owners, from_environment
 from .pipeline import _CHUNK_SEQS, BlockRun, calibration_tokens, decoder_blocks, plan_linears, quantize_block, return_freed_memory, tqdm_blocks
 from .report import QuantizationReport, StageMeter
 from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
@@ -297,7 +298,8 @@ class _Resume:
 
 def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike, config: AWQConfig | None = None,
                            calib=None, tokenizer=None, method: str = "awq", overwrite: bool = False,
-                           restart: bool = False, memory_check: bool = True, activations: str = "auto") -> QuantizationReport:
+                           restart: bool = False, memory_check: bool = True, activations: str = "auto",
+                           group: SingleProcess | None = None) -> QuantizationReport:
     """Quantize the model folder ``model_path`` into the AutoAWQ gemm checkpoint ``out``, one
     decoder block in memory at a time, resumable (see the module docstring). Returns the report.
 
@@ -311,6 +313,10 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
 
     A folder whose weights transformers renames or fuses while loading (``StreamingUnsupported``)
     is quantized in memory instead (``quantize_model`` + ``save_quantized``), with a warning.
+
+    ``group``: the ranks of a distributed run (``awqkit.model.distributed``; by default the
+    group torchrun started, if any): calibration chunks, statistics and searches are split
+    among them, rank 0 writes, and the checkpoint's bytes are the single process's.
     """
     from transformers import AutoTokenizer
 
@@ -323,15 +329,19 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         raise ValueError(f"method {method!r} keeps full-precision weights: it writes no checkpoint")
     if spec.problem(cfg):
         raise ValueError(spec.problem(cfg))
-    if activations not in ("auto", "memory", "disk"):
-        raise ValueError(f"activations must be 'auto', 'memory' or 'disk', got {activations!r}")
     problem = format_named(cfg.format).config_problem(cfg)
     if problem:
         raise ValueError(problem)
+    if activations not in ("auto", "memory", "disk"):
+        raise ValueError(f"activations must be 'auto', 'memory' or 'disk', got {activations!r}")
+    group = from_environment() if group is None else group
+    if group.world > 1 and cfg.inspect == "module":
+        raise ValueError("inspect='module' runs the inspected module on every calibration token per candidate: it is "
+                         "not split across ranks; use inspect='linears' (the default) or one process")
     model_path = os.fspath(model_path)
     out_dir = check_output_folder(out, overwrite)
     partial = out_dir + PARTIAL_SUFFIX
-    if restart and os.path.isdir(partial):
+    if restart and os.path.isdir(partial) and group.rank == 0:
         # Aside first: an interrupted delete must not leave a progress file without its shards.
         aside = sibling_dir(out_dir, "discarded")
         os.rename(partial, os.path.join(aside, "partial"))
@@ -342,6 +352,9 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         with meter.stage("load"):
             src = SourceModel(model_path)
     except StreamingUnsupported as e:
+        if group.world > 1:
+            raise ValueError(f"{e}: a distributed run streams the model folder block by block; this folder needs the "
+                             "in-memory path (one process)") from None
         return _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason=str(e))
     try:
         if tokenizer is None:
@@ -350,11 +363,12 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
             except (OSError, ValueError) as e:
                 # Not needed for token calibration or RTN; otherwise the calibration says so.
                 log.info("no tokenizer in %s (%s): the checkpoint will have none", model_path, str(e).splitlines()[0])
-        return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check, activations)
+        return _stream(src, out_dir, partial, cfg, calib, tokenizer, method, meter, t_start, memory_check, activations,
+                       group)
     except BaseException:
         # A run stopped before its first commit leaves nothing behind; after it, the partial
         # folder is what the next run resumes from.
-        if not os.path.isfile(os.path.join(partial, _RESUME_DIR, "progress.json")):
+        if group.rank == 0 and not os.path.isfile(os.path.join(partial, _RESUME_DIR, "progress.json")):
             shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
@@ -374,7 +388,8 @@ def _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, re
 
 
 def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib, tokenizer, method: str,
-            meter: StageMeter, t_start: float, memory_check: bool, activations: str) -> QuantizationReport:
+            meter: StageMeter, t_start: float, memory_check: bool, activations: str,
+            group: SingleProcess) -> QuantizationReport:
     model = src.model
     layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
     blocks = decoder_blocks(model, layout)
@@ -382,34 +397,56 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
     convert_blocks(planned, layout)
     templates: dict[int, nn.Module] = {}  # block i on meta while it is being quantized
     prefix = f"{layout.layers_path}."
-    run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method),
-                   reread_block=lambda i: src.block_state(f"{prefix}{i}.", templates[i], layout))
     from .checkpoint import checkpoint_dtype
 
     dtype = checkpoint_dtype(model)
+    run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method),
+                   reread_block=lambda i: src.block_state(f"{prefix}{i}.", templates[i], layout), group=group)
     tokens = calibration_tokens(run, calib, tokenizer) if run.searched else None
-    n_tokens = 0 if tokens is None else int(tokens.numel())
+    # This rank's calibration chunks (every chunk with one process): its own range, after the
+    # check chunk 0 where another rank owns it (run for the checks only: skip_chunks).
+    n_chunks = 0 if tokens is None else -(-int(tokens.shape[0]) // _CHUNK_SEQS)
+    owners = chunk_owners(n_chunks, group.world)
+    mine = [c for c in range(n_chunks) if owners[c] == group.rank]
+    run.skip_chunks = skip_chunks = 1 if n_chunks and owners[0] != group.rank else 0
+    local = [0] * skip_chunks + mine
+    local_tokens = None if tokens is None else _chunk_rows(tokens, local)
+    n_tokens = 0 if local_tokens is None else int(local_tokens.numel())
     seqlen = cfg.seqlen if tokens is None else int(tokens.shape[1])
     plan = plan_memory(model, planned, layout, n_tokens, seqlen)
     avail = available_memory()
-    if activations == "disk" or (activations == "auto" and n_tokens and avail is not None and plan.peak_bytes > avail):
+    share = getattr(group, "local_world", 1)  # processes on this host share its memory
+    if activations == "disk" or (activations == "auto" and n_tokens and avail is not None and plan.peak_bytes * share > avail):
         plan = plan_memory(model, planned, layout, n_tokens, seqlen, activations_on_disk=True)
     run.activations_on_disk = plan.activations_on_disk
     run.disk_folder = os.path.join(partial, _RESUME_DIR)
     del planned
     run.report.memory_plan = plan.to_dict()
-    log.info("memory plan: %s", plan.describe())
+    if group.rank == 0:
+        log.info("memory plan%s: %s", f" (each of {share} processes here)" if share > 1 else "", plan.describe())
     if memory_check:
-        _check_plan(plan, cfg, n_tokens)
+        _check_plan(plan, cfg, n_tokens, share)
 
     fingerprint = {"format": _FORMAT, "method": method, "config": cfg.to_dict(),
                    "source": _source_fingerprint(src.path, src.files),
                    "calibration": None if tokens is None else _digest(tokens.to(torch.int64).numpy().tobytes())}
     resume = _Resume(partial, json.loads(json.dumps(fingerprint)), len(blocks))
-    done, state = resume.load()
+    # Rank 0 owns the partial folder: it decides whether this run resumes, and tells the others.
+    group.where = "reading the resume state"
+    outcome: tuple = ("error", "")
+    if group.rank == 0:
+        try:
+            outcome = ("ok", *resume.load())
+        except ValueError as e:
+            outcome = ("error", str(e))
+    outcome = group.broadcast(outcome, 0, "resume state")
+    if outcome[0] == "error":
+        raise ValueError(outcome[1])
+    done, state = outcome[1], outcome[2]
     seconds_before = 0.0
     if state is not None:
-        log.info("resuming %s: %d of %d blocks done", partial, done, len(blocks))
+        if group.rank == 0:
+            log.info("resuming %s: %d of %d blocks done", partial, done, len(blocks))
         saved = dict(state["report"])
         run.report = QuantizationReport(**saved)
         run.report.memory_plan = plan.to_dict()
@@ -422,19 +459,19 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
         calls: list[BlockCalls] = []
         if done < len(blocks):
             if run.searched:
-                assert tokens is not None
+                assert local_tokens is not None
                 with meter.stage("load"):
                     src.materialize_outside(layout.layers_path, head=False)
                     templates[0] = copy.deepcopy(blocks[0])
                     src.materialize(f"{prefix}0.", blocks[0])
                 with meter.stage("capture_block_calls"):
-                    hidden, calls = _record_calls(model, blocks, tokens)
+                    hidden, calls = _record_calls(model, blocks, local_tokens)
                 src.release_outside(layout.layers_path)
                 if done:
                     assert state is not None
-                    hidden = resume.hidden(state)
+                    hidden = _scatter_hidden(resume, state, group, owners, skip_chunks)
                     blocks[0] = nn.Identity()
-            bar = tqdm_blocks(len(blocks), method, initial=done)
+            bar = tqdm_blocks(len(blocks), method, initial=done, quiet=group.rank != 0)
             for i in bar:
                 block = blocks[i]
                 templates[i] = copy.deepcopy(block) if i or not run.searched else templates[0]
@@ -443,35 +480,74 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                     convert_blocks(nn.ModuleList([block]), layout)
                 hidden = quantize_block(run, i, block, hidden, calls[i] if calls else None, bar, dtype)
                 with meter.stage("write"):
-                    tensors, _ = module_checkpoint_tensors(block, cfg, dtype)
-                    tensors = {f"{prefix}{i}.{k}": v for k, v in tensors.items()}
-                    elapsed = seconds_before + time.perf_counter() - t_start
-                    resume.commit(i, tensors, hidden, run.finish(t_start, seconds_before), elapsed)
-                    del tensors
+                    group.where = f"gathering block {i}'s outputs"
+                    every = _gather_hidden(hidden, group, skip_chunks)
+                    if group.rank == 0:
+                        tensors, _ = module_checkpoint_tensors(block, cfg, dtype)
+                        tensors = {f"{prefix}{i}.{k}": v for k, v in tensors.items()}
+                        elapsed = seconds_before + time.perf_counter() - t_start
+                        resume.commit(i, tensors, every, run.finish(t_start, seconds_before), elapsed)
+                        del tensors
+                    del every
                 blocks[i] = nn.Identity()  # frees the block (no later forward reaches it)
                 del block, templates[i]
                 return_freed_memory()
             bar.close()
-        with meter.stage("write"):
-            src.materialize_outside(layout.layers_path)
-            report = run.finish(t_start, seconds_before)
-            _finish(resume, model, layout.layers_path, cfg, report, dtype, tokenizer)
-            # The resume state goes only once the checkpoint is in place: until then an interrupted
-            # finish is resumed (every block is committed) instead of started over.
-            move_into_place(partial, out_dir)
-            shutil.rmtree(os.path.join(out_dir, _RESUME_DIR), ignore_errors=True)
-            fsync_dir(out_dir)
+        group.where = "finishing"
+        distributed = group.summary() if group.world > 1 else None
+        if group.rank == 0:
+            with meter.stage("write"):
+                src.materialize_outside(layout.layers_path)
+                report = run.finish(t_start, seconds_before)
+                report.distributed = distributed
+                _finish(resume, model, layout.layers_path, cfg, report, dtype, tokenizer)
+                # The resume state goes only once the checkpoint is in place: until then an interrupted
+                # finish is resumed (every block is committed) instead of started over.
+                move_into_place(partial, out_dir)
+                shutil.rmtree(os.path.join(out_dir, _RESUME_DIR), ignore_errors=True)
+                fsync_dir(out_dir)
+        group.barrier()  # the checkpoint is in place when any rank returns
     report = run.finish(t_start, seconds_before)
-    log.info("quantized %d linears in %.1f s into %s (%s)", report.quantized_layers, report.total_seconds, out_dir,
-             report.summary())
+    report.distributed = distributed
+    if group.rank == 0:
+        log.info("quantized %d linears in %.1f s into %s (%s)", report.quantized_layers, report.total_seconds, out_dir,
+                 report.summary())
     return report
 
 
-def _check_plan(plan: MemoryPlan, cfg: AWQConfig, n_tokens: int) -> None:
+def _chunk_rows(tokens: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+    """The calibration sequences of ``chunks`` (of _CHUNK_SEQS sequences each), in order."""
+    return torch.cat([tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in chunks]) if chunks else tokens[:0]
+
+
+def _gather_hidden(hidden: list[torch.Tensor], group: SingleProcess, skip_chunks: int) -> list[torch.Tensor]:
+    """Every chunk's hidden states on rank 0, in calibration order (what the resume state
+    keeps, whatever the world size); [] elsewhere."""
+    if group.world == 1:
+        return hidden
+    got = group.gather(hidden[skip_chunks:], 0, "hidden states")
+    return [] if got is None else [h for part in got for h in part]
+
+
+def _scatter_hidden(resume: _Resume, state: dict, group: SingleProcess, owners: list[int],
+                    skip_chunks: int) -> list[torch.Tensor]:
+    """This rank's chunks of the committed hidden states (read by rank 0), the check chunk first."""
+    if group.world == 1:
+        return resume.hidden(state)
+    parts = None
+    if group.rank == 0:
+        every = resume.hidden(state)
+        parts = [[every[0]] * (r != 0) + [h for c, h in enumerate(every) if owners[c] == r] for r in range(group.world)]
+    return group.scatter(parts, 0, "hidden states")
+
+
+def _check_plan(plan: MemoryPlan, cfg: AWQConfig, n_tokens: int, share: int = 1) -> None:
     avail = available_memory()
-    if avail is None or plan.peak_bytes <= avail:
+    if avail is None or plan.peak_bytes * share <= avail:
         return
     gib = 2**30
+    if share > 1:
+        avail //= share
     change = (f"use fewer calibration tokens (now {n_tokens}, {cfg.n_samples} x {cfg.seqlen} asked; the activations scale "
               "with them: --n-samples / --seqlen), free memory" if n_tokens else "free memory")
     if n_tokens and not plan.activations_on_disk:
