@@ -78,7 +78,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         save_quantized(model, args.out, tokenizer=tok, report=report, overwrite=args.overwrite)
     else:
         from .model import quantize_to_checkpoint
-        from .model.distributed import from_environment
+        from .model.distributed import RankFailure, from_environment
 
         # Under torchrun (WORLD_SIZE > 1) the run is split over the ranks; rank 0 writes and reports.
         group = from_environment()
@@ -93,8 +93,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
             print(f"awqkit: interrupted; the finished blocks are kept in {os.path.abspath(args.out)}.partial: "
                   "run the same command again to resume", file=sys.stderr)
             return 130
+        except RankFailure as e:  # another rank died: its message, not a traceback of ours
+            print(f"awqkit: error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+            return 1
         finally:
-            group.close()
+            group.close()  # after a RankFailure it ends the process (exit code 1)
         if group.rank != 0:
             return 0
     s = report.summary()

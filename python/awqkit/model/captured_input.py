@@ -82,7 +82,7 @@ class CapturedInput:
             return stats
         _, sum_abs, sum_sq, _, g = stats._impl.state()
         del stats
-        arrays = [sum_abs, sum_sq] + ([_upper_triangle(g)] if gram else [])
+        arrays = [sum_abs, sum_sq] + ([_upper_triangle(g)] if g is not None else [])
         del g
         self.group.reduce_sum(arrays, dst, "statistics")
         if dst is not None and dst != self.group.rank:
@@ -150,17 +150,14 @@ def gather_input_layout(inputs: dict[str, CapturedInput], group: SingleProcess,
     layout: dict[tuple[str, ...], tuple[int, list[int]]] = {}
     for r, rank_groups in enumerate(seen):
         for names, k, rows in rank_groups:
-            entry = layout.setdefault(names, (k, [0] * len(seen)))
-            entry[1][r] = rows
+            layout.setdefault(names, (k, [0] * len(seen)))[1][r] = rows
     out: dict[str, CapturedInput] = {}
-    for names, (k, rows) in layout.items():
-        if sum(rows) == 0:
+    for names, (k, per_rank) in layout.items():
+        if sum(per_rank) == 0:
             continue
-        x = inputs.get(names[0])
-        if x is None:
-            x = CapturedInput(make_empty(k), [], k, group)
-        x.rows = sum(rows)
-        x.offset = sum(rows[: group.rank])
-        for n in names:
-            out[n] = x
+        x = inputs[names[0]] if names[0] in inputs else CapturedInput(make_empty(k), [], k, group)
+        x.rows = sum(per_rank)
+        x.offset = sum(per_rank[: group.rank])
+        for name in names:
+            out[name] = x
     return out

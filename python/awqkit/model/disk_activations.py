@@ -19,7 +19,6 @@ import os
 import tempfile
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 __all__ = ["DiskActivations", "READ_ROWS"]

@@ -46,6 +46,7 @@ class SingleProcess:
     def __init__(self) -> None:
         self.volume: dict[str, int] = {}
         self.where = ""  # what the run is doing, for the error when a rank fails
+        self.hint = "rerun the same command to resume"  # what the user can do then (streaming names its folder)
 
     # Arrays (float64 / int64 numpy, in place on the receivers).
     def reduce_sum(self, arrays: Sequence[np.ndarray], dst: int | None, label: str) -> None:
@@ -99,7 +100,35 @@ class TorchProcessGroup(SingleProcess):
             self._owns_group = False
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self._say_why_when_stopped()
         self._check_same_kernels()
+
+    def _say_why_when_stopped(self) -> None:
+        """When one rank dies, torchrun stops the others with SIGTERM, often while they wait
+        in a collective (native code, where no Python signal handler runs). The signal's
+        number goes to a pipe (signal.set_wakeup_fd, written by the C handler at once); a
+        thread reading it says what this rank was doing and how to resume, then exits."""
+        import signal
+        import sys
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # the wakeup fd only works with a Python handler
+        signal.set_wakeup_fd(w)
+
+        def watch() -> None:
+            while True:
+                got = os.read(r, 1)
+                if got and got[0] == signal.SIGTERM:
+                    print(f"awqkit: error: rank {self.rank} of {self.world} was stopped by its launcher (SIGTERM) while "
+                          f"{self.where or 'setting up'}: another rank failed (see the launcher's report) or the run was "
+                          f"cancelled. {self.hint}", file=sys.stderr, flush=True)
+                    os._exit(128 + signal.SIGTERM)
+
+        threading.Thread(target=watch, name="awqkit-sigterm", daemon=True).start()
 
     def _check_same_kernels(self) -> None:
         """The bytes are the same for any world size only if every rank computes the same
@@ -118,11 +147,11 @@ class TorchProcessGroup(SingleProcess):
                              "part ran")
 
     def _fail(self, e: BaseException):
+        self._failed = True
         return RankFailure(
             f"rank {self.rank} of {self.world}: a collective failed while {self.where or 'setting up'} "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Another rank probably died (see its "
-            "output) or the network went away. The blocks committed so far are kept: rerun the same command, with "
-            "any number of processes, to resume")
+            f"output) or the network went away. {self.hint}")
 
     def _call(self, fn, *args, **kwargs):
         try:
@@ -186,6 +215,13 @@ class TorchProcessGroup(SingleProcess):
         self._call(self._dist.barrier)
 
     def close(self) -> None:
+        if getattr(self, "_failed", False):
+            # A group whose peer is gone cannot be torn down (gloo aborts the process): leave
+            # now, with the error already said, and the exit code of a failed run.
+            import sys
+
+            sys.stderr.flush()
+            os._exit(1)
         if self._owns_group and self._dist.is_initialized():
             self._dist.destroy_process_group()
 

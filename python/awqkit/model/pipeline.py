@@ -357,7 +357,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
                     group.where = f"searching the scales of block {i}"
                     prepared = [(m, *_prepare_mapping(block, i, m, layout, cap, cfg, skip)) for m in wave]
                     choices = _search_mappings(block, [p for p in prepared if "skipped" not in p[1]], cap, cfg, group)
-                    for m, entry, x, tie in prepared:
+                    for m, entry, _, tie in prepared:
                         report.mappings.append(entry)
                         if "skipped" in entry:
                             continue
@@ -598,7 +598,7 @@ class _Entries:
         self.gptq: list[dict] = []
 
 
-def _independent_waves(mappings: list[Mapping], cap, cfg: AWQConfig) -> list[list[Mapping]]:
+def _independent_waves(mappings, cap, cfg: AWQConfig) -> list[list[Mapping]]:
     """The mappings in runs whose scale searches do not read what an earlier mapping of the
     run folds (its previous op, its linears, the inputs it divides): a run's searches can be
     made together, before its folds, and choose what they would have one by one."""
@@ -645,8 +645,8 @@ def _search_mappings(block, tasks: list[tuple], cap, cfg: AWQConfig, group) -> d
     """Each mapping's ``(ScaleChoice, untied loss)``, searched by one rank (dealt by cost) on
     the statistics of its input reduced there; every rank gets every choice. In rounds of one
     mapping per rank, so that a rank holds one Gram matrix at a time."""
-    owners = deal([float(x.k) ** 2 * sum(get_submodule(block, l).weight.shape[0] for l in m.layers)
-                   for m, _, x, _ in tasks], group.world)
+    # A search costs about K^2 per output row of the mapping's linears and candidate.
+    owners = deal([float(x.k) ** 2 * sum(_out_features(block, l) for l in m.layers) for m, _, x, _ in tasks], group.world)
     mine: dict[str, tuple] = {}
     queues = [[t for t, o in zip(tasks, owners) if o == r] for r in range(group.world)]
     for t in range(max((len(q) for q in queues), default=0)):
@@ -659,6 +659,11 @@ def _search_mappings(block, tasks: list[tuple], cap, cfg: AWQConfig, group) -> d
     if group.world == 1:
         return mine
     return {k: v for got in group.all_gather(mine, "scale choices") for k, v in got.items()}
+
+
+def _out_features(block, name: str) -> int:
+    w: Any = get_submodule(block, name).weight
+    return int(w.shape[0])
 
 
 def _search_mapping(block, m: Mapping, x, stats, tie, cap, cfg: AWQConfig) -> tuple:

@@ -48,9 +48,9 @@ from .checkpoint import (
     write_checkpoint_metadata,
 )
 from .conversions import convert_blocks
+from .distributed import SingleProcess, chunk_owners, from_environment
 from .families import layout_for
 from .memory_plan import MemoryPlan, available_memory, plan_memory
-from .distributed import SingleProcess, chunk_owners, from_environment
 from .pipeline import _CHUNK_SEQS, BlockRun, calibration_tokens, decoder_blocks, plan_linears, quantize_block, return_freed_memory, tqdm_blocks
 from .report import QuantizationReport, StageMeter
 from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
@@ -431,6 +431,8 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                    "source": _source_fingerprint(src.path, src.files),
                    "calibration": None if tokens is None else _digest(tokens.to(torch.int64).numpy().tobytes())}
     resume = _Resume(partial, json.loads(json.dumps(fingerprint)), len(blocks))
+    group.hint = (f"The blocks committed so far are kept in {partial}: rerun the same command, with any number of "
+                  "processes, to resume")
     # Rank 0 owns the partial folder: it decides whether this run resumes, and tells the others.
     group.where = "reading the resume state"
     outcome: tuple = ("error", "")

@@ -1,0 +1,161 @@
+"""A quantization run split over processes (torchrun, gloo on loopback) writes the bytes of
+the single-process run, whatever the world size; a dead rank fails the run with a message,
+and the run resumes with any number of processes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+_ARGS = ("--group-size", "32", "--n-samples", "40", "--seqlen", "64")
+_VOLATILE = {"memory_plan", "stages", "total_seconds", "peak_rss_mb", "distributed"}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "python"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _quantize(model, out, *args, nproc=1, script=None):
+    entry = [script] if script else ["-m", "awqkit"]
+    if nproc == 1:
+        cmd = [sys.executable, *entry, "quantize", str(model), "--out", str(out), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               *(entry if script else ["-m", "awqkit"]), "quantize", str(model), "--out", str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+
+
+def _same_checkpoint(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for n in names:
+        if n != "awq_report.json":
+            assert (a / n).read_bytes() == (b / n).read_bytes(), n
+    ra, rb = (json.loads((d / "awq_report.json").read_text()) for d in (a, b))
+    assert {k: v for k, v in ra.items() if k not in _VOLATILE} == {k: v for k, v in rb.items() if k not in _VOLATILE}
+
+
+@pytest.fixture(scope="module")
+def stories_path(data_dir):
+    return data_dir / "stories260K-hf"
+
+
+@pytest.fixture(scope="module")
+def one_process(stories_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "q"
+    res = _quantize(stories_path, out, *_ARGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_two_processes_write_the_bytes_of_one(stories_path, one_process, tmp_path):
+    """The CI check of the issue: 2 ranks on loopback, the same checkpoint as 1 process
+    (which ran with its own thread count; torchrun gives each rank one thread)."""
+    out = tmp_path / "q"
+    res = _quantize(stories_path, out, *_ARGS, nproc=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _same_checkpoint(one_process, out)
+    dist = json.loads((out / "awq_report.json").read_text())["distributed"]
+    assert dist["world_size"] == 2
+    sent = dist["bytes_sent"]
+    assert all(len(v) == 2 for v in sent.values())
+    assert sum(sent["statistics"]) > 0 and sent["hidden states"][1] > 0 and sent["hidden states"][0] == 0
+    assert json.loads((one_process / "awq_report.json").read_text())["distributed"] is None
+
+
+def test_three_processes_gptq_with_activations_on_disk(stories_path, tmp_path):
+    """Uneven chunk ownership (a rank may hold only the check chunk), true-sequential
+    re-captures, GPTQ factors from reduced statistics, activations in files."""
+    args = (*_ARGS, "--method", "awq+gptq", "--activations", "disk")
+    one, three = tmp_path / "one", tmp_path / "three"
+    for out, n in ((one, 1), (three, 3)):
+        res = _quantize(stories_path, out, *args, nproc=n)
+        assert res.returncode == 0, res.stderr[-3000:]
+    _same_checkpoint(one, three)
+
+
+_DYING = textwrap.dedent("""
+    # The CLI, whose rank 1 SIGKILLs itself as it starts block 2.
+    import os, signal, sys
+    from awqkit.model import streaming
+    from awqkit.cli import main
+    quantize_block = streaming.quantize_block
+    def dying(run, i, *a, **kw):
+        if i == 2 and run.group.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return quantize_block(run, i, *a, **kw)
+    streaming.quantize_block = dying
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_dead_rank_fails_the_run_and_one_process_resumes_it(stories_path, one_process, tmp_path):
+    script = tmp_path / "dying.py"
+    script.write_text(_DYING)
+    out = tmp_path / "q"
+    res = _quantize(stories_path, out, *_ARGS, nproc=2, script=str(script))
+    assert res.returncode != 0
+    # Rank 0 says what it was doing and how to resume (a failed collective, or torchrun's SIGTERM).
+    assert "awqkit: error: rank 0 of 2" in res.stderr and f"{out}.partial" in res.stderr
+    assert "rerun the same command, with any number of processes, to resume" in res.stderr
+    assert not out.exists()
+    progress = json.loads((tmp_path / "q.partial" / "awqkit-resume" / "progress.json").read_text())
+    assert progress["blocks_done"] == 2
+    res = _quantize(stories_path, out, *_ARGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming" in res.stderr and "2 of 5 blocks done" in res.stderr
+    _same_checkpoint(one_process, out)
+
+
+def test_deal_and_chunk_owners():
+    from awqkit.model.distributed import chunk_owners, deal
+
+    assert chunk_owners(5, 2) == [0, 0, 0, 1, 1] and chunk_owners(2, 3) == [0, 1] and chunk_owners(4, 1) == [0] * 4
+    for n, w in ((7, 3), (16, 4), (3, 3)):
+        owners = chunk_owners(n, w)
+        assert owners == sorted(owners) and set(owners) == set(range(w))  # contiguous, nobody idle when n >= w
+    assert deal([1, 1, 1, 1], 2) == [0, 1, 0, 1]
+    owners = deal([10, 1, 1, 8], 2)
+    assert owners == [0, 1, 1, 1]  # 10 | 8 + 1 + 1: the largest first, to the least loaded
+    assert deal([3.0, 2.0], 1) == [0, 0]
+
+
+def test_independent_mappings_are_searched_together(stories_path):
+    """Llama's four mappings read nothing another folds: one wave. Listed so that a search
+    reads what an earlier mapping folds (v_proj's rows before the q/k/v search), they split."""
+    from transformers import AutoConfig
+
+    from awqkit.config import AWQConfig
+    from awqkit.model.capture import BlockCapture
+    from awqkit.model.families import layout_for
+    from awqkit.model.pipeline import _independent_waves
+
+    layout = layout_for(AutoConfig.from_pretrained(stories_path))
+    cap = BlockCapture(inputs={})
+    waves = _independent_waves(layout.mappings, cap, AWQConfig())
+    assert [len(w) for w in waves] == [len(layout.mappings)]
+    qkv, vo = layout.mappings[0], layout.mappings[1]
+    assert "self_attn.v_proj" in qkv.layers and vo.prev_op == "self_attn.v_proj"
+    waves = _independent_waves([vo, qkv], cap, AWQConfig())
+    assert [w[0].name for w in waves] == [vo.name, qkv.name]
+
+
+def test_module_inspection_is_refused_across_ranks(stories_path, tmp_path):
+    from awqkit.config import AWQConfig
+    from awqkit.model import quantize_to_checkpoint
+    from awqkit.model.distributed import SingleProcess
+
+    class TwoRanks(SingleProcess):
+        world = 2
+
+    with pytest.raises(ValueError, match="inspect='module'.*not split across ranks"):
+        quantize_to_checkpoint(stories_path, tmp_path / "q", AWQConfig(group_size=32, inspect="module"), group=TwoRanks())
