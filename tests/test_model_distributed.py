@@ -159,3 +159,37 @@ def test_module_inspection_is_refused_across_ranks(stories_path, tmp_path):
 
     with pytest.raises(ValueError, match="inspect='module'.*not split across ranks"):
         quantize_to_checkpoint(stories_path, tmp_path / "q", AWQConfig(group_size=32, inspect="module"), group=TwoRanks())
+
+
+_IN_MEMORY = textwrap.dedent("""
+    # quantize_model on a tiny random Mixtral in every rank (the in-memory path: experts),
+    # rank 0 saves.
+    import os, sys
+    import torch
+    sys.path.insert(0, sys.argv[2])
+    import awqkit
+    from awqkit.model import quantize_model, save_quantized
+    from test_model_families import _model
+    model = _model("mixtral")
+    tokens = torch.randint(3, 128, (16, 64), generator=torch.Generator().manual_seed(1))  # 2 chunks: rank 2 owns none
+    model, report = quantize_model(model, awqkit.AWQConfig(bits=4, group_size=32), calib=tokens)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_quantized(model, sys.argv[1], report=report)
+""")
+
+
+def test_in_memory_moe_across_three_ranks(tmp_path):
+    """quantize_model under torchrun: each rank holds the model. Two calibration chunks for
+    three ranks: rank 2 captures nothing and still takes part in every reduction (its inputs
+    are empty), as a rank does for an expert its tokens never reach."""
+    script = tmp_path / "moe.py"
+    script.write_text(_IN_MEMORY)
+    tests = str(Path(__file__).resolve().parent)
+    one, three = tmp_path / "one", tmp_path / "three"
+    res = subprocess.run([sys.executable, str(script), str(one), tests], capture_output=True, text=True, timeout=600,
+                         env=_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+                          str(script), str(three), tests], capture_output=True, text=True, timeout=600, env=_env())
+    assert res.returncode == 0, res.stderr[-3000:]
+    _same_checkpoint(one, three)

@@ -94,8 +94,12 @@ class TorchProcessGroup(SingleProcess):
         if timeout_s is None:
             timeout_s = float(os.environ.get("AWQKIT_DIST_TIMEOUT", "1800"))
         if not dist.is_initialized():
+            import atexit
+
             dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
             self._owns_group = True
+            # A process that exits with the group alive can abort in gloo's teardown.
+            atexit.register(self.close)
         else:
             self._owns_group = False
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -224,6 +228,7 @@ class TorchProcessGroup(SingleProcess):
             os._exit(1)
         if self._owns_group and self._dist.is_initialized():
             self._dist.destroy_process_group()
+        self._owns_group = False
 
     def summary(self) -> dict[str, Any]:
         per_rank = self.all_gather(dict(self.volume), "report")

@@ -36,7 +36,7 @@ from .calibration import get_calib_blocks
 from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
 from .checkpoint import checkpoint_dtype, round_module_to, round_to_checkpoint_dtype
 from .conversions import convert_blocks
-from .distributed import SingleProcess, deal
+from .distributed import SingleProcess, chunk_owners, deal, from_environment
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .mapping_search import search_linears, search_module
@@ -107,7 +107,7 @@ def rtn_quantize_model(model_or_path, config: AWQConfig | None = None):
 
 
 def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, tokenizer=None, method: str = "awq",
-                   out: str | os.PathLike | None = None, overwrite: bool = False):
+                   out: str | os.PathLike | None = None, overwrite: bool = False, group: SingleProcess | None = None):
     """Quantize a causal LM (a model folder or a loaded transformers model) with AWQ.
 
     ``calib``: list of strings, a .txt/.jsonl path, an int64 tensor [n, seqlen] of tokens,
@@ -122,6 +122,10 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     writes each finished block to the checkpoint ``out`` (resumable; ``awqkit quantize`` does
     that), and the model returned is ``load_quantized(out)``: packed weights on the fused
     kernel (``AWQLinear``), about the checkpoint's size in memory.
+
+    ``group``: the ranks of a distributed run (``awqkit.model.distributed``; by default the
+    group torchrun started, if any). Each rank holds the model, calibration and searches are
+    split among them, and every rank returns the model one process would.
     """
     if out is not None:
         if not isinstance(model_or_path, (str, os.PathLike)):
@@ -133,7 +137,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         from .streaming import quantize_to_checkpoint
 
         report = quantize_to_checkpoint(model_or_path, out, config, calib=calib, tokenizer=tokenizer, method=method,
-                                        overwrite=overwrite)
+                                        overwrite=overwrite, group=group)
         return load_quantized(os.fspath(out)), report
     cfg = AWQConfig() if config is None else config
     cfg.validate()
@@ -154,7 +158,10 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
     layout = layout_for(model.config, cfg.mappings, cfg.layers_path)
     blocks = decoder_blocks(model, layout)
     convert_blocks(blocks, layout)
-    run = BlockRun(layout, cfg, method, meter, plan_linears(model, blocks, layout, cfg, method))
+    group = from_environment() if group is None else group
+    if group.world > 1 and cfg.inspect == "module":
+        raise ValueError(_MODULE_INSPECTION_UNSPLIT)
+    run = BlockRun(layout, cfg, method, meter, plan_linears(model, blocks, layout, cfg, method), group=group)
     dtype = checkpoint_dtype(model)
 
     with torch.no_grad():
@@ -162,9 +169,10 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         calls: list[BlockCalls] = []
         if run.searched:
             tokens = calibration_tokens(run, calib, tokenizer)
+            local_tokens, _, run.skip_chunks = local_calibration(tokens, group)
             with meter.stage("capture_block_calls"):
-                hidden, calls = capture_block_calls(model, blocks, tokens, _CHUNK_SEQS)
-        bar = tqdm_blocks(len(blocks), method)
+                hidden, calls = capture_block_calls(model, blocks, local_tokens, _CHUNK_SEQS)
+        bar = tqdm_blocks(len(blocks), method, quiet=group.rank != 0)
         for i in bar:
             hidden = quantize_block(run, i, blocks[i], hidden, calls[i] if calls else None, bar, dtype)
             return_freed_memory()  # the block's freed buffers: otherwise the heap keeps them, block after block
@@ -174,9 +182,27 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         # (embeddings, final norm, head) rounded to the dtype they will be stored in.
         round_to_checkpoint_dtype(model)
     report = run.finish(t_start)
+    report.distributed = group.summary() if group.world > 1 else None
     model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
     log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
     return model, report
+
+
+_MODULE_INSPECTION_UNSPLIT = ("inspect='module' runs the inspected module on every calibration token per candidate: "
+                              "it is not split across ranks; use inspect='linears' (the default) or one process")
+
+
+def local_calibration(tokens: torch.Tensor, group: SingleProcess) -> tuple[torch.Tensor, list[int], int]:
+    """This rank's calibration sequences, the owner of every chunk, and ``skip_chunks``: a
+    rank holds its own range of chunks (of _CHUNK_SEQS sequences), after chunk 0 where
+    another rank owns it (run for the fold and block checks, not captured). One process holds
+    every chunk."""
+    n_chunks = -(-int(tokens.shape[0]) // _CHUNK_SEQS)
+    owners = chunk_owners(n_chunks, group.world)
+    skip = 1 if n_chunks and owners[0] != group.rank else 0
+    local = [0] * skip + [c for c in range(n_chunks) if owners[c] == group.rank]
+    rows = torch.cat([tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in local]) if local else tokens[:0]
+    return rows, owners, skip
 
 
 def return_freed_memory() -> None:

@@ -48,10 +48,21 @@ from .checkpoint import (
     write_checkpoint_metadata,
 )
 from .conversions import convert_blocks
-from .distributed import SingleProcess, chunk_owners, from_environment
+from .distributed import SingleProcess, from_environment
 from .families import layout_for
 from .memory_plan import MemoryPlan, available_memory, plan_memory
-from .pipeline import _CHUNK_SEQS, BlockRun, calibration_tokens, decoder_blocks, plan_linears, quantize_block, return_freed_memory, tqdm_blocks
+from .pipeline import (
+    _CHUNK_SEQS,
+    _MODULE_INSPECTION_UNSPLIT,
+    BlockRun,
+    calibration_tokens,
+    decoder_blocks,
+    local_calibration,
+    plan_linears,
+    quantize_block,
+    return_freed_memory,
+    tqdm_blocks,
+)
 from .report import QuantizationReport, StageMeter
 from .weight_files import TensorReader, assign_tensor, parameters_on_meta, weight_files
 
@@ -336,8 +347,7 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         raise ValueError(f"activations must be 'auto', 'memory' or 'disk', got {activations!r}")
     group = from_environment() if group is None else group
     if group.world > 1 and cfg.inspect == "module":
-        raise ValueError("inspect='module' runs the inspected module on every calibration token per candidate: it is "
-                         "not split across ranks; use inspect='linears' (the default) or one process")
+        raise ValueError(_MODULE_INSPECTION_UNSPLIT)
     model_path = os.fspath(model_path)
     out_dir = check_output_folder(out, overwrite)
     partial = out_dir + PARTIAL_SUFFIX
@@ -352,10 +362,7 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         with meter.stage("load"):
             src = SourceModel(model_path)
     except StreamingUnsupported as e:
-        if group.world > 1:
-            raise ValueError(f"{e}: a distributed run streams the model folder block by block; this folder needs the "
-                             "in-memory path (one process)") from None
-        return _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason=str(e))
+        return _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason=str(e), group=group)
     try:
         if tokenizer is None:
             try:
@@ -375,15 +382,19 @@ def quantize_to_checkpoint(model_path: str | os.PathLike, out: str | os.PathLike
         src.close()
 
 
-def _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason: str) -> QuantizationReport:
+def _in_memory(model_path, out_dir, cfg, calib, tokenizer, method, overwrite, reason: str,
+               group: SingleProcess) -> QuantizationReport:
     from .checkpoint import save_quantized
     from .pipeline import _check_fits_in_memory, load_model, quantize_model
 
-    log.warning("%s; quantizing in memory instead (the whole model in float32, no resume)", reason)
+    if group.rank == 0:
+        log.warning("%s; quantizing in memory instead (the whole model in float32 in each process, no resume)", reason)
     _check_fits_in_memory(model_path)
     model, tok = load_model(model_path)
-    model, report = quantize_model(model, cfg, calib=calib, tokenizer=tokenizer or tok, method=method)
-    save_quantized(model, out_dir, tokenizer=tokenizer or tok, report=report, overwrite=overwrite)
+    model, report = quantize_model(model, cfg, calib=calib, tokenizer=tokenizer or tok, method=method, group=group)
+    if group.rank == 0:
+        save_quantized(model, out_dir, tokenizer=tokenizer or tok, report=report, overwrite=overwrite)
+    group.barrier()
     return report
 
 
@@ -403,14 +414,8 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
     run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method),
                    reread_block=lambda i: src.block_state(f"{prefix}{i}.", templates[i], layout), group=group)
     tokens = calibration_tokens(run, calib, tokenizer) if run.searched else None
-    # This rank's calibration chunks (every chunk with one process): its own range, after the
-    # check chunk 0 where another rank owns it (run for the checks only: skip_chunks).
-    n_chunks = 0 if tokens is None else -(-int(tokens.shape[0]) // _CHUNK_SEQS)
-    owners = chunk_owners(n_chunks, group.world)
-    mine = [c for c in range(n_chunks) if owners[c] == group.rank]
-    run.skip_chunks = skip_chunks = 1 if n_chunks and owners[0] != group.rank else 0
-    local = [0] * skip_chunks + mine
-    local_tokens = None if tokens is None else _chunk_rows(tokens, local)
+    local_tokens, owners, skip_chunks = local_calibration(tokens, group) if tokens is not None else (None, [], 0)
+    run.skip_chunks = skip_chunks
     n_tokens = 0 if local_tokens is None else int(local_tokens.numel())
     seqlen = cfg.seqlen if tokens is None else int(tokens.shape[1])
     plan = plan_memory(model, planned, layout, n_tokens, seqlen)
@@ -515,11 +520,6 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
         log.info("quantized %d linears in %.1f s into %s (%s)", report.quantized_layers, report.total_seconds, out_dir,
                  report.summary())
     return report
-
-
-def _chunk_rows(tokens: torch.Tensor, chunks: list[int]) -> torch.Tensor:
-    """The calibration sequences of ``chunks`` (of _CHUNK_SEQS sequences each), in order."""
-    return torch.cat([tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in chunks]) if chunks else tokens[:0]
 
 
 def _gather_hidden(hidden: list[torch.Tensor], group: SingleProcess, skip_chunks: int) -> list[torch.Tensor]:
