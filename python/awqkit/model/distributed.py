@@ -96,7 +96,12 @@ class TorchProcessGroup(SingleProcess):
         if not dist.is_initialized():
             import atexit
 
-            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
+            import torch
+
+            # awqkit's messages are CPU tensors and pickles: gloo carries them. On a machine with
+            # GPUs, NCCL is registered for CUDA tensors too (a caller's own collectives).
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
             self._owns_group = True
             # A process that exits with the group alive can abort in gloo's teardown.
             atexit.register(self.close)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -525,9 +526,16 @@ def _recapture_inputs(block: nn.Module, hidden, calls, names: list[str], cap, ru
             old.close()
 
 
+def _sum_sq(t: torch.Tensor) -> float:
+    # numpy's pairwise sum: the same bits for any thread count (torch splits a large sum among
+    # its threads), so decisions taken on these errors agree across ranks and machines.
+    a = t.detach().to(torch.float64).numpy()
+    return float(np.sum(a * a))
+
+
 def _relative_mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
-    num = sum(float((o.to(torch.float64) - r.to(torch.float64)).pow(2).sum()) for o, r in zip(out, ref))
-    den = sum(float(r.to(torch.float64).pow(2).sum()) for r in ref[: len(out)])
+    num = sum(_sum_sq(o.to(torch.float64) - r.to(torch.float64)) for o, r in zip(out, ref))
+    den = sum(_sum_sq(r) for r in ref[: len(out)])
     return num / den if den > 0 else 0.0
 
 
