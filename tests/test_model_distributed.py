@@ -116,37 +116,21 @@ def test_a_dead_rank_fails_the_run_and_one_process_resumes_it(stories_path, one_
     _same_checkpoint(one_process, out)
 
 
-def test_deal_and_chunk_owners():
-    from awqkit.model.distributed import chunk_owners, deal
+def test_chunk_owners_and_row_shares():
+    from awqkit.model.distributed import chunk_owners
+    from awqkit.model.method_stages import row_shares
 
     assert chunk_owners(5, 2) == [0, 0, 0, 1, 1] and chunk_owners(2, 3) == [0, 1] and chunk_owners(4, 1) == [0] * 4
     for n, w in ((7, 3), (16, 4), (3, 3)):
         owners = chunk_owners(n, w)
         assert owners == sorted(owners) and set(owners) == set(range(w))  # contiguous, nobody idle when n >= w
-    assert deal([1, 1, 1, 1], 2) == [0, 1, 0, 1]
-    owners = deal([10, 1, 1, 8], 2)
-    assert owners == [0, 1, 1, 1]  # 10 | 8 + 1 + 1: the largest first, to the least loaded
-    assert deal([3.0, 2.0], 1) == [0, 0]
-
-
-def test_independent_mappings_are_searched_together(stories_path):
-    """Llama's four mappings read nothing another folds: one wave. Listed so that a search
-    reads what an earlier mapping folds (v_proj's rows before the q/k/v search), they split."""
-    from transformers import AutoConfig
-
-    from awqkit.config import AWQConfig
-    from awqkit.model.capture import BlockCapture
-    from awqkit.model.families import layout_for
-    from awqkit.model.pipeline import _independent_waves
-
-    layout = layout_for(AutoConfig.from_pretrained(stories_path))
-    cap = BlockCapture(inputs={})
-    waves = _independent_waves(layout.mappings, cap, AWQConfig())
-    assert [len(w) for w in waves] == [len(layout.mappings)]
-    qkv, vo = layout.mappings[0], layout.mappings[1]
-    assert "self_attn.v_proj" in qkv.layers and vo.prev_op == "self_attn.v_proj"
-    waves = _independent_waves([vo, qkv], cap, AWQConfig())
-    assert [w[0].name for w in waves] == [vo.name, qkv.name]
+    assert row_shares(500, 1) == [(0, 500)]
+    assert row_shares(500, 3) == [(0, 192), (192, 384), (384, 500)]
+    assert row_shares(64, 2) == [(0, 0), (0, 64)]  # fewer 96-row blocks than ranks: some get none
+    for n, w in ((11008, 8), (4096, 3), (100, 4)):
+        shares = row_shares(n, w)
+        assert shares[0][0] == 0 and shares[-1][1] == n and all(a[1] == b[0] for a, b in zip(shares, shares[1:]))
+        assert all(r0 % 96 == 0 for r0, _ in shares)
 
 
 def test_module_inspection_is_refused_across_ranks(stories_path, tmp_path):
@@ -193,3 +177,52 @@ def test_in_memory_moe_across_three_ranks(tmp_path):
                           str(script), str(three), tests], capture_output=True, text=True, timeout=600, env=_env())
     assert res.returncode == 0, res.stderr[-3000:]
     _same_checkpoint(one, three)
+
+
+@pytest.mark.parametrize("method,fmt", [("awq", "awq"), ("gptq", "awq"), ("awq+gptq", "awq"), ("imatrix", "awq"),
+                                        ("awq", "gguf")])
+def test_row_shares_put_together_are_the_whole_linear(method, fmt):
+    """Each rank rounds a share of every linear's rows: the range searches and roundings of
+    the shares, put together, are the whole weight's bits and report entries."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from awqkit.config import AWQConfig
+    from awqkit.model.captured_input import CapturedInput
+    from awqkit.model.distributed import SingleProcess
+    from awqkit.model.method_stages import (
+        RANGE_SEARCHES,
+        ROUNDINGS,
+        BlockInputs,
+        LinearJob,
+        concat_rows,
+        merge_entries,
+        row_shares,
+    )
+    from awqkit.model.pipeline import _Entries
+    from awqkit.quant_methods import method_named
+
+    g = torch.Generator().manual_seed(0)
+    cfg = AWQConfig(group_size=32, format=fmt, **({"zero_point": False} if fmt == "gguf" else {}))
+    spec = method_named(method)
+    x = torch.randn(3000, 128, generator=g) * (1 + 5 * torch.rand(128, generator=g))
+    w = torch.randn(500, 128, generator=g) * 0.05
+    job = LinearJob(weight=w, x=CapturedInput(x, [1000, 2000], 128, SingleProcess()), cfg=cfg, inputs=BlockInputs(),
+                    never_clipped=False, report=_Entries(), block=0, name="lin")
+    job.inputs.prepare([job], spec)
+
+    def run(j):
+        return ROUNDINGS[spec.rounding](j, RANGE_SEARCHES[spec.ranges](j)), j.report
+
+    whole, entries = run(job)
+    shares = [run(dataclasses.replace(job, weight=w[r0:r1], report=_Entries())) for r0, r1 in row_shares(500, 3)]
+    assert len({r1 - r0 for r0, r1 in row_shares(500, 3)}) > 1  # uneven shares, cut at multiples of 96 rows
+    put_together = concat_rows([q for q, _ in shares])
+    for field in ("codes", "scales", "zeros", "offsets"):
+        a, b = getattr(whole, field), getattr(put_together, field)
+        assert (a is None and b is None) or np.array_equal(a, b), field
+    for kind in ("clip", "gptq"):
+        assert merge_entries([[*getattr(e, kind)] for _, e in shares]) == merge_entries([getattr(entries, kind)])
+    assert entries.clip or entries.gptq

@@ -97,7 +97,8 @@ SearchInputs search_inputs(const std::vector<py::array>& weights, const py::obje
 
 py::dict search_scale_py(const std::vector<py::array>& weights, const py::object& gram, int64_t n_tokens,
                          const py::array& saliency, int bits, int64_t group_size, bool zero_point,
-                         bool fp16_scale, int n_grid, bool duo, bool plain, bool identity, int rule) {
+                         bool fp16_scale, int n_grid, bool duo, bool plain, bool identity, int rule,
+                         int64_t part, int64_t parts) {
   const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale, rule);
   const int64_t K = in.K;
   ScaleSearchSpec spec;
@@ -107,6 +108,7 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
   spec.duo = duo;
   spec.plain = plain;
   spec.identity = identity;
+  spec.part = part, spec.parts = parts;
   ScaleSearchOutput out;
   {
     py::gil_scoped_release nogil;
@@ -128,7 +130,7 @@ py::dict search_scale_py(const std::vector<py::array>& weights, const py::object
 
 py::dict scale_losses_py(const std::vector<py::array>& weights, const py::object& gram,
                                     int64_t n_tokens, const py::array& S, int bits, int64_t group_size,
-                                    bool zero_point, bool fp16_scale, int rule) {
+                                    bool zero_point, bool fp16_scale, int rule, bool require_storable) {
   const SearchInputs in = search_inputs(weights, gram, n_tokens, bits, group_size, zero_point, fp16_scale, rule);
   const int64_t K = in.K;
   require_array<float>(S, "scales", 2);
@@ -140,7 +142,7 @@ py::dict scale_losses_py(const std::vector<py::array>& weights, const py::object
     py::gil_scoped_release nogil;
     scored = scale_losses(in.views, in.P, in.n_tokens, in.quant, s, C);
   }
-  require(std::find(scored.excluded.begin(), scored.excluded.end(), 0) != scored.excluded.end(),
+  require(!require_storable || C == 0 || std::find(scored.excluded.begin(), scored.excluded.end(), 0) != scored.excluded.end(),
           C == 1 ? "these scales make" : "every one of these scale candidates makes",
           " a group scale of the scaled weights overflow ", fp16_scale ? "float16 (at most 65504)" : "float32",
           ", so the result cannot be stored", fp16_scale ? "; use smaller scales or scale_dtype='float32'" : "");
@@ -390,10 +392,10 @@ void register_search(py::module_& m) {
   m.def("search_scale", &search_scale_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("saliency"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
         py::arg("fp16_scale"), py::arg("n_grid"), py::arg("duo"), py::arg("plain"), py::arg("identity"),
-        py::arg("rule") = 0);
+        py::arg("rule") = 0, py::arg("part") = 0, py::arg("parts") = 1);
   m.def("scale_losses", &scale_losses_py, py::arg("weights"), py::arg("gram"), py::arg("n_tokens"),
         py::arg("scales"), py::arg("bits"), py::arg("group_size"), py::arg("zero_point"),
-        py::arg("fp16_scale"), py::arg("rule") = 0);
+        py::arg("fp16_scale"), py::arg("rule") = 0, py::arg("require_storable") = true);
   m.def("group_gram_blocks", &group_gram_blocks_py, py::arg("x"), py::arg("stride"), py::arg("group_size"));
   m.def("search_clip", &search_clip_py, py::arg("w"), py::arg("blocks"), py::arg("n_tokens"),
         py::arg("bits"), py::arg("group_size"), py::arg("zero_point"), py::arg("fp16_scale"),

@@ -230,9 +230,29 @@ ScaleSearchOutput search_scale(const std::vector<MatrixView>& weights, const Gra
   // s = 1 is evaluated in any case: it is the plain-rounding loss reported as rtn_loss.
   add(0.0, false, true);
   const int64_t C = static_cast<int64_t>(out.ratios.size());
-  ScaleLosses scored = scale_losses(weights, P, n_tokens, spec.quant, out.candidates.data(), C);
-  out.losses = std::move(scored.losses);
-  out.excluded = std::move(scored.excluded);
+  require(spec.parts >= 1 && spec.part >= 0 && spec.part < spec.parts, "part must be in [0, parts)");
+  if (spec.parts == 1) {
+    ScaleLosses scored = scale_losses(weights, P, n_tokens, spec.quant, out.candidates.data(), C);
+    out.losses = std::move(scored.losses);
+    out.excluded = std::move(scored.excluded);
+  } else {
+    // Each candidate's loss depends on it alone: scoring a subset gives the same values.
+    std::vector<float> mine;
+    std::vector<int64_t> which;
+    for (int64_t c = spec.part; c < C; c += spec.parts) {
+      mine.insert(mine.end(), out.candidates.begin() + c * K, out.candidates.begin() + (c + 1) * K);
+      which.push_back(c);
+    }
+    out.losses.assign(static_cast<size_t>(C), std::numeric_limits<double>::quiet_NaN());
+    out.excluded.assign(static_cast<size_t>(C), 0);
+    if (!which.empty()) {
+      ScaleLosses scored = scale_losses(weights, P, n_tokens, spec.quant, mine.data(), static_cast<int64_t>(which.size()));
+      for (size_t j = 0; j < which.size(); ++j) {
+        out.losses[which[j]] = scored.losses[j];
+        out.excluded[which[j]] = scored.excluded[j];
+      }
+    }
+  }
   out.rtn_loss = out.losses.back();
   if (!spec.identity) {
     out.ratios.pop_back();
@@ -245,8 +265,9 @@ ScaleSearchOutput search_scale(const std::vector<MatrixView>& weights, const Gra
   // The first lowest loss among the candidates that can be stored (ties keep the earlier one).
   out.best = -1;
   for (int64_t c = 0; c < static_cast<int64_t>(out.losses.size()); ++c)
-    if (!out.excluded[c] && (out.best < 0 || out.losses[c] < out.losses[out.best])) out.best = c;
-  require(out.best >= 0, "every scale candidate makes a group scale of the scaled weights overflow ",
+    if (!out.excluded[c] && !std::isnan(out.losses[c]) && (out.best < 0 || out.losses[c] < out.losses[out.best]))
+      out.best = c;
+  require(out.best >= 0 || spec.parts > 1, "every scale candidate makes a group scale of the scaled weights overflow ",
           spec.quant.fp16_scale ? "float16 (at most 65504)" : "float32",
           ", so none can be stored; include the identity candidate (include_identity=True)",
           spec.quant.fp16_scale ? " or use scale_dtype='float32'" : "");

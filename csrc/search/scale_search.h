@@ -41,6 +41,9 @@ struct ScaleSearchSpec {
   int n_grid = 20;
   bool duo = true, plain = false;  // candidate families: duo first, then plain
   bool identity = true;            // s = 1 appended last
+  // Score only candidates c with c % parts == part (the others: NaN, not excluded, never
+  // best): a search split among processes, whose losses are the whole search's.
+  int64_t part = 0, parts = 1;
 };
 
 struct ScaleSearchOutput {

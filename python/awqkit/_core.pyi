@@ -86,6 +86,8 @@ def search_scale(
     plain: bool,
     identity: bool,
     rule: int = 0,
+    part: int = 0,
+    parts: int = 1,
 ) -> dict[str, Any]: ...
 def scale_losses(
     weights: list[npt.NDArray[Any]],
@@ -97,6 +99,7 @@ def scale_losses(
     zero_point: bool,
     fp16_scale: bool,
     rule: int = 0,
+    require_storable: bool = True,
 ) -> dict[str, Any]: ...
 def group_gram_blocks(x: Any, stride: int, group_size: int) -> npt.NDArray[np.float64]: ...
 def search_clip(

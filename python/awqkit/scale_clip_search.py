@@ -150,6 +150,7 @@ def search_scale(
     saliency="mean_abs",
     scale_dtype: str = "float16",
     rule: str = "awq",
+    _part: tuple[int, int] = (0, 1),
 ) -> ScaleSearchResult:
     """Search AWQ's per-input-channel scales for the linears ``weights`` sharing input ``x``.
 
@@ -169,6 +170,10 @@ def search_scale(
     :class:`ScaleSearchResult`); if that leaves none, ``ValueError``. ``rule``: the rounding
     rule Q rounds with (:func:`awqkit.quantize`; a GGUF type such as ``"q4_0"`` searches for
     exactly what that type stores).
+
+    ``_part=(i, n)`` (a search split among processes: ``awqkit.model.mapping_search``) scores
+    only the candidates c with c % n == i; the others' losses are NaN and ``best`` is -1 when
+    none of this part's can be stored.
     """
     ws = _weights_list(weights)
     k = ws[0].shape[1]
@@ -184,9 +189,10 @@ def search_scale(
         raise ValueError(f"duo_scaling must be True, False or 'both', got {duo_scaling!r}")
     stats = _gram_stats(x, k)
     sal = compute_saliency(saliency, stats, ws)
+    part, parts = _part
     out = _core.search_scale(
         ws, stats._impl, -1, sal, bits, gs, bool(zero_point), fp16, n_grid, duo, plain, bool(include_identity),
-        rule_id(rule),
+        rule_id(rule), part, parts,
     )
     best = int(out["best"])
     return ScaleSearchResult(
@@ -207,7 +213,7 @@ def search_scale(
 
 
 def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero_point: bool = True, scale_dtype: str = "float16",
-               rule: str = "awq"):
+               rule: str = "awq", _require_storable: bool = True):
     """The search objective for given ``scales`` [K] (or [C, K] -> C losses), natively via the Gram matrix.
 
     A candidate whose scaled weights would need a group scale beyond the scale dtype's range
@@ -227,7 +233,8 @@ def scale_loss(x, weights, scales, *, bits: int = 4, group_size: int = 128, zero
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError("scales must be finite and positive")
     stats = _gram_stats(x, k)
-    losses = _core.scale_losses(ws, stats._impl, -1, s, bits, gs, bool(zero_point), fp16, rule_id(rule))["losses"]
+    losses = _core.scale_losses(ws, stats._impl, -1, s, bits, gs, bool(zero_point), fp16, rule_id(rule),
+                                _require_storable)["losses"]
     return float(losses[0]) if single else losses
 
 

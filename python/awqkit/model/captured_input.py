@@ -70,9 +70,8 @@ class CapturedInput:
         self.group.all_max([out], "statistics")
         return out
 
-    def stats(self, gram: bool = True, dst: int | None = None) -> ActivationStats | None:
-        """The statistics of the whole input (every rank's rows), on rank ``dst`` (every rank
-        when None; the others get None). A collective: every rank calls it."""
+    def stats(self, gram: bool = True) -> ActivationStats:
+        """The statistics of the whole input (every rank's rows), on every rank. A collective."""
         bounds = (self.max_abs(), self.rows)
         stats = ActivationStats(self.k, gram=gram, bounds=bounds)
         for b in self._part_blocks():
@@ -84,16 +83,14 @@ class CapturedInput:
         del stats
         arrays = [sum_abs, sum_sq] + ([_upper_triangle(g)] if g is not None else [])
         del g
-        self.group.reduce_sum(arrays, dst, "statistics")
-        if dst is not None and dst != self.group.rank:
-            return None
+        self.group.all_sum(arrays, "statistics")
         from ..stats import _from_state
 
         full = _symmetric(arrays[2], self.k) if gram else None
         return _from_state(self.k, gram, (self.rows, arrays[0], arrays[1], bounds[0], full), bounds)
 
-    def sample(self, step: int, dst: int) -> torch.Tensor | None:
-        """Rows 0, step, 2 step, ... of the whole input on rank ``dst`` (None elsewhere). A collective."""
+    def sample(self, step: int) -> torch.Tensor:
+        """Rows 0, step, 2 step, ... of the whole input, on every rank. A collective."""
         first = -(-self.offset // step) * step - self.offset  # the first local row on the global stride
         if isinstance(self.store, DiskActivations):
             mine = self.store.strided(step, first)
@@ -101,8 +98,7 @@ class CapturedInput:
             mine = self.store[first::step].clone() if first < self.local_rows else self.store[:0].clone()
         if self.group.world == 1:
             return mine
-        got = self.group.gather(mine, dst, "clip samples")
-        return None if got is None else torch.cat(got)
+        return torch.cat(self.group.all_gather(mine, "clip samples"))
 
     def load(self) -> torch.Tensor:
         """This rank's rows in memory."""

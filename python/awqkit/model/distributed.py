@@ -8,10 +8,11 @@ What each rank does (``awqkit.model.pipeline.quantize_block`` and ``streaming``)
   are taken by every rank on the same tensors, so they agree without a message.
 - **Statistics** (sums, max, Gram) of each captured input are accumulated per rank with
   ``ActivationStats(bounds=...)``: every addend sits on a grid on which float64 sums are
-  exact, so the reduced sums are bit for bit the single process's, in any reduction order.
-- **Searches**: the mappings of a block (independent ones together), then its linears (range
-  search and rounding), are dealt out to ranks by cost; each owner receives what it needs
-  (the reduced statistics, the clip search's token sample) and the results are sent to all.
+  exact, so the summed statistics are bit for bit the single process's, in any reduction order.
+- **Searches**: every rank scores a share of each mapping's scale candidates (a candidate's
+  loss depends on it alone) and the losses are gathered; every rank searches the ranges of,
+  and rounds, a share of each linear's rows (a row's result depends on it alone) and the
+  shares are gathered. Every rank then holds the same quantized block.
 - **Writing**: rank 0 writes the shards and commits the resume state (with every chunk's
   hidden states, gathered), so a run resumes with any number of processes.
 
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RankFailure", "SingleProcess", "TorchProcessGroup", "chunk_owners", "deal", "from_environment"]
+__all__ = ["RankFailure", "SingleProcess", "TorchProcessGroup", "chunk_owners", "from_environment"]
 
 
 class RankFailure(RuntimeError):
@@ -48,9 +49,9 @@ class SingleProcess:
         self.where = ""  # what the run is doing, for the error when a rank fails
         self.hint = "rerun the same command to resume"  # what the user can do then (streaming names its folder)
 
-    # Arrays (float64 / int64 numpy, in place on the receivers).
-    def reduce_sum(self, arrays: Sequence[np.ndarray], dst: int | None, label: str) -> None:
-        """Sum ``arrays`` over the ranks into ``dst``'s (every rank's when None)."""
+    # Arrays (float64 numpy, in place).
+    def all_sum(self, arrays: Sequence[np.ndarray], label: str) -> None:
+        """Element-wise sum over the ranks, on every rank."""
 
     def all_max(self, arrays: Sequence[np.ndarray], label: str) -> None:
         """Element-wise max over the ranks, on every rank."""
@@ -171,16 +172,12 @@ class TorchProcessGroup(SingleProcess):
     def _count(self, label: str, nbytes: int) -> None:
         self.volume[label] = self.volume.get(label, 0) + int(nbytes)
 
-    def reduce_sum(self, arrays, dst, label):
+    def all_sum(self, arrays, label):
         import torch
 
         for a in arrays:
-            t = torch.from_numpy(a)
             self._count(label, a.nbytes)
-            if dst is None:
-                self._call(self._dist.all_reduce, t, op=self._dist.ReduceOp.SUM)
-            else:
-                self._call(self._dist.reduce, t, dst=dst, op=self._dist.ReduceOp.SUM)
+            self._call(self._dist.all_reduce, torch.from_numpy(a), op=self._dist.ReduceOp.SUM)
 
     def all_max(self, arrays, label):
         import torch
@@ -254,15 +251,3 @@ def chunk_owners(n_chunks: int, world: int) -> list[int]:
     """The rank of each calibration chunk: contiguous, as even as possible (rank r takes
     chunks [r n / W, (r + 1) n / W))."""
     return [min(world - 1, (c * world) // max(1, n_chunks)) if n_chunks >= world else c for c in range(n_chunks)]
-
-
-def deal(costs: Sequence[float], world: int) -> list[int]:
-    """Owner of each task: the costliest first, each to the least loaded rank (ties: the task
-    listed first, the lowest rank); the same on every rank."""
-    load = [0.0] * world
-    owner = [0] * len(costs)
-    for t in sorted(range(len(costs)), key=lambda t: (-costs[t], t)):
-        r = min(range(world), key=lambda r: (load[r], r))
-        owner[t] = r
-        load[r] += costs[t]
-    return owner

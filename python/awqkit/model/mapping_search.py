@@ -5,7 +5,9 @@ tied per KV head before it is scored."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 
 from ..config import AWQConfig
 from ..quantizer import pseudo_quantize
-from ..scale_clip_search import ScaleSearchResult, scale_loss, search_scale
+from ..scale_clip_search import scale_loss, search_scale
 from ..stats import ActivationStats
 
 __all__ = ["ScaleChoice", "search_linears", "search_module"]
@@ -55,14 +57,30 @@ def _fits_fp16_scales(w: torch.Tensor, cfg: AWQConfig) -> bool:
     return bool(torch.isfinite(spread.to(torch.float16)).all())  # the stored scale: rounded to float16
 
 
-def _native_search(stats: ActivationStats, weights: list[torch.Tensor], cfg: AWQConfig):
+def _native_search(stats: ActivationStats, weights: list[torch.Tensor], cfg: AWQConfig, group=None):
     """``awqkit.search_scale`` over ``weights`` on the input's statistics (with Gram): the
-    candidate scale vectors (with the configured saliency) and their native losses."""
+    candidate scale vectors (with the configured saliency) and their native losses. With a
+    ``group`` of several ranks (each holding the statistics), each rank scores every n-th
+    candidate and the losses are gathered: the same numbers, a candidate's loss depending on
+    it alone."""
     ws = [np.ascontiguousarray(w.detach().numpy()) for w in weights]
+    parts = 1 if group is None else group.world
     res = search_scale(stats, ws, n_grid=cfg.n_grid, duo_scaling=cfg.duo_scaling, include_identity=True,
                        saliency=cfg.saliency, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
-                       rule=cfg.rule)
+                       rule=cfg.rule, _part=(0 if group is None else group.rank, parts))
+    if parts > 1:
+        losses = _gathered(res.losses, group)
+        res = dataclasses.replace(res, losses=losses, excluded=np.isinf(losses))
     return ws, res
+
+
+def _gathered(mine: np.ndarray, group) -> np.ndarray:
+    """Candidate c's loss from rank c % world (each scored its share)."""
+    every = group.all_gather(np.asarray(mine, dtype=np.float64), "scale losses")
+    out = np.array(mine, dtype=np.float64)
+    for c in range(len(out)):
+        out[c] = every[c % group.world][c]
+    return out
 
 
 def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
@@ -88,18 +106,29 @@ def _choose(res, scales: np.ndarray, losses: np.ndarray) -> ScaleChoice:
 
 
 def search_linears(stats: ActivationStats, weights: list[torch.Tensor], cfg: AWQConfig,
-                   tie=None) -> tuple[ScaleChoice, ScaleSearchResult]:
+                   tie=None, group=None) -> tuple[ScaleChoice, float]:
     """``awqkit.search_scale`` over the mapping's linears, on the statistics (with a Gram
-    matrix) of their input. With ``tie`` (grouped-query attention), every candidate of the
-    search is tied and re-scored natively (``awqkit.scale_loss``), so the best *tied*
-    candidate wins."""
-    ws, res = _native_search(stats, weights, cfg)
+    matrix) of their input: the choice and the lowest untied loss. With ``tie`` (grouped-query
+    attention), every candidate of the search is tied and re-scored natively
+    (``awqkit.scale_loss``), so the best *tied* candidate wins. ``group``: the ranks that
+    share the scoring (every rank calls it, with the same statistics)."""
+    ws, res = _native_search(stats, weights, cfg, group)
+    untied = float(np.min(res.losses))
     if tie is None:
-        return _choose(res, res.candidates, np.asarray(res.losses, dtype=np.float64)), res
+        return _choose(res, res.candidates, np.asarray(res.losses, dtype=np.float64)), untied
     tied = np.stack([tie(torch.from_numpy(np.asarray(c, dtype=np.float32))).numpy() for c in res.candidates])
-    losses = np.asarray(scale_loss(stats, ws, tied, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
-                                   rule=cfg.rule), dtype=np.float64)
-    return _choose(res, tied, losses), res
+    kw: dict[str, Any] = dict(bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point, rule=cfg.rule)
+    if group is None or group.world == 1:
+        losses = np.asarray(scale_loss(stats, ws, tied, **kw), dtype=np.float64)
+    else:
+        mine = np.full(len(tied), np.nan)
+        share = list(range(group.rank, len(tied), group.world))
+        if share:
+            mine[share] = scale_loss(stats, ws, tied[share], _require_storable=False, **kw)
+        losses = _gathered(mine, group)
+        if not np.isfinite(losses).any():
+            scale_loss(stats, ws, tied, **kw)  # the single process's error: no tied candidate can be stored
+    return _choose(res, tied, losses), untied
 
 
 @torch.no_grad()

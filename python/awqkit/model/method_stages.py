@@ -21,36 +21,32 @@ from ..quantizer import QuantizedTensor, quantize
 from ..scale_clip_search import ClipResult, apply_clip, search_clip
 from ..stats import ActivationStats, _from_state
 
-__all__ = ["NEEDS_STATS", "RANGE_SEARCHES", "ROUNDINGS", "SAMPLE_TOKENS", "BlockInputs", "LinearJob", "RangeChoice"]
+__all__ = ["NEEDS_STATS", "RANGE_SEARCHES", "ROUNDINGS", "SAMPLE_TOKENS", "BlockInputs", "LinearJob", "RangeChoice",
+           "concat_rows", "merge_entries", "row_shares"]
 
 
 class BlockInputs:
     """What is derived once per captured input of a stage's linears (linears fed the same
-    input share it): the Gram statistics and the GPTQ factor, on the ranks whose linears need
-    them (``prepare``, a collective)."""
+    input share it): the Gram statistics and the GPTQ factor (``prepare``, a collective)."""
 
     def __init__(self) -> None:
         self._stats: dict[int, tuple[Any, ActivationStats]] = {}
         self._factors: dict[tuple, tuple[Any, Any]] = {}
 
-    def prepare(self, jobs: list[LinearJob], owners: list[int], spec, group) -> None:
-        """The statistics of every input a job's stages need, on the job's owner (on every
-        rank when owners differ), and each job's token sample for the range search. Every
-        rank calls it with the same jobs."""
-        needers: dict[int, tuple[Any, set[int]]] = {}
-        for job, owner in zip(jobs, owners):
+    def prepare(self, jobs: list[LinearJob], spec) -> None:
+        """The statistics of every input a job's stages need, and each job's token sample for
+        the range search, on every rank (each rounds a share of every linear's rows). A
+        collective: every rank calls it with the same jobs."""
+        needed: dict[int, Any] = {}
+        for job in jobs:
             if job.x is not None and (NEEDS_STATS[spec.ranges](job) or NEEDS_STATS[spec.rounding](job)):
-                needers.setdefault(id(job.x), (job.x, set()))[1].add(owner)
-        for x, ranks in needers.values():
-            st = x.stats(gram=True, dst=next(iter(ranks)) if len(ranks) == 1 else None)
-            if st is not None:
-                self._stats[id(x)] = (x, st)
-        for job, owner in zip(jobs, owners):
+                needed.setdefault(id(job.x), job.x)
+        for x in needed.values():
+            self._stats[id(x)] = (x, x.stats(gram=True))
+        for job in jobs:
             tokens = SAMPLE_TOKENS[spec.ranges](job)
             if tokens:
-                sample = job.x.sample(max(1, job.x.rows // tokens), dst=owner)
-                if owner == group.rank:
-                    job.sample = sample
+                job.sample = job.x.sample(max(1, job.x.rows // tokens))
 
     def stats(self, x) -> ActivationStats:
         hit = self._stats.get(id(x))
@@ -129,8 +125,9 @@ def _clip(job: LinearJob) -> RangeChoice:
                               rule=cfg.rule, refit_scales=refit, n_expand=_GGUF_EXPANDED_SCALES if refit else 0)
     assert job.sample is not None
     res = search_clip(np.ascontiguousarray(job.sample.numpy()), wn, n_sample_tokens=None, **kw)
-    job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": float(res.loss_before),
-                            "loss_after": float(res.loss_after), **({"refit_only": True} if refit_only else {})})
+    # Per (row, group): a share of the rows gives its share of the entry (merge_entries).
+    job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": res.group_loss_before,
+                            "loss_after": res.group_loss_after, **({"refit_only": True} if refit_only else {})})
     return RangeChoice(apply_clip(wn, res), clipped=True, refit=res if refit else None)
 
 
@@ -146,8 +143,8 @@ def _imatrix(job: LinearJob) -> RangeChoice:
     res = search_clip(_diagonal_stats(stats), wn, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
                       n_grid=cfg.clip_n_grid, max_shrink=cfg.clip_max_shrink, n_sample_tokens=None,
                       asymmetric=cfg.zero_point and cfg.rule == "awq", rule=cfg.rule)
-    job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": float(res.loss_before),
-                            "loss_after": float(res.loss_after), "objective": "imatrix"})
+    job.report.clip.append({"block": job.block, "layer": job.name, "loss_before": res.group_loss_before,
+                            "loss_after": res.group_loss_after, "objective": "imatrix"})
     return RangeChoice(apply_clip(wn, res), clipped=True)
 
 
@@ -206,8 +203,7 @@ def _gptq(job: LinearJob, r: RangeChoice) -> QuantizedTensor:
         fixed = {"scales": qt.scales, "zeros": qt.zeros}
     res = gptq_quantize(w, factor, bits=cfg.bits, group_size=cfg.group_size, zero_point=cfg.zero_point,
                         block_size=cfg.gptq_block_size, static_groups=cfg.gptq_static_groups, **fixed)
-    job.report.gptq.append({"block": job.block, "layer": job.name, "loss": float(res.loss.sum()),
-                            "damp": res.damp})
+    job.report.gptq.append({"block": job.block, "layer": job.name, "loss": res.loss, "damp": res.damp})
     return res.quantized
 
 
@@ -215,6 +211,48 @@ ROUNDINGS: dict[str, Callable[[LinearJob, RangeChoice], QuantizedTensor]] = {
     "nearest": _nearest,
     "gptq": _gptq,
 }
+
+
+# How the per-row arrays of the stages' report entries become the entry's number: the rows of
+# every share, in order, then the mean (clip losses per (row, group)) or the sum (GPTQ per row).
+_ENTRY_TOTALS: dict[str, Callable[[np.ndarray], float]] = {
+    "loss_before": lambda a: float(a.mean()),
+    "loss_after": lambda a: float(a.mean()),
+    "loss": lambda a: float(a.sum()),
+}
+
+
+def merge_entries(shares: list[list[dict]]) -> list[dict]:
+    """One linear's report entries from the entries of its row shares (in row order)."""
+    out = []
+    for parts in zip(*shares):
+        entry = dict(parts[0])
+        for key, total in _ENTRY_TOTALS.items():
+            if key in entry:
+                entry[key] = total(np.concatenate([np.ravel(p[key]) for p in parts]))
+        out.append(entry)
+    return out
+
+
+def row_shares(n_rows: int, world: int) -> list[tuple[int, int]]:
+    """Each rank's rows [r0, r1) of an [n_rows, K] weight: contiguous, as even as possible, cut
+    at multiples of 96 rows so that every native kernel's row blocks (48 and 12 rows in the
+    clip search, 32 in GPTQ) are those of the whole weight: a row's results do not depend on
+    the rows beside it, so the shares, put together, are the whole weight's bits."""
+    align = 96
+    blocks = -(-n_rows // align)
+    cuts = [min(n_rows, align * ((blocks * r) // world)) for r in range(world + 1)]
+    return [(cuts[r], cuts[r + 1]) for r in range(world)]
+
+
+def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
+    if len(parts) == 1:
+        return parts[0]
+    p = parts[0]
+    return QuantizedTensor(codes=np.concatenate([q.codes for q in parts]), scales=np.concatenate([q.scales for q in parts]),
+                           zeros=np.concatenate([q.zeros for q in parts]), bits=p.bits, group_size=p.group_size,
+                           zero_point=p.zero_point, rule=p.rule,
+                           offsets=None if p.offsets is None else np.concatenate([q.offsets for q in parts]))
 
 
 # The registry's stage names, each with its handler (a test checks the two agree).

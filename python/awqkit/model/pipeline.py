@@ -18,6 +18,7 @@ quantized outputs with ``"quantized"``). Only one block's activations are held a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -37,11 +38,11 @@ from .calibration import get_calib_blocks
 from .capture import BlockCalls, capture_block, capture_block_calls, get_submodule, run_block, set_submodule
 from .checkpoint import checkpoint_dtype, round_module_to, round_to_checkpoint_dtype
 from .conversions import convert_blocks
-from .distributed import SingleProcess, chunk_owners, deal, from_environment
+from .distributed import SingleProcess, chunk_owners, from_environment
 from .families import BlockLayout, Mapping, layout_for
 from .folding import fold_mapping, mapping_tie, restore, snapshot
 from .mapping_search import search_linears, search_module
-from .method_stages import RANGE_SEARCHES, ROUNDINGS, BlockInputs, LinearJob
+from .method_stages import RANGE_SEARCHES, ROUNDINGS, BlockInputs, LinearJob, concat_rows, merge_entries, row_shares
 from .qlinear import QuantizedLinear
 from .report import QuantizationReport, StageMeter
 
@@ -380,19 +381,21 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         _report_experts(i, layout, cap, report)
         if spec.scales == "awq":
             with meter.stage("scale_search"):
-                for wave in _independent_waves(layout.mappings, cap, cfg):
-                    group.where = f"searching the scales of block {i}"
-                    prepared = [(m, *_prepare_mapping(block, i, m, layout, cap, cfg, skip)) for m in wave]
-                    choices = _search_mappings(block, [p for p in prepared if "skipped" not in p[1]], cap, cfg, group)
-                    for m, entry, _, tie in prepared:
-                        report.mappings.append(entry)
-                        if "skipped" in entry:
-                            continue
-                        _fold(block, m, layout, cap, entry, choices[m.name], tie)
-                        if entry.get("ratio") is not None:
-                            with meter.stage("fold_check"):
-                                _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
-                        bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
+                for m in layout.mappings:
+                    group.where = f"searching the scales of block {i}'s {m.name}"
+                    entry, x, tie = _prepare_mapping(block, i, m, layout, cap, cfg, skip)
+                    report.mappings.append(entry)
+                    if "skipped" in entry:
+                        continue
+                    # Every rank: the statistics reduced, the candidates scored in shares.
+                    stats = x.stats(gram=True)
+                    searched = _search_mapping(block, m, x, stats, tie, cap, cfg, group)
+                    del stats
+                    _fold(block, m, layout, cap, entry, searched, tie)
+                    if entry.get("ratio") is not None:
+                        with meter.stage("fold_check"):
+                            _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
+                    bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
     if not spec.quantizes:  # the fold diagnostic: folded full-precision weights, no clip, no rounding
         del cap
         return fp_out
@@ -413,22 +416,35 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         jobs = [LinearJob(weight=linears[rel].weight.detach(), x=cap.inputs.get(rel) if cap is not None else None,
                           cfg=cfg, inputs=inputs, never_clipped=layout.never_clipped(rel), report=_Entries(), block=i,
                           name=rel) for rel in names]
-        owners = deal([float(j.weight.numel()) for j in jobs], group.world)
         group.where = f"rounding block {i}'s {', '.join(names)}"
         with meter.stage("clip_search" if spec.ranges != "minmax" else "quantize_pack"):
-            inputs.prepare(jobs, owners, spec, group)
-        results: dict[str, tuple[QuantizedTensor, _Entries]] = {}
-        for job, owner in zip(jobs, owners):
-            if owner != group.rank:
+            inputs.prepare(jobs, spec)
+        # Each rank: its share of every linear's rows (a row's range and rounding do not depend
+        # on the other rows), then every share to every rank.
+        rows_here: dict[str, tuple[QuantizedTensor, _Entries]] = {}
+        for job in jobs:
+            r0, r1 = row_shares(job.weight.shape[0], group.world)[group.rank]
+            if r1 == r0:
                 continue
+            share = dataclasses.replace(job, weight=job.weight[r0:r1], report=_Entries())
             with meter.stage("clip_search" if spec.ranges != "minmax" else "quantize_pack"):
-                ranges = RANGE_SEARCHES[spec.ranges](job)
+                ranges = RANGE_SEARCHES[spec.ranges](share)
             with meter.stage("gptq" if spec.rounding == "gptq" else "quantize_pack"):
-                results[job.name] = (ROUNDINGS[spec.rounding](job, ranges), job.report)
-            del ranges
+                rows_here[job.name] = (ROUNDINGS[spec.rounding](share, ranges), share.report)
+            del ranges, share
+        shares = [rows_here]
         if group.world > 1:
             with meter.stage("quantize_pack"):
-                results = {k: v for got in group.all_gather(results, "quantized linears") for k, v in got.items()}
+                shares = group.all_gather(rows_here, "quantized rows")
+        del rows_here
+        results: dict[str, tuple[QuantizedTensor, _Entries]] = {}
+        for job in jobs:
+            got = [s[job.name] for s in shares if job.name in s]  # rank order: row order
+            entries = _Entries()
+            entries.clip = merge_entries([e.clip for _, e in got])
+            entries.gptq = merge_entries([e.gptq for _, e in got])
+            results[job.name] = (concat_rows([q for q, _ in got]), entries)
+        del shares
         for job in jobs:
             rel = job.name
             qt, entries = results.pop(rel)
@@ -632,30 +648,6 @@ class _Entries:
         self.gptq: list[dict] = []
 
 
-def _independent_waves(mappings, cap, cfg: AWQConfig) -> list[list[Mapping]]:
-    """The mappings in runs whose scale searches do not read what an earlier mapping of the
-    run folds (its previous op, its linears, the inputs it divides): a run's searches can be
-    made together, before its folds, and choose what they would have one by one."""
-    def overlaps(a: str, b: str) -> bool:
-        return a == b or not a or not b or a.startswith(b + ".") or b.startswith(a + ".")
-
-    def tensors(names) -> set[int]:
-        return {id(cap.inputs[n]) for n in names if n in cap.inputs}
-
-    waves: list[list[Mapping]] = []
-    written: set[str] = set()
-    for m in mappings:
-        reads = {m.inp, *m.layers} | ({m.module2inspect} if cfg.inspect == "module" else set())
-        if waves and (any(overlaps(r, w) for r in reads for w in written) or tensors(reads) & tensors(written)):
-            waves.append([])
-            written = set()
-        if not waves:
-            waves.append([])
-        waves[-1].append(m)
-        written |= {m.prev_op, m.inp, *m.layers, *m.also_scaled}
-    return waves
-
-
 def _prepare_mapping(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQConfig, skip) -> tuple[dict, Any, Any]:
     """(report entry, captured input, GQA tie) of a mapping; the entry says ``skipped`` (and
     why) for a mapping that is not searched."""
@@ -675,32 +667,8 @@ def _prepare_mapping(block, i, m: Mapping, layout: BlockLayout, cap, cfg: AWQCon
     return entry, x, tie
 
 
-def _search_mappings(block, tasks: list[tuple], cap, cfg: AWQConfig, group) -> dict[str, tuple]:
-    """Each mapping's ``(ScaleChoice, untied loss)``, searched by one rank (dealt by cost) on
-    the statistics of its input reduced there; every rank gets every choice. In rounds of one
-    mapping per rank, so that a rank holds one Gram matrix at a time."""
-    # A search costs about K^2 per output row of the mapping's linears and candidate.
-    owners = deal([float(x.k) ** 2 * sum(_out_features(block, l) for l in m.layers) for m, _, x, _ in tasks], group.world)
-    mine: dict[str, tuple] = {}
-    queues = [[t for t, o in zip(tasks, owners) if o == r] for r in range(group.world)]
-    for t in range(max((len(q) for q in queues), default=0)):
-        this_round = [(q[t], r) for r, q in enumerate(queues) if t < len(q)]
-        for (m, _, x, tie), r in this_round:
-            stats = x.stats(gram=True, dst=r)
-            if r == group.rank:
-                mine[m.name] = _search_mapping(block, m, x, stats, tie, cap, cfg)
-            del stats
-    if group.world == 1:
-        return mine
-    return {k: v for got in group.all_gather(mine, "scale choices") for k, v in got.items()}
-
-
-def _out_features(block, name: str) -> int:
-    w: Any = get_submodule(block, name).weight
-    return int(w.shape[0])
-
-
-def _search_mapping(block, m: Mapping, x, stats, tie, cap, cfg: AWQConfig) -> tuple:
+def _search_mapping(block, m: Mapping, x, stats, tie, cap, cfg: AWQConfig, group) -> tuple:
+    """(ScaleChoice, the lowest untied loss under a GQA tie, else None)."""
     layers: list[Any] = [get_submodule(block, l) for l in m.layers]
     if cfg.inspect == "module":
         local = x.load()  # the module is run on the whole input per candidate
@@ -714,8 +682,8 @@ def _search_mapping(block, m: Mapping, x, stats, tie, cap, cfg: AWQConfig) -> tu
                 outs = [mod(*a, **kw) for a, kw in calls]
                 return [o[0] if isinstance(o, (tuple, list)) else o for o in outs]
         return search_module(stats, layers, run, cfg, tie=tie), None
-    choice, res = search_linears(stats, [l.weight for l in layers], cfg, tie=tie)
-    return choice, (float(res.loss) if tie is not None else None)
+    choice, untied = search_linears(stats, [l.weight for l in layers], cfg, tie=tie, group=group)
+    return choice, (untied if tie is not None else None)
 
 
 def _fold(block, m: Mapping, layout: BlockLayout, cap, entry: dict, searched: tuple, tie) -> None:
