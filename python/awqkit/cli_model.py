@@ -82,8 +82,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
         # Under torchrun (WORLD_SIZE > 1) the run is split over the ranks; rank 0 writes and reports.
         group = from_environment()
-        # The memory plan, a resume and the result are worth a line each without -v.
+        # The memory plan, a resume and the result are worth a line each without -v; from
+        # rank 0 only (the others would repeat its warnings).
         logging.getLogger("awqkit.model.streaming").setLevel(logging.INFO)
+        if group.rank != 0:
+            logging.getLogger("awqkit").setLevel(logging.ERROR)
         try:
             report = quantize_to_checkpoint(args.model, args.out, cfg, calib=args.calib, method=args.method,
                                             overwrite=args.overwrite, restart=args.restart,

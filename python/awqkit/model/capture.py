@@ -59,10 +59,11 @@ def _no_cache(v):
 
 
 @torch.no_grad()
-def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor,
+def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor | list[torch.Tensor],
                         chunk: int) -> tuple[list[torch.Tensor], list[BlockCalls]]:
-    """One full-precision forward of the calibration tokens (``chunk`` sequences at a time):
-    the first block's hidden states per chunk, and every block's call arguments."""
+    """One full-precision forward of the calibration tokens (``chunk`` sequences at a time, or
+    the given list of batches): the first block's hidden states per chunk, and every block's
+    call arguments."""
     first_hidden: list[torch.Tensor] = []
     calls = [BlockCalls() for _ in blocks]
     handles = []
@@ -85,9 +86,10 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.T
                 raise _StopForward
         handles.append(block.register_forward_pre_hook(pre_hook, with_kwargs=True))
     try:
-        for s in range(0, tokens.shape[0], chunk):
+        batches = tokens if isinstance(tokens, list) else [tokens[s : s + chunk] for s in range(0, tokens.shape[0], chunk)]
+        for batch in batches:
             try:
-                model(input_ids=tokens[s : s + chunk], use_cache=False)
+                model(input_ids=batch, use_cache=False)
             except _StopForward:
                 pass
     finally:

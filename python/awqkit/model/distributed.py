@@ -3,9 +3,12 @@
 What each rank does (``awqkit.model.pipeline.quantize_block`` and ``streaming``):
 
 - **Calibration** is sharded by chunks of sequences (the pipeline's forward unit): rank r runs
-  a contiguous range of them through each block. Every rank also runs chunk 0, the check
-  chunk, on which the fold checks, block errors and fallbacks are measured: those decisions
-  are taken by every rank on the same tensors, so they agree without a message.
+  a contiguous range of them through each block. The checks (fold checks, block errors,
+  fallbacks) are measured on chunk 0's sequences: each rank also runs a share of them, and
+  the per-sequence errors are gathered in sequence order (numpy sums, the same bits for any
+  split), so every rank takes the same decisions. This relies on torch computing a sequence's
+  block output with the same bits in a smaller batch (true of its CPU kernels here; the
+  tests compare the bytes with one process).
 - **Statistics** (sums, max, Gram) of each captured input are accumulated per rank with
   ``ActivationStats(bounds=...)``: every addend sits on a grid on which float64 sums are
   exact, so the summed statistics are bit for bit the single process's, in any reduction order.

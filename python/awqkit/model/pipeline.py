@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -171,9 +172,9 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         calls: list[BlockCalls] = []
         if run.searched:
             tokens = calibration_tokens(run, calib, tokenizer)
-            local_tokens, _, run.skip_chunks = local_calibration(tokens, group)
+            run.local = local_calibration(tokens, group)
             with meter.stage("capture_block_calls"):
-                hidden, calls = capture_block_calls(model, blocks, local_tokens, _CHUNK_SEQS)
+                hidden, calls = capture_block_calls(model, blocks, run.local.batches, _CHUNK_SEQS)
         bar = tqdm_blocks(len(blocks), method, quiet=group.rank != 0)
         for i in bar:
             hidden = quantize_block(run, i, blocks[i], hidden, calls[i] if calls else None, bar, dtype)
@@ -194,17 +195,39 @@ _MODULE_INSPECTION_UNSPLIT = ("inspect='module' runs the inspected module on eve
                               "it is not split across ranks; use inspect='linears' (the default) or one process")
 
 
-def local_calibration(tokens: torch.Tensor, group: SingleProcess) -> tuple[torch.Tensor, list[int], int]:
-    """This rank's calibration sequences, the owner of every chunk, and ``skip_chunks``: a
-    rank holds its own range of chunks (of _CHUNK_SEQS sequences), after chunk 0 where
-    another rank owns it (run for the fold and block checks, not captured). One process holds
-    every chunk."""
+@dataclass
+class LocalCalibration:
+    """What one rank runs through the blocks: ``batches`` of calibration sequences, its first
+    ``skip_chunks`` run for the checks only (not captured); ``owners``: the rank of each chunk.
+    The checks (fold checks, block errors, fallbacks) are measured on chunk 0's sequences,
+    each rank a share of them (``has_check``: this rank's batch 0 is its share), the
+    per-sequence errors gathered; ``check_tokens``: chunk 0's token count."""
+
+    batches: list[torch.Tensor]
+    owners: list[int]
+    skip_chunks: int
+    has_check: bool
+    check_tokens: int
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(b.numel()) for b in self.batches)
+
+
+def local_calibration(tokens: torch.Tensor, group: SingleProcess) -> LocalCalibration:
+    """This rank's calibration: its own contiguous range of chunks (of _CHUNK_SEQS sequences),
+    after its share of chunk 0's sequences for the checks. One process: every chunk, chunk 0
+    serving the checks as it is."""
     n_chunks = -(-int(tokens.shape[0]) // _CHUNK_SEQS)
     owners = chunk_owners(n_chunks, group.world)
-    skip = 1 if n_chunks and owners[0] != group.rank else 0
-    local = [0] * skip + [c for c in range(n_chunks) if owners[c] == group.rank]
-    rows = torch.cat([tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in local]) if local else tokens[:0]
-    return rows, owners, skip
+    own = [tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in range(n_chunks) if owners[c] == group.rank]
+    first = tokens[:_CHUNK_SEQS]
+    if group.world == 1:
+        return LocalCalibration(own, owners, 0, bool(own), int(first.numel()))
+    n = int(first.shape[0])
+    a, b = (n * group.rank) // group.world, (n * (group.rank + 1)) // group.world
+    check = [first[a:b]] if b > a else []
+    return LocalCalibration(check + own, owners, len(check), bool(check), int(first.numel()))
 
 
 def return_freed_memory() -> None:
@@ -268,7 +291,7 @@ class BlockRun:
                  plan: tuple[dict[str, str], QuantizationReport],
                  reread_block: Callable[[int], dict[str, torch.Tensor]] | None = None,
                  activations_on_disk: bool = False, disk_folder: str | None = None,
-                 group: SingleProcess | None = None, skip_chunks: int = 0):
+                 group: SingleProcess | None = None):
         self.layout, self.cfg, self.method, self.meter = layout, cfg, method, meter
         self.spec = method_named(method)
         self.skip, self.report = plan
@@ -278,10 +301,21 @@ class BlockRun:
         self.reread_block = reread_block
         # The captured linear inputs in files (DiskActivations) instead of memory.
         self.activations_on_disk, self.disk_folder = activations_on_disk, disk_folder
-        # The ranks of a distributed run (awqkit.model.distributed); this rank's hidden states
-        # start with skip_chunks chunks it runs only for the checks (chunk 0 of another rank).
+        # The ranks of a distributed run (awqkit.model.distributed) and this rank's calibration.
         self.group = SingleProcess() if group is None else group
-        self.skip_chunks = skip_chunks
+        self.local: LocalCalibration | None = None  # set once the calibration is split (local_calibration)
+
+    @property
+    def skip_chunks(self) -> int:
+        return 0 if self.local is None else self.local.skip_chunks
+
+    @property
+    def has_check(self) -> bool:
+        return self.local is None or self.local.has_check
+
+    @property
+    def check_tokens(self) -> int:
+        return 0 if self.local is None else self.local.check_tokens
 
     def finish(self, t_start: float, seconds_before: float = 0.0) -> QuantizationReport:
         report = self.report
@@ -363,7 +397,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
             # Before the capture, so that the rounded copy of the block and the captured
             # activations are never in memory together.
             with meter.stage("block_check"):
-                rtn_err = _rtn_block_error(block, quant_names, hidden, calls, cfg)
+                rtn_err = _rtn_block_error(run, block, quant_names, hidden, calls)
         with meter.stage("capture"):
             group.where = f"capturing the inputs of block {i}"
             cap, fp_out = capture_block(block, hidden, calls, input_names, inspect_names, run.activations_on_disk,
@@ -394,7 +428,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
                     _fold(block, m, layout, cap, entry, searched, tie)
                     if entry.get("ratio") is not None:
                         with meter.stage("fold_check"):
-                            _check_fold(block, i, m, entry, hidden, calls, fp_out, cfg, report)
+                            _check_fold(run, block, i, m, entry, hidden, calls, fp_out)
                     bar.set_postfix(mapping=m.name, loss=f"{entry['awq_loss']:.3g}", rtn=f"{entry['rtn_loss']:.3g}")
     if not spec.quantizes:  # the fold diagnostic: folded full-precision weights, no clip, no rounding
         del cap
@@ -469,7 +503,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
     if cfg.propagation == "fp" and len(stages) > 1:
         del hidden[_CHECK_CHUNKS:]
     with meter.stage("block_check"):
-        err = _relative_mse(run_block(block, hidden, calls, _CHECK_CHUNKS), fp_out)
+        err = _relative_mse(run, _check_outputs(run, block, hidden, calls), fp_out)
         kept_plain = []
         for rel, alt in plain.items():
             # Each linear's objective ignores what follows it (softmax attention, norms): a
@@ -477,7 +511,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
             # attention sink). Greedy, in the block's order, measured at the block's output.
             mine = get_submodule(block, rel)
             set_submodule(block, rel, alt)
-            e = _relative_mse(run_block(block, hidden, calls, _CHECK_CHUNKS), fp_out)
+            e = _relative_mse(run, _check_outputs(run, block, hidden, calls), fp_out)
             if e < err:
                 err = e
                 kept_plain.append(rel)
@@ -485,9 +519,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
                 set_submodule(block, rel, mine)
             del mine
         plain.clear()
-        entry = {"block": i, "method": spec.name, "error": err, "rtn": rtn_err,
-                 "tokens": sum(o.shape[0] * o.shape[1] if o.dim() == 3 else o.shape[0]
-                               for o in fp_out[:_CHECK_CHUNKS])}
+        entry = {"block": i, "method": spec.name, "error": err, "rtn": rtn_err, "tokens": run.check_tokens}
         if kept_plain:
             entry["plain_rounding"] = kept_plain
         if spec.scales == "awq":
@@ -542,51 +574,69 @@ def _recapture_inputs(block: nn.Module, hidden, calls, names: list[str], cap, ru
             old.close()
 
 
-def _sum_sq(t: torch.Tensor) -> float:
-    # numpy's pairwise sum: the same bits for any thread count (torch splits a large sum among
-    # its threads), so decisions taken on these errors agree across ranks and machines.
+def _check_outputs(run: BlockRun, block: nn.Module, hidden, calls) -> list[torch.Tensor]:
+    """The block's output on this rank's check sequences (none on a rank without a share)."""
+    return run_block(block, hidden, calls, _CHECK_CHUNKS) if run.has_check else []
+
+
+def _per_sequence(run: BlockRun, values: list[float]) -> list[float]:
+    """Every rank's per-sequence values, in sequence order (rank order)."""
+    return values if run.group.world == 1 else [v for part in run.group.all_gather(values, "check errors") for v in part]
+
+
+def _sequence_sums(t: torch.Tensor) -> list[float]:
+    # numpy's pairwise sum per sequence: the same bits for any thread count (torch splits a
+    # large sum among its threads) and for any split of the sequences among ranks.
     a = t.detach().to(torch.float64).numpy()
-    return float(np.sum(a * a))
+    a = a.reshape(a.shape[0], -1) if a.ndim == 3 else a.reshape(1, -1)
+    return [float(np.sum(r * r)) for r in a]
 
 
-def _relative_mse(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
-    num = sum(_sum_sq(o.to(torch.float64) - r.to(torch.float64)) for o, r in zip(out, ref))
-    den = sum(_sum_sq(r) for r in ref[: len(out)])
-    return num / den if den > 0 else 0.0
+def _relative_mse(run: BlockRun, out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    """sum (y - y_ref)^2 / sum y_ref^2 over the check sequences (of every rank)."""
+    num = _per_sequence(run, [v for o, r in zip(out, ref) for v in _sequence_sums(o.to(torch.float64) - r.to(torch.float64))])
+    den = _per_sequence(run, [v for r in ref[: len(out)] for v in _sequence_sums(r)])
+    total = float(np.sum(den))
+    return float(np.sum(num)) / total if total > 0 else 0.0
 
 
-def _max_relative(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
-    err = max(float((o.to(torch.float64) - r.to(torch.float64)).abs().max()) for o, r in zip(out, ref))
-    scale = max(float(r.abs().max()) for r in ref[: len(out)])
-    return err / scale if scale > 0 else err
+def _max_relative(run: BlockRun, out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    pair = np.zeros(2)
+    if out:
+        pair[0] = max(float((o.to(torch.float64) - r.to(torch.float64)).abs().max()) for o, r in zip(out, ref))
+        pair[1] = max(float(r.abs().max()) for r in ref[: len(out)])
+    run.group.all_max([pair], "check errors")
+    return pair[0] / pair[1] if pair[1] > 0 else pair[0]
 
 
 @torch.no_grad()
-def _rtn_block_error(block: nn.Module, quant_names: list[str], hidden, calls, cfg: AWQConfig) -> float:
-    """Plain rounding's output error on the check chunks: a copy of the block (before any
+def _rtn_block_error(run: BlockRun, block: nn.Module, quant_names: list[str], hidden, calls) -> float:
+    """Plain rounding's output error on the check sequences: a copy of the block (before any
     fold) with its quantized linears rounded, for the report's AWQ-vs-RTN comparison."""
-    fp_out = run_block(block, hidden, calls, _CHECK_CHUNKS)
+    cfg = run.cfg
+    fp_out = _check_outputs(run, block, hidden, calls)
     rtn = copy.deepcopy(block)
     for rel in quant_names:
         lin: Any = rtn.get_submodule(rel)
         w = lin.weight.detach().to(torch.float32).contiguous().numpy()
         lin.weight.copy_(torch.from_numpy(pseudo_quantize(w, cfg.bits, cfg.group_size, cfg.zero_point, rule=cfg.rule)))
-    err = _relative_mse(run_block(rtn, hidden, calls, _CHECK_CHUNKS), fp_out)
+    err = _relative_mse(run, _check_outputs(run, rtn, hidden, calls), fp_out)
     del rtn
     return err
 
 
 @torch.no_grad()
-def _check_fold(block, i, m: Mapping, entry: dict, hidden, calls, fp_out, cfg: AWQConfig, report) -> None:
+def _check_fold(run: BlockRun, block, i, m: Mapping, entry: dict, hidden, calls, fp_out) -> None:
     """The folded block must compute what the unfolded one did (before quantization)."""
+    cfg, report = run.cfg, run.report
     undo = entry.pop("_undo")
-    err = _max_relative(run_block(block, hidden, calls, _CHECK_CHUNKS), fp_out)
+    err = _max_relative(run, _check_outputs(run, block, hidden, calls), fp_out)
     entry["fold_error"] = err
     report.fold_checks.append({"block": i, "mapping": m.name, "max_relative_error": err})
     if err <= cfg.fold_tolerance:
         return
     msg = (f"block {i}, mapping {m.name}: folding the scales changed the block's output by {err:.3g} "
-           f"(max |y - y_ref| / max |y_ref| on {_CHECK_CHUNKS} calibration chunk(s); tolerance {cfg.fold_tolerance:g}). "
+           f"(max |y - y_ref| / max |y_ref| on {run.check_tokens} calibration tokens; tolerance {cfg.fold_tolerance:g}). "
            "The mapping does not preserve the network's function: check prev_op/prev_kind/prev_rows (a fold never "
            "crosses a non-linearity such as GELU) and the family's norm kind")
     if cfg.on_fold_error == "raise":

@@ -170,7 +170,7 @@ class SourceModel:
                 owner._parameters[leaf] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
 
 
-def _record_calls(model: nn.Module, blocks: nn.ModuleList, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[BlockCalls]]:
+def _record_calls(model: nn.Module, blocks: nn.ModuleList, tokens) -> tuple[list[torch.Tensor], list[BlockCalls]]:
     """``capture_block_calls`` with only block 0 in memory: the other blocks are recorders
     that return their input (in the type block 0 returns: a tensor or a tuple). The blocks'
     arguments (masks, rotary embeddings) do not depend on the hidden states they are given."""
@@ -414,9 +414,9 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
     run = BlockRun(layout, cfg, method, meter, plan_linears(model, planned, layout, cfg, method),
                    reread_block=lambda i: src.block_state(f"{prefix}{i}.", templates[i], layout), group=group)
     tokens = calibration_tokens(run, calib, tokenizer) if run.searched else None
-    local_tokens, owners, skip_chunks = local_calibration(tokens, group) if tokens is not None else (None, [], 0)
-    run.skip_chunks = skip_chunks
-    n_tokens = 0 if local_tokens is None else int(local_tokens.numel())
+    if tokens is not None:
+        run.local = local_calibration(tokens, group)
+    n_tokens = 0 if run.local is None else run.local.n_tokens
     seqlen = cfg.seqlen if tokens is None else int(tokens.shape[1])
     plan = plan_memory(model, planned, layout, n_tokens, seqlen)
     avail = available_memory()
@@ -466,17 +466,17 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
         calls: list[BlockCalls] = []
         if done < len(blocks):
             if run.searched:
-                assert local_tokens is not None
+                assert run.local is not None
                 with meter.stage("load"):
                     src.materialize_outside(layout.layers_path, head=False)
                     templates[0] = copy.deepcopy(blocks[0])
                     src.materialize(f"{prefix}0.", blocks[0])
                 with meter.stage("capture_block_calls"):
-                    hidden, calls = _record_calls(model, blocks, local_tokens)
+                    hidden, calls = _record_calls(model, blocks, run.local.batches)
                 src.release_outside(layout.layers_path)
                 if done:
                     assert state is not None
-                    hidden = _scatter_hidden(resume, state, group, owners, skip_chunks)
+                    hidden = _scatter_hidden(resume, state, group, run.local)
                     blocks[0] = nn.Identity()
             bar = tqdm_blocks(len(blocks), method, initial=done, quiet=group.rank != 0)
             for i in bar:
@@ -488,7 +488,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                 hidden = quantize_block(run, i, block, hidden, calls[i] if calls else None, bar, dtype)
                 with meter.stage("write"):
                     group.where = f"gathering block {i}'s outputs"
-                    every = _gather_hidden(hidden, group, skip_chunks)
+                    every = _gather_hidden(hidden, group, run.skip_chunks)
                     if group.rank == 0:
                         tensors, _ = module_checkpoint_tensors(block, cfg, dtype)
                         tensors = {f"{prefix}{i}.{k}": v for k, v in tensors.items()}
@@ -531,15 +531,19 @@ def _gather_hidden(hidden: list[torch.Tensor], group: SingleProcess, skip_chunks
     return [] if got is None else [h for part in got for h in part]
 
 
-def _scatter_hidden(resume: _Resume, state: dict, group: SingleProcess, owners: list[int],
-                    skip_chunks: int) -> list[torch.Tensor]:
-    """This rank's chunks of the committed hidden states (read by rank 0), the check chunk first."""
+def _scatter_hidden(resume: _Resume, state: dict, group: SingleProcess, local) -> list[torch.Tensor]:
+    """This rank's batches of the committed hidden states (read by rank 0): its share of chunk
+    0's sequences for the checks, then its own chunks."""
     if group.world == 1:
         return resume.hidden(state)
     parts = None
     if group.rank == 0:
         every = resume.hidden(state)
-        parts = [[every[0]] * (r != 0) + [h for c, h in enumerate(every) if owners[c] == r] for r in range(group.world)]
+        n = int(every[0].shape[0])
+        parts = []
+        for r in range(group.world):
+            a, b = (n * r) // group.world, (n * (r + 1)) // group.world
+            parts.append([every[0][a:b]] * (b > a) + [h for c, h in enumerate(every) if local.owners[c] == r])
     return group.scatter(parts, 0, "hidden states")
 
 
