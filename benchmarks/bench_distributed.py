@@ -3,14 +3,15 @@ hosts simulated with network namespaces, the bytes each kind of message moves, a
 projection for a 70B model over 8 hosts from measured per-block costs.
 
     PYTHONPATH=python python3 benchmarks/bench_distributed.py local --model build/real-models/smollm2-135m --procs 1,2
-    PYTHONPATH=python python3 benchmarks/bench_distributed.py make-7b-slice --layers 2      # Llama-2-7B shapes, 2 blocks
-    PYTHONPATH=python python3 benchmarks/bench_distributed.py local --model build/distributed/llama2-7b-2layers --procs 1,2
+    PYTHONPATH=python python3 benchmarks/bench_distributed.py make-7b-slice --layers 1      # Llama-2-7B shapes, 1 block
+    PYTHONPATH=python python3 benchmarks/bench_distributed.py local --model build/distributed/llama2-7b-1layers --procs 1,2
     sudo env PYTHONPATH=python python3 benchmarks/bench_distributed.py hosts --model build/real-models/smollm2-135m \\
         --hosts 2,3,4 --rate 1gbit                      # root: ip netns, a bridge, tc rate limits
     PYTHONPATH=python python3 benchmarks/bench_distributed.py project         # 70B over 8 hosts, from the 7B slice
     PYTHONPATH=python python3 benchmarks/bench_distributed.py table
 
-Every run is ``awqkit quantize`` with the default calibration (128 x 512 tokens) and AWQ,
+Every run is ``awqkit quantize`` with AWQ and AutoAWQ's calibration size (128 x 512 tokens of
+the shared C4 sample),
 started by torchrun (``--standalone`` on one machine; ``--nnodes H`` with a static rendezvous
 on the simulated hosts), each process with ``threads // procs`` threads. Each run's checkpoint
 is compared byte for byte with the one-process run's. Results are appended to
@@ -35,6 +36,7 @@ sys.path.insert(0, str(HERE))
 from bench_streaming import LLAMA2_7B, write_random_shards  # noqa: E402
 
 WORK = ROOT / "build" / "distributed"
+_C4 = str(ROOT.parent / "shared" / "data" / "c4-validation" / "c4_validation_2k.jsonl")
 RESULTS = HERE / "results" / "bench_distributed.jsonl"
 _VOLATILE = {"memory_plan", "stages", "total_seconds", "peak_rss_mb", "distributed"}
 
@@ -54,8 +56,9 @@ def _env(threads: int, **extra) -> dict:
 
 
 def _quantize_args(model: Path, out: Path, args) -> list[str]:
+    calib = ["--calib", str(Path(args.calib).resolve())] if args.calib else []
     return ["-m", "awqkit", "quantize", str(model), "--out", str(out), "--method", args.method, "--group-size",
-            str(args.group_size), "--overwrite"]
+            str(args.group_size), "--overwrite", *calib]
 
 
 def _same_checkpoint(a: Path, b: Path) -> bool:
@@ -81,7 +84,7 @@ def _summary(out: Path) -> dict:
 
 def local(args) -> None:
     """1 .. N processes on this machine, the threads shared among them."""
-    model = Path(args.model)
+    model = Path(args.model).resolve()
     reference = None
     for procs in [int(p) for p in args.procs.split(",")]:
         out = WORK / f"{model.name}-{args.method}-p{procs}"
@@ -268,9 +271,10 @@ def main() -> None:
     a.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     a.add_argument("--method", default="awq")
     a.add_argument("--group-size", type=int, default=128)
+    a.add_argument("--calib", default=_C4, help="calibration text (default: the shared C4 sample, 128 x 512 tokens)")
     a.set_defaults(func=local)
     m = sub.add_parser("make-7b-slice")
-    m.add_argument("--layers", type=int, default=2)
+    m.add_argument("--layers", type=int, default=1)
     m.set_defaults(func=make_7b_slice)
     h = sub.add_parser("hosts")
     h.add_argument("--model", required=True)
@@ -278,10 +282,11 @@ def main() -> None:
     h.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     h.add_argument("--method", default="awq")
     h.add_argument("--group-size", type=int, default=128)
+    h.add_argument("--calib", default=_C4)
     h.add_argument("--rate", default=None, help="tc tbf rate of each host's link, e.g. 1gbit")
     h.set_defaults(func=hosts)
     p = sub.add_parser("project")
-    p.add_argument("--slice", default="llama2-7b-2layers")
+    p.add_argument("--slice", default="llama2-7b-1layers")
     p.add_argument("--hosts", type=int, default=8)
     p.add_argument("--gbit", type=float, default=10.0)
     p.set_defaults(func=project)

@@ -52,7 +52,6 @@ __all__ = ["BlockRun", "load_model", "quantize_block", "quantize_model", "rtn_qu
 log = logging.getLogger(__name__)
 
 _CHUNK_SEQS = 8  # calibration sequences per forward: bounds attention scratch memory
-_CHECK_CHUNKS = 1  # calibration chunks each fold check and block error runs through the block
 _FP_WARN_SHARE = 0.10  # warn when more than this share of a block's weights stays in full precision
 
 
@@ -197,16 +196,15 @@ _MODULE_INSPECTION_UNSPLIT = ("inspect='module' runs the inspected module on eve
 
 @dataclass
 class LocalCalibration:
-    """What one rank runs through the blocks: ``batches`` of calibration sequences, its first
-    ``skip_chunks`` run for the checks only (not captured); ``owners``: the rank of each chunk.
-    The checks (fold checks, block errors, fallbacks) are measured on chunk 0's sequences,
-    each rank a share of them (``has_check``: this rank's batch 0 is its share), the
-    per-sequence errors gathered; ``check_tokens``: chunk 0's token count."""
+    """What one rank runs through the blocks: ``batches`` of calibration sequences, the first
+    ``skip_chunks`` run for the checks only (not captured), the first ``check_batches`` those
+    the checks (fold checks, block errors, fallbacks) run on; ``owners``: the rank of each
+    chunk; ``check_tokens``: the tokens of every rank's checks."""
 
     batches: list[torch.Tensor]
     owners: list[int]
     skip_chunks: int
-    has_check: bool
+    check_batches: int
     check_tokens: int
 
     @property
@@ -215,19 +213,22 @@ class LocalCalibration:
 
 
 def local_calibration(tokens: torch.Tensor, group: SingleProcess) -> LocalCalibration:
-    """This rank's calibration: its own contiguous range of chunks (of _CHUNK_SEQS sequences),
-    after its share of chunk 0's sequences for the checks. One process: every chunk, chunk 0
-    serving the checks as it is."""
+    """This rank's calibration. Chunks of _CHUNK_SEQS sequences, each rank a contiguous range
+    (rank 0 the first). Chunk 0 runs one sequence per batch: the checks are measured on its
+    sequences, each rank a contiguous share of them (rank 0 from its own chunk 0, the others
+    as extra batches ahead of their chunks, not captured). Every sequence thus runs in a batch
+    of the same shape whatever the number of ranks, so the bits do not depend on how torch's
+    kernels treat batch sizes (an MoE layer's experts see token counts that depend on them)."""
     n_chunks = -(-int(tokens.shape[0]) // _CHUNK_SEQS)
     owners = chunk_owners(n_chunks, group.world)
-    own = [tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in range(n_chunks) if owners[c] == group.rank]
     first = tokens[:_CHUNK_SEQS]
-    if group.world == 1:
-        return LocalCalibration(own, owners, 0, bool(own), int(first.numel()))
-    n = int(first.shape[0])
+    units = [first[j : j + 1] for j in range(int(first.shape[0]))]
+    n = len(units)
     a, b = (n * group.rank) // group.world, (n * (group.rank + 1)) // group.world
-    check = [first[a:b]] if b > a else []
-    return LocalCalibration(check + own, owners, len(check), bool(check), int(first.numel()))
+    own = [tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in range(1, n_chunks) if owners[c] == group.rank]
+    if group.rank == 0:  # chunk 0 is rank 0's: its share of the checks is its first b units
+        return LocalCalibration(units + own, owners, 0, b, int(first.numel()))
+    return LocalCalibration(units[a:b] + own, owners, b - a, b - a, int(first.numel()))
 
 
 def return_freed_memory() -> None:
@@ -310,8 +311,8 @@ class BlockRun:
         return 0 if self.local is None else self.local.skip_chunks
 
     @property
-    def has_check(self) -> bool:
-        return self.local is None or self.local.has_check
+    def check_batches(self) -> int:
+        return 0 if self.local is None else self.local.check_batches
 
     @property
     def check_tokens(self) -> int:
@@ -406,7 +407,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
             # From here on only the check chunks of the block's input are read (fold and block
             # checks); the next block gets fp_out. The caller's list is this one: trimming it
             # frees the rest of the input during the search.
-            del hidden[_CHECK_CHUNKS:]
+            del hidden[run.check_batches:]
         if spec.quantizes:
             # The block as loaded, for the fallback below (one block's weights), unless it can be
             # read again from the files.
@@ -501,7 +502,7 @@ def quantize_block(run: BlockRun, i: int, block: nn.Module, hidden: list[torch.T
         return []
     assert calls is not None
     if cfg.propagation == "fp" and len(stages) > 1:
-        del hidden[_CHECK_CHUNKS:]
+        del hidden[run.check_batches:]
     with meter.stage("block_check"):
         err = _relative_mse(run, _check_outputs(run, block, hidden, calls), fp_out)
         kept_plain = []
@@ -575,8 +576,8 @@ def _recapture_inputs(block: nn.Module, hidden, calls, names: list[str], cap, ru
 
 
 def _check_outputs(run: BlockRun, block: nn.Module, hidden, calls) -> list[torch.Tensor]:
-    """The block's output on this rank's check sequences (none on a rank without a share)."""
-    return run_block(block, hidden, calls, _CHECK_CHUNKS) if run.has_check else []
+    """The block's outputs on this rank's check sequences (none on a rank without a share)."""
+    return run_block(block, hidden, calls, run.check_batches)
 
 
 def _per_sequence(run: BlockRun, values: list[float]) -> list[float]:

@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 _RESUME_DIR = "awqkit-resume"  # inside the partial folder; removed before it becomes the checkpoint
-_FORMAT = 1  # of the resume state; a different one is refused
+_FORMAT = 2  # of the resume state (2: chunk 0's hidden states per sequence); a different one is refused
 
 
 class StreamingUnsupported(ValueError):
@@ -532,18 +532,20 @@ def _gather_hidden(hidden: list[torch.Tensor], group: SingleProcess, skip_chunks
 
 
 def _scatter_hidden(resume: _Resume, state: dict, group: SingleProcess, local) -> list[torch.Tensor]:
-    """This rank's batches of the committed hidden states (read by rank 0): its share of chunk
-    0's sequences for the checks, then its own chunks."""
+    """This rank's batches of the committed hidden states (read by rank 0, in the single
+    process's batch order: chunk 0's sequences one by one, then the chunks)."""
     if group.world == 1:
         return resume.hidden(state)
     parts = None
     if group.rank == 0:
         every = resume.hidden(state)
-        n = int(every[0].shape[0])
+        n = local.check_tokens // int(every[0].shape[1])  # chunk 0's sequences, one batch each (seqlen tokens)
+        units, chunks = every[:n], every[n:]
         parts = []
         for r in range(group.world):
             a, b = (n * r) // group.world, (n * (r + 1)) // group.world
-            parts.append([every[0][a:b]] * (b > a) + [h for c, h in enumerate(every) if local.owners[c] == r])
+            rest = [h for c, h in zip(range(1, len(local.owners)), chunks) if local.owners[c] == r]
+            parts.append((units if r == 0 else units[a:b]) + rest)
     return group.scatter(parts, 0, "hidden states")
 
 
