@@ -3,6 +3,8 @@ hosts simulated with network namespaces, the bytes each kind of message moves, a
 projection for a 70B model over 8 hosts from measured per-block costs.
 
     PYTHONPATH=python python3 benchmarks/bench_distributed.py local --model build/real-models/smollm2-135m --procs 1,2
+    PYTHONPATH=python python3 benchmarks/bench_distributed.py local --model build/real-models/smollm2-135m --procs 1,2 \
+        --threads-each 1                                  # the scaling: one core per process
     PYTHONPATH=python python3 benchmarks/bench_distributed.py make-7b-slice --layers 1      # Llama-2-7B shapes, 1 block
     PYTHONPATH=python python3 benchmarks/bench_distributed.py local --model build/distributed/llama2-7b-1layers --procs 1,2
     sudo env PYTHONPATH=python python3 benchmarks/bench_distributed.py hosts --model build/real-models/smollm2-135m \\
@@ -87,8 +89,8 @@ def local(args) -> None:
     model = Path(args.model).resolve()
     reference = None
     for procs in [int(p) for p in args.procs.split(",")]:
-        out = WORK / f"{model.name}-{args.method}-p{procs}"
-        threads = max(1, args.threads // procs)
+        threads = args.threads_each or max(1, args.threads // procs)
+        out = WORK / f"{model.name}-{args.method}-p{procs}-t{threads}"
         cmd = [sys.executable, *_quantize_args(model, out, args)] if procs == 1 else \
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
              *_quantize_args(model, out, args)]
@@ -163,7 +165,7 @@ def hosts(args) -> None:
     """One torchrun per simulated host (a network namespace), one process each, traffic through
     the bridge (loopback of this machine only, limited by tc with --rate)."""
     model = Path(args.model).resolve()
-    reference = WORK / f"{model.name}-{args.method}-p1"
+    reference = WORK / f"{model.name}-{args.method}-p1-t{args.threads}"
     for n in [int(h) for h in args.hosts.split(",")]:
         out = WORK / f"{model.name}-{args.method}-h{n}-{args.rate or 'unshaped'}"
         _make_hosts(n, args.rate)
@@ -193,53 +195,75 @@ def _results() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
 
 
-# Stages whose work is split over the ranks (each rank's share of the chunks or of the
-# dealt searches), and those every rank does in full (the checks on chunk 0, loading).
-_SHARDED = ("capture", "scale_search", "clip_search", "quantize_pack", "propagate", "capture_block_calls")
-_LLAMA_70B = {"hidden": 8192, "inter": 28672, "layers": 80, "kv_dim": 1024}
-_LLAMA2_7B = {"hidden": 4096, "inter": 11008, "layers": 32, "kv_dim": 4096}
+# Per-block cost model, 7B -> 70B. Shapes of a Llama block: (K, N) of each captured input and
+# the rows N of the linears reading it (q/k/v, o, gate/up, down).
+_SHAPES = {
+    "7b": {"hidden": 4096, "inter": 11008, "kv": 4096, "layers": 32},
+    "70b": {"hidden": 8192, "inter": 28672, "kv": 1024, "layers": 80},
+}
 
 
-def _block_params(m: dict) -> float:
-    h = m["hidden"]
-    return 2 * h * h + 2 * h * m["kv_dim"] + 3 * h * m["inter"]
+def _inputs(m: dict) -> list[tuple[int, int]]:
+    h, i, kv = m["hidden"], m["inter"], m["kv"]
+    return [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)]
 
 
-def _gram_bytes(m: dict) -> float:
-    """The upper triangles (float64) of a block's four captured inputs' Gram matrices."""
-    return sum(8 * k * (k + 1) / 2 for k in (m["hidden"],) * 3 + (m["inter"],))
+def _params(m: dict) -> float:
+    return float(sum(k * n for k, n in _inputs(m)))
+
+
+def _cost_ratios(tokens: int) -> dict[str, float]:
+    """70B over 7B per block, per stage: forward passes and rounding scale with the block's
+    weights; the scale search with the Gram matrices (T K^2 / 2) and the candidates' scoring
+    (21 N K^2); the clip search with the clipped weights (samples fixed)."""
+    big, small = _SHAPES["70b"], _SHAPES["7b"]
+    search = [sum(k * k * (tokens / 2 + 21 * n) for k, n in _inputs(m)) for m in (big, small)]
+    weights = _params(big) / _params(small)
+    return {"scale_search": search[0] / search[1], "default": weights}
+
+
+def _bytes_per_block(m: dict, tokens: int, world: int) -> dict[str, float]:
+    """What one rank sends per block (ring all-reduce: about 2 (W-1)/W of the array; all-gather:
+    its share to each of the W - 1 others; the hidden states once to rank 0)."""
+    gram = sum(8 * k * (k + 1) / 2 + 16 * k for k, _ in _inputs(m))
+    return {"statistics": 2 * (world - 1) / world * gram,
+            "quantized rows": (world - 1) * _params(m) * 1.1 / world,  # codes as bytes, scales and zeros
+            "hidden states": 4 * m["hidden"] * tokens / world}
 
 
 def project(args) -> None:
-    """70B over 8 hosts from the 7B slice's per-block stage costs with 1 and 2 processes:
-    the split stages scale with the work per block (parameters x tokens) and divide by the
-    hosts; the rest (checks on chunk 0, loading, writing) scale with the parameters and do not
-    divide; the messages scale with the Gram matrices and the hidden states."""
+    """70B over ``--hosts`` hosts like this machine, from the 7B slice's per-block stage times
+    (one process): each stage scaled by its cost ratio, the split stages divided by the hosts
+    (with the rounding-up of 21 candidates and 8 check sequences over the hosts), loading and
+    writing not divided, plus the messages at ``--gbit``."""
     runs = {r["procs"]: r for r in _results() if r.get("kind") == "local" and r["model"] == args.slice}
     if 1 not in runs:
         sys.exit(f"no one-process run of {args.slice} in {RESULTS}: run `local --model build/distributed/{args.slice}`")
     one = runs[1]
-    blocks = one["n_blocks"]
-    split = sum(v for k, v in one["stages"].items() if k in _SHARDED) / blocks
-    rest = sum(v for k, v in one["stages"].items() if k not in _SHARDED) / blocks
-    scale = _block_params(_LLAMA_70B) / _block_params(_LLAMA2_7B)
-    gbit = args.gbit * 1e9 / 8
-    gram70 = _gram_bytes(_LLAMA_70B)
-    hidden70 = 4 * _LLAMA_70B["hidden"] * one["calib_tokens"]  # float32, gathered by rank 0 each block
-    codes70 = _block_params(_LLAMA_70B)  # one byte per weight code, sent to every rank
-    per_block = {}
-    for hosts in (1, args.hosts):
-        compute = split * scale / hosts + rest * scale
-        comm = 0.0 if hosts == 1 else (2 * gram70 + hidden70 * (hosts - 1) / hosts + codes70) / gbit
-        per_block[hosts] = {"compute_s": compute, "comm_s": comm, "total_s": compute + comm}
-    entry = {"kind": "projection", "slice": args.slice, "blocks_measured": blocks, "split_s_per_7b_block": round(split, 1),
-             "unsplit_s_per_7b_block": round(rest, 1), "scale_70b_over_7b": round(scale, 2), "network_gbit": args.gbit,
-             "hosts": args.hosts, "layers": _LLAMA_70B["layers"],
-             "per_block": {str(k): {a: round(b, 1) for a, b in v.items()} for k, v in per_block.items()},
-             "hours": {str(k): round(v["total_s"] * _LLAMA_70B["layers"] / 3600, 1) for k, v in per_block.items()}}
+    tokens, blocks = one["calib_tokens"], one["n_blocks"]
+    ratios = _cost_ratios(tokens)
+    hosts = args.hosts
+    uneven = {"scale_search": -(-21 // hosts) * hosts / 21, "block_check": -(-8 // hosts) * hosts / 8,
+              "fold_check": -(-8 // hosts) * hosts / 8}
+    unsplit = {"load", "write", "calibration"}
+    per_stage = {}
+    for k, v in one["stages"].items():
+        t70 = v / blocks * ratios.get(k, ratios["default"])
+        per_stage[k] = {"one_host_s": t70, "hosts_s": t70 if k in unsplit else t70 / hosts * uneven.get(k, 1.0)}
+    sent = _bytes_per_block(_SHAPES["70b"], tokens, hosts)
+    comm = sum(sent.values()) / (args.gbit * 1e9 / 8)
+    one_host = sum(v["one_host_s"] for v in per_stage.values())
+    split = sum(v["hosts_s"] for v in per_stage.values()) + comm
+    layers = _SHAPES["70b"]["layers"]
+    entry = {"kind": "projection", "slice": args.slice, "calib_tokens": tokens, "hosts": hosts, "network_gbit": args.gbit,
+             "ratios_70b_over_7b": {k: round(v, 2) for k, v in ratios.items()},
+             "per_block_stage_s": {k: {a: round(b, 1) for a, b in v.items()} for k, v in per_stage.items()},
+             "bytes_sent_per_rank_per_block_gb": {k: round(v / 1e9, 2) for k, v in sent.items()},
+             "comm_s_per_block": round(comm, 1), "block_s_one_host": round(one_host, 1),
+             "block_s_hosts": round(split, 1), "hours_one_host": round(one_host * layers / 3600, 1),
+             "hours_hosts": round(split * layers / 3600, 1), "speedup": round(one_host / split, 2)}
     if 2 in runs:
-        two = runs[2]
-        entry["measured_2proc_speedup_7b"] = round(one["wall_s"] / two["wall_s"], 2)
+        entry["measured_7b_slice_wall_1_vs_2_procs"] = [one["wall_s"], runs[2]["wall_s"]]
     _record(entry)
 
 
@@ -268,7 +292,8 @@ def main() -> None:
     a = sub.add_parser("local")
     a.add_argument("--model", required=True)
     a.add_argument("--procs", default="1,2")
-    a.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    a.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="shared among the processes")
+    a.add_argument("--threads-each", type=int, default=None, help="threads per process instead (the scaling)")
     a.add_argument("--method", default="awq")
     a.add_argument("--group-size", type=int, default=128)
     a.add_argument("--calib", default=_C4, help="calibration text (default: the shared C4 sample, 128 x 512 tokens)")

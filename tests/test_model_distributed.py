@@ -20,6 +20,7 @@ _VOLATILE = {"memory_plan", "stages", "total_seconds", "peak_rss_mb", "distribut
 
 def _env():
     env = dict(os.environ)
+    env["MKL_CBWR"] = "AUTO,STRICT"  # what the CLI sets; the in-memory test's script needs it too
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "python"), env.get("PYTHONPATH", "")])
     return env
 

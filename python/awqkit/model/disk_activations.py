@@ -8,9 +8,10 @@ into small buffers, so its pages never count in the process's resident memory. T
 scale divisions the pipeline applies to captured inputs after a fold (``div_``, and ``mul_``
 when a fold is undone) are recorded and applied, in order and with the same float32 operations,
 to every block read: the values seen are bit for bit those of the in-memory tensor. The
-consumers read it the way the in-memory path reads a tensor: the statistics in row blocks of a
-multiple of 1024 tokens (``ActivationStats.update`` sums 1024-token super-chunks, so the sums
-are the same), the clip search's strided token sample row by row.
+consumers (``awqkit.model.captured_input``) read it the way the in-memory path reads a tensor:
+the statistics in row blocks of a multiple of 1024 tokens within each forward call's rows
+(``ActivationStats.update`` sums 1024-token super-chunks, so the sums are the same), the clip
+search's strided token sample row by row.
 """
 
 from __future__ import annotations
@@ -71,11 +72,6 @@ class DiskActivations:
             else:
                 t.mul_(s)
         return t
-
-    def blocks(self, rows: int = READ_ROWS):
-        """The matrix in row blocks of ``rows`` (the last one shorter), ops applied."""
-        for r0 in range(0, self.rows, rows):
-            yield self.read(r0, min(rows, self.rows - r0))
 
     def strided(self, step: int, start: int = 0) -> torch.Tensor:
         """Rows start, start + step, ... (the clip search's token sample), ops applied."""

@@ -150,14 +150,17 @@ class TorchProcessGroup(SingleProcess):
 
         from ..isa import active_isa
 
-        mine = {"isa": active_isa(), "torch": torch.__version__}
+        # MKL_CBWR: MKL's reproducibility mode (the CLI sets AUTO,STRICT: the same bits for any
+        # thread count); AUTO picks MKL's code path by CPU, so a mixed cluster needs a common one.
+        mine = {"isa": active_isa(), "torch": torch.__version__, "MKL_CBWR": os.environ.get("MKL_CBWR")}
         seen = self.all_gather(mine, "setup")
         differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
         if differ:
             raise ValueError(f"the ranks would not compute the same floats (rank 0: {seen[0]}; {'; '.join(differ)}): "
-                             "give every host the same torch and cap the kernels to a level all CPUs have "
-                             "(AWQKIT_ISA=avx512_vnni or avx2) so that the checkpoint does not depend on where each "
-                             "part ran")
+                             "give every host the same torch, cap awqkit's kernels to a level all CPUs have "
+                             "(AWQKIT_ISA=avx512_vnni or avx2) and MKL's likewise (MKL_CBWR=AVX2,STRICT) so that the "
+                             "checkpoint does not depend on where each part ran")
+        self.threads = torch.get_num_threads()
 
     def _fail(self, e: BaseException):
         self._failed = True
@@ -238,7 +241,7 @@ class TorchProcessGroup(SingleProcess):
     def summary(self) -> dict[str, Any]:
         per_rank = self.all_gather(dict(self.volume), "report")
         labels = sorted({k for v in per_rank for k in v})
-        return {"world_size": self.world,
+        return {"world_size": self.world, "threads": self.all_gather(self.threads, "report"),
                 "bytes_sent": {k: [v.get(k, 0) for v in per_rank] for k in labels}}
 
 
