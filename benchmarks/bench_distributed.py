@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_streaming import LLAMA2_7B, write_random_shards  # noqa: E402
+from bench_streaming import write_llama2_7b  # noqa: E402
 
 WORK = ROOT / "build" / "distributed"
 _C4 = str(ROOT.parent / "shared" / "data" / "c4-validation" / "c4_validation_2k.jsonl")
@@ -105,33 +104,9 @@ def local(args) -> None:
 
 
 def make_7b_slice(args) -> None:
-    """Llama-2-7B's shapes with only ``--layers`` decoder blocks (random bf16 weights), the
-    stories260K tokenizer: the per-block costs of a 7B model without its 32 blocks."""
-    import torch
-
-    from awqkit.data import data_dir
-
-    c = dict(LLAMA2_7B, num_hidden_layers=args.layers)
-    h, inter = c["hidden_size"], c["intermediate_size"]
-    folder = WORK / f"llama2-7b-{args.layers}layers"
-    shapes = [("model.embed_tokens.weight", (c["vocab_size"], h))]
-    for i in range(args.layers):
-        p = f"model.layers.{i}."
-        shapes += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
-        shapes += [(p + f"self_attn.{k}_proj.weight", (h, h)) for k in "qkvo"]
-        shapes += [(p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
-                   (p + "mlp.down_proj.weight", (h, inter))]
-    shapes += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    write_random_shards(folder, shapes, torch.bfloat16, seed=0, shard_bytes=2_000_000_000)
-    (folder / "config.json").write_text(json.dumps(c, indent=2))
-    d = data_dir()
-    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-        if d is not None and (d / "stories260K-hf" / f).exists():
-            shutil.copy(d / "stories260K-hf" / f, folder / f)
-    print(folder)
+    """Llama-2-7B's shapes with only ``--layers`` decoder blocks: the per-block costs of a 7B
+    model without its 32 blocks."""
+    write_llama2_7b(WORK / f"llama2-7b-{args.layers}layers", args.layers)
 
 
 def _sh(cmd: str, check: bool = True) -> None:

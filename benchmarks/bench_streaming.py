@@ -124,33 +124,38 @@ def write_random_shards(folder: Path, shapes, dtype, seed: int, shard_bytes: int
                                                                        "weight_map": weight_map}, indent=2))
 
 
-def make_7b(args) -> None:
-    """Random bf16 weights in Llama-2-7B's shapes, written tensor by tensor into ~2 GB
-    shards with an index (never the whole model in memory), plus the stories260K tokenizer."""
+def write_llama2_7b(folder: Path, layers: int) -> None:
+    """Random bf16 weights in Llama-2-7B's shapes with ``layers`` decoder blocks, written tensor by
+    tensor into ~2 GB shards with an index (never the whole model in memory), plus the stories260K
+    tokenizer. bench_distributed.py's one-block slice is written the same way."""
     import torch
 
     from awqkit.data import data_dir
 
-    c = LLAMA2_7B
-    h, inter, n = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    c = dict(LLAMA2_7B, num_hidden_layers=layers)
+    h, inter = c["hidden_size"], c["intermediate_size"]
     shapes = [("model.embed_tokens.weight", (c["vocab_size"], h))]
-    for i in range(n):
+    for i in range(layers):
         p = f"model.layers.{i}."
         shapes += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
         shapes += [(p + f"self_attn.{k}_proj.weight", (h, h)) for k in "qkvo"]
         shapes += [(p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
                    (p + "mlp.down_proj.weight", (h, inter))]
     shapes += [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
-    if SYNTH.exists():
-        shutil.rmtree(SYNTH)
-    SYNTH.mkdir(parents=True)
-    write_random_shards(SYNTH, shapes, torch.bfloat16, seed=0, shard_bytes=2_000_000_000)
-    (SYNTH / "config.json").write_text(json.dumps(c, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_random_shards(folder, shapes, torch.bfloat16, seed=0, shard_bytes=2_000_000_000)
+    (folder / "config.json").write_text(json.dumps(c, indent=2))
     d = data_dir()
     for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         if d is not None and (d / "stories260K-hf" / f).exists():
-            shutil.copy(d / "stories260K-hf" / f, SYNTH / f)
-    print(f"{SYNTH}: {total / 1e9:.2f} GB in {len(shards)} shards")
+            shutil.copy(d / "stories260K-hf" / f, folder / f)
+    print(folder)
+
+
+def make_7b(args) -> None:
+    write_llama2_7b(SYNTH, LLAMA2_7B["num_hidden_layers"])
 
 
 def quantize(args) -> None:
