@@ -215,3 +215,24 @@ def test_native_layer_refuses_an_empty_weight_list():
     with pytest.raises(ValueError, match="weights is empty"):
         awqkit._core.search_scale([], stats._impl, -1, np.ones(64), 4, 32, True, True, 4, True, False, True)
 
+
+
+def test_a_search_split_in_parts_scores_each_candidate_as_the_whole():
+    """search_scale(_part=(i, n)) scores candidates c with c % n == i (a search shared by the
+    ranks of a distributed run): put together, the parts' losses are the whole search's bits."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((600, 128)) * (1 + 4 * rng.random(128))).astype(np.float32)
+    ws = [(rng.standard_normal((40, 128)) * 0.05).astype(np.float32), (rng.standard_normal((24, 128)) * 0.05).astype(np.float32)]
+    stats = awqkit.ActivationStats(128, gram=True).update(x)
+    whole = awqkit.search_scale(stats, ws, bits=4, group_size=32, duo_scaling="both")
+    for n in (2, 3, 50):
+        merged = np.full(len(whole.losses), np.nan)
+        for i in range(n):
+            part = awqkit.search_scale(stats, ws, bits=4, group_size=32, duo_scaling="both", _part=(i, n))
+            mine = np.arange(i, len(merged), n)
+            assert np.isnan(np.delete(part.losses, mine)).all()
+            merged[mine] = part.losses[mine]
+            np.testing.assert_array_equal(part.candidates, whole.candidates)
+        np.testing.assert_array_equal(merged, whole.losses)
+    with pytest.raises(ValueError, match="part must be in"):
+        awqkit.search_scale(stats, ws, _part=(2, 2))
