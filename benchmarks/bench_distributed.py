@@ -10,6 +10,7 @@ projection for a 70B model over 8 hosts from measured per-block costs.
     sudo env PYTHONPATH=python python3 benchmarks/bench_distributed.py hosts --model build/real-models/smollm2-135m \\
         --hosts 2,3,4 --rate 1gbit                      # root: ip netns, a bridge, tc rate limits
     PYTHONPATH=python python3 benchmarks/bench_distributed.py project         # 70B over 8 hosts, from the 7B slice
+    PYTHONPATH=python python3 benchmarks/bench_distributed.py mkl-threads     # a 512x4096x4096 product, 1 vs 2 threads
     PYTHONPATH=python python3 benchmarks/bench_distributed.py table
 
 Every run is ``awqkit quantize`` with AWQ and AutoAWQ's calibration size (128 x 512 tokens of
@@ -166,6 +167,29 @@ def hosts(args) -> None:
                  "identical_to_one_process": reference.exists() and _same_checkpoint(reference, out), **_summary(out)})
 
 
+_THREADS_PROBE = """
+import torch
+g = torch.Generator().manual_seed(0)
+x, w = torch.randn(512, 4096, generator=g), torch.randn(4096, 4096, generator=g) * 0.02
+out = []
+for t in (1, 2):
+    torch.set_num_threads(t)
+    out.append(torch.nn.functional.linear(x, w))
+print(int(torch.equal(out[0], out[1])))
+"""
+
+
+def mkl_threads(args) -> None:
+    """Whether one check sequence through a 4096-wide projection (512 x 4096 x 4096, float32)
+    has the same bits with 1 and 2 threads, with MKL's default mode and with the CLI's strict one."""
+    for mode in ("", "AUTO,STRICT"):
+        env = {k: v for k, v in _env(2).items() if k != "MKL_CBWR"}
+        if mode:
+            env["MKL_CBWR"] = mode
+        res = subprocess.run([sys.executable, "-c", _THREADS_PROBE], env=env, capture_output=True, text=True, check=True)
+        _record({"kind": "mkl-threads", "MKL_CBWR": mode or None, "same_bits_1_and_2_threads": res.stdout.strip() == "1"})
+
+
 def _results() -> list[dict]:
     return [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
 
@@ -290,6 +314,7 @@ def main() -> None:
     p.add_argument("--hosts", type=int, default=8)
     p.add_argument("--gbit", type=float, default=10.0)
     p.set_defaults(func=project)
+    sub.add_parser("mkl-threads").set_defaults(func=mkl_threads)
     t = sub.add_parser("table")
     t.set_defaults(func=table)
     args = ap.parse_args()

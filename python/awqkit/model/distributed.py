@@ -27,7 +27,6 @@ any world size, on CPUs that select the same kernels (checked when the group for
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,8 @@ class RankFailure(RuntimeError):
 
 class SingleProcess:
     """The world of one process: every collective is the identity. Subclasses count the bytes
-    each kind of message moves (``volume``: label -> bytes sent by this rank)."""
+    each kind of message moves (``volume``: label -> bytes this rank sent) and ``summary``
+    them for the report."""
 
     rank = 0
     world = 1
@@ -79,8 +79,10 @@ class SingleProcess:
     def close(self) -> None:
         pass
 
-    def summary(self) -> dict[str, Any]:
-        return {"world_size": self.world, "bytes_sent_by_rank0": dict(sorted(self.volume.items()))}
+    def summary(self) -> dict[str, Any] | None:
+        """What the report says of the ranks (None: one process)."""
+        return None
+
 
 
 class TorchProcessGroup(SingleProcess):
@@ -192,26 +194,23 @@ class TorchProcessGroup(SingleProcess):
             self._count(label, a.nbytes)
             self._call(self._dist.all_reduce, torch.from_numpy(a), op=self._dist.ReduceOp.MAX)
 
-    def _pickled_size(self, obj) -> int:
-        return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-
     def all_gather(self, obj, label):
         out: list[Any] = [None] * self.world
-        self._count(label, self._pickled_size(obj))
+        self._count(label, _payload_bytes(obj))
         self._call(self._dist.all_gather_object, out, obj)
         return out
 
     def gather(self, obj, dst, label):
         out: list[Any] | None = [None] * self.world if self.rank == dst else None
         if self.rank != dst:
-            self._count(label, self._pickled_size(obj))
+            self._count(label, _payload_bytes(obj))
         self._call(self._dist.gather_object, obj, out, dst=dst)
         return out
 
     def broadcast(self, obj, src, label):
         box = [obj if self.rank == src else None]
         if self.rank == src:
-            self._count(label, self._pickled_size(obj) * (self.world - 1))
+            self._count(label, _payload_bytes(obj) * (self.world - 1))
         self._call(self._dist.broadcast_object_list, box, src=src)
         return box[0]
 
@@ -219,7 +218,7 @@ class TorchProcessGroup(SingleProcess):
         box: list[Any] = [None]
         if self.rank == src:
             assert objs is not None
-            self._count(label, sum(self._pickled_size(o) for r, o in enumerate(objs) if r != src))
+            self._count(label, sum(_payload_bytes(o) for r, o in enumerate(objs) if r != src))
         self._call(self._dist.scatter_object_list, box, objs if self.rank == src else None, src=src)
         return box[0]
 
@@ -239,10 +238,29 @@ class TorchProcessGroup(SingleProcess):
         self._owns_group = False
 
     def summary(self) -> dict[str, Any]:
+        """World size, each rank's threads and the bytes each rank sent per kind (a collective)."""
         per_rank = self.all_gather(dict(self.volume), "report")
         labels = sorted({k for v in per_rank for k in v})
         return {"world_size": self.world, "threads": self.all_gather(self.threads, "report"),
                 "bytes_sent": {k: [v.get(k, 0) for v in per_rank] for k in labels}}
+
+
+def _payload_bytes(obj: Any) -> int:
+    """The bytes an object's arrays and tensors hold (what a message moves, without pickling it
+    a second time just to count it); small scalars and strings count 8 bytes."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_payload_bytes(k) + _payload_bytes(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return sum(_payload_bytes(v) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return _payload_bytes(vars(obj))
+    return 8
 
 
 def from_environment() -> SingleProcess:

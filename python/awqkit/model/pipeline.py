@@ -184,7 +184,7 @@ def quantize_model(model_or_path, config: AWQConfig | None = None, calib=None, t
         # (embeddings, final norm, head) rounded to the dtype they will be stored in.
         round_to_checkpoint_dtype(model)
     report = run.finish(t_start)
-    report.distributed = group.summary() if group.world > 1 else None
+    report.distributed = group.summary()
     model._awqkit_report = report  # save_quantized reads the config and the skipped layers from it
     log.info("quantized %d linears in %.1f s (%s)", report.quantized_layers, report.total_seconds, report.summary())
     return model, report
@@ -199,13 +199,19 @@ class LocalCalibration:
     """What one rank runs through the blocks: ``batches`` of calibration sequences, the first
     ``skip_chunks`` run for the checks only (not captured), the first ``check_batches`` those
     the checks (fold checks, block errors, fallbacks) run on; ``owners``: the rank of each
-    chunk; ``check_tokens``: the tokens of every rank's checks."""
+    chunk; ``check_sequences``: chunk 0's sequences (every rank's checks together), each
+    ``seqlen`` tokens."""
 
     batches: list[torch.Tensor]
     owners: list[int]
     skip_chunks: int
     check_batches: int
-    check_tokens: int
+    check_sequences: int
+    seqlen: int
+
+    @property
+    def check_tokens(self) -> int:
+        return self.check_sequences * self.seqlen
 
     @property
     def n_tokens(self) -> int:
@@ -226,9 +232,10 @@ def local_calibration(tokens: torch.Tensor, group: SingleProcess) -> LocalCalibr
     n = len(units)
     a, b = (n * group.rank) // group.world, (n * (group.rank + 1)) // group.world
     own = [tokens[c * _CHUNK_SEQS : (c + 1) * _CHUNK_SEQS] for c in range(1, n_chunks) if owners[c] == group.rank]
+    seqlen = int(tokens.shape[1])
     if group.rank == 0:  # chunk 0 is rank 0's: its share of the checks is its first b units
-        return LocalCalibration(units + own, owners, 0, b, int(first.numel()))
-    return LocalCalibration(units[a:b] + own, owners, b - a, b - a, int(first.numel()))
+        return LocalCalibration(units + own, owners, 0, b, n, seqlen)
+    return LocalCalibration(units[a:b] + own, owners, b - a, b - a, n, seqlen)
 
 
 def return_freed_memory() -> None:

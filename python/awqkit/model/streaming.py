@@ -501,7 +501,7 @@ def _stream(src: SourceModel, out_dir: str, partial: str, cfg: AWQConfig, calib,
                 return_freed_memory()
             bar.close()
         group.where = "finishing"
-        distributed = group.summary() if group.world > 1 else None
+        distributed = group.summary()
         if group.rank == 0:
             with meter.stage("write"):
                 src.materialize_outside(layout.layers_path)
@@ -539,7 +539,7 @@ def _scatter_hidden(resume: _Resume, state: dict, group: SingleProcess, local) -
     parts = None
     if group.rank == 0:
         every = resume.hidden(state)
-        n = local.check_tokens // int(every[0].shape[1])  # chunk 0's sequences, one batch each (seqlen tokens)
+        n = local.check_sequences  # chunk 0's sequences come first, one batch each
         units, chunks = every[:n], every[n:]
         parts = []
         for r in range(group.world):
